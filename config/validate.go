@@ -1,0 +1,336 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// FieldError is one problem in a config, at a field path such as
+// "upstreams[1].bulkhead.maxWait".
+type FieldError struct {
+	Path string
+	Msg  string
+}
+
+func (e *FieldError) Error() string {
+	if e.Path == "" {
+		return e.Msg
+	}
+	return e.Path + ": " + e.Msg
+}
+
+// ValidationError lists every problem found in one config.
+type ValidationError struct {
+	Errors []*FieldError
+}
+
+func (e *ValidationError) Error() string {
+	msgs := make([]string, len(e.Errors))
+	for i, fe := range e.Errors {
+		msgs[i] = fe.Error()
+	}
+	return "invalid config: " + strings.Join(msgs, "; ")
+}
+
+// Unwrap lets errors.As find each FieldError.
+func (e *ValidationError) Unwrap() []error {
+	errs := make([]error, len(e.Errors))
+	for i, fe := range e.Errors {
+		errs[i] = fe
+	}
+	return errs
+}
+
+type validator struct{ errs []*FieldError }
+
+func (v *validator) add(path, format string, args ...any) {
+	v.errs = append(v.errs, &FieldError{Path: path, Msg: fmt.Sprintf(format, args...)})
+}
+
+func (v *validator) err() error {
+	if len(v.errs) == 0 {
+		return nil
+	}
+	return &ValidationError{Errors: v.errs}
+}
+
+// Causes a fallback can replace (the local replies an upstream can cause).
+var FallbackCauses = []string{
+	"bulkhead_full", "queue_timeout", "circuit_open", "rate_limited",
+	"timeout", "upstream_error", "upstream_unavailable",
+}
+
+// Retry conditions besides HTTP status codes (as Envoy's retry_on names them).
+var retryConditions = []string{
+	"connect-failure", "reset", "timeout", "refused-stream", "5xx", "gateway-error",
+	"cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable",
+}
+
+// Validate checks a config that has had its defaults set.
+func (c *Config) Validate() error {
+	v := &validator{}
+	if _, _, err := splitListenAddr(c.Admin.Address); err != nil {
+		v.add("admin.address", "%q %v", c.Admin.Address, err)
+	}
+	if c.Budget < 1 {
+		v.add("budget", "%d must be at least 1", c.Budget)
+	}
+	oneOf(v, "unknownHosts", c.UnknownHosts, UnknownHostsReject, UnknownHostsPass)
+	oneOf(v, "isolation", c.Isolation, IsolationPerUpstream, IsolationShared)
+	c.validateListeners(v)
+	c.validateUpstreams(v)
+	return v.err()
+}
+
+func (c *Config) validateListeners(v *validator) {
+	names := map[string]int{}
+	addrs := map[string]int{}
+	for i, l := range c.Listeners {
+		p := fmt.Sprintf("listeners[%d]", i)
+		switch {
+		case l.Name == "":
+			v.add(p+".name", "is required")
+		case names[l.Name] > 0:
+			v.add(p+".name", "%q is also the name of listeners[%d]", l.Name, names[l.Name]-1)
+		default:
+			names[l.Name] = i + 1
+		}
+		if _, _, err := splitListenAddr(l.Address); err != nil {
+			v.add(p+".address", "%q %v", l.Address, err)
+		} else if j := addrs[l.Address]; j > 0 {
+			v.add(p+".address", "%q is also the address of listeners[%d]", l.Address, j-1)
+		} else {
+			addrs[l.Address] = i + 1
+		}
+		switch l.Mode {
+		case ModeUpstream:
+			if l.Upstream == "" {
+				v.add(p+".upstream", "is required in mode %q", ModeUpstream)
+			} else if c.Upstream(l.Upstream) == nil {
+				v.add(p+".upstream", "%q is not the name of any upstream", l.Upstream)
+			}
+		case ModeProxy:
+			if l.Upstream != "" {
+				v.add(p+".upstream", "%q is only allowed in mode %q (mode %q routes by Host)", l.Upstream, ModeUpstream, l.Mode)
+			}
+		case ModeTransparent:
+			v.add(p+".mode", "%q is not supported by this build yet (use %q or %q)", l.Mode, ModeUpstream, ModeProxy)
+		default:
+			v.add(p+".mode", "%q is not one of %s, %s, %s", l.Mode, ModeUpstream, ModeProxy, ModeTransparent)
+		}
+	}
+}
+
+func (c *Config) validateUpstreams(v *validator) {
+	names := map[string]int{}
+	hosts := map[string]string{} // host → path of the first claim
+	capped := 0
+	for i := range c.Upstreams {
+		u := &c.Upstreams[i]
+		p := fmt.Sprintf("upstreams[%d]", i)
+		switch {
+		case u.Name == "":
+			v.add(p+".name", "is required")
+		case !validName(u.Name):
+			v.add(p+".name", "%q may hold only letters, digits, '.', '_' and '-'", u.Name)
+		case names[u.Name] > 0:
+			v.add(p+".name", "%q is also the name of upstreams[%d]", u.Name, names[u.Name]-1)
+		default:
+			names[u.Name] = i + 1
+		}
+		for j, h := range u.Hosts {
+			hp := fmt.Sprintf("%s.hosts[%d]", p, j)
+			key, err := HostKey(h)
+			if err != nil {
+				v.add(hp, "%q %v", h, err)
+				continue
+			}
+			if prev, ok := hosts[key]; ok {
+				v.add(hp, "%q is already claimed by %s", h, prev)
+				continue
+			}
+			hosts[key] = hp
+		}
+		oneOf(v, p+".protocol", u.Protocol, ProtocolHTTP1, ProtocolHTTP2, ProtocolAuto)
+		if len(u.Endpoints) == 0 {
+			v.add(p+".endpoints", "at least one endpoint is required")
+		}
+		for j, e := range u.Endpoints {
+			ep := fmt.Sprintf("%s.endpoints[%d]", p, j)
+			if h, _, err := splitHostPort(e.Address); err != nil {
+				v.add(ep, "%q %v", e.Address, err)
+			} else if h == "" {
+				v.add(ep, "%q needs a host", e.Address)
+			}
+			if e.Weight < 0 {
+				v.add(ep+".weight", "%d must not be negative", e.Weight)
+			}
+		}
+		oneOf(v, p+".loadBalancer", u.LoadBalancer, LBRoundRobin, LBLeastRequest, LBRandom)
+		u.Timeout.check(v, p+".timeout")
+		u.Warmup.check(v, p+".warmup")
+		b := u.Bulkhead
+		bp := p + ".bulkhead"
+		atLeast(v, bp+".weight", b.Weight, 1)
+		atLeast(v, bp+".maxConcurrent", b.MaxConcurrent, 0)
+		atLeast(v, bp+".minConcurrent", b.MinConcurrent, 0)
+		atLeast(v, bp+".maxQueue", b.MaxQueue, 0)
+		b.MaxWait.check(v, bp+".maxWait")
+		if b.MaxConcurrent > 0 {
+			capped += b.MaxConcurrent
+		}
+		u.validatePolicies(v, p)
+	}
+	if c.Isolation == IsolationPerUpstream && capped > c.Budget {
+		v.add("upstreams", "the explicit bulkhead.maxConcurrent caps add up to %d, more than the budget of %d", capped, c.Budget)
+	}
+}
+
+func (u *Upstream) validatePolicies(v *validator, p string) {
+	if r := u.Retry; r != nil {
+		rp := p + ".retry"
+		atLeast(v, rp+".attempts", r.Attempts, 0)
+		r.PerTryTimeout.check(v, rp+".perTryTimeout")
+		for j, cond := range r.On {
+			if slices.Contains(retryConditions, cond) {
+				continue
+			}
+			if code, err := strconv.Atoi(cond); err == nil && code >= 100 && code <= 599 {
+				continue
+			}
+			v.add(fmt.Sprintf("%s.on[%d]", rp, j), "%q is not a retry condition (an HTTP status, or one of %s)", cond, strings.Join(retryConditions, ", "))
+		}
+		if r.Budget < 0 || r.Budget > 1 {
+			v.add(rp+".budget", "%v must be between 0 and 1", r.Budget)
+		}
+	}
+	if cb := u.CircuitBreaker; cb != nil {
+		cp := p + ".circuitBreaker"
+		ratio(v, cp+".failureRate", cb.FailureRate)
+		ratio(v, cp+".slowCallRate", cb.SlowCallRate)
+		atLeast(v, cp+".minRequests", cb.MinRequests, 0)
+		atLeast(v, cp+".consecutiveFailures", cb.ConsecutiveFailures, 0)
+		atLeast(v, cp+".halfOpenRequests", cb.HalfOpenRequests, 0)
+		cb.Window.check(v, cp+".window")
+		cb.OpenFor.check(v, cp+".openFor")
+		cb.SlowCall.check(v, cp+".slowCall")
+	}
+	if od := u.OutlierDetection; od != nil {
+		op := p + ".outlierDetection"
+		atLeast(v, op+".consecutiveFailures", od.ConsecutiveFailures, 0)
+		od.Interval.check(v, op+".interval")
+		od.BaseEjectionTime.check(v, op+".baseEjectionTime")
+		if od.MaxEjectionPercent < 0 || od.MaxEjectionPercent > 100 {
+			v.add(op+".maxEjectionPercent", "%d must be between 0 and 100", od.MaxEjectionPercent)
+		}
+	}
+	if rl := u.RateLimit; rl != nil {
+		if rl.RPS <= 0 {
+			v.add(p+".rateLimit.rps", "%v must be more than 0", rl.RPS)
+		}
+		atLeast(v, p+".rateLimit.burst", rl.Burst, 0)
+	}
+	if fb := u.Fallback; fb != nil {
+		fp := p + ".fallback"
+		if len(fb.On) == 0 {
+			v.add(fp+".on", "name at least one cause (%s)", strings.Join(FallbackCauses, ", "))
+		}
+		for j, cause := range fb.On {
+			if !slices.Contains(FallbackCauses, cause) {
+				v.add(fmt.Sprintf("%s.on[%d]", fp, j), "%q is not one of %s", cause, strings.Join(FallbackCauses, ", "))
+			}
+		}
+		if fb.Status != 0 && (fb.Status < 100 || fb.Status > 599) {
+			v.add(fp+".status", "%d is not an HTTP status", fb.Status)
+		}
+	}
+}
+
+// HostKey is the form a host is matched in: lower case, no trailing dot,
+// with its port if it has one. It rejects what cannot be a Host header.
+func HostKey(h string) (string, error) {
+	if h == "" {
+		return "", fmt.Errorf("is empty")
+	}
+	if strings.ContainsAny(h, "/ \t@?#") {
+		return "", fmt.Errorf("is not a host name (no scheme, path or spaces)")
+	}
+	host, port := h, ""
+	if hh, pp, err := net.SplitHostPort(h); err == nil {
+		host, port = hh, pp
+		if _, err := parsePort(port); err != nil {
+			return "", err
+		}
+	}
+	host = strings.TrimSuffix(strings.ToLower(host), ".")
+	if host == "" {
+		return "", fmt.Errorf("has no host name")
+	}
+	if port != "" {
+		return net.JoinHostPort(host, port), nil
+	}
+	return host, nil
+}
+
+func splitHostPort(addr string) (string, int, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, fmt.Errorf("is not host:port")
+	}
+	n, err := parsePort(port)
+	return host, n, err
+}
+
+// splitListenAddr is splitHostPort for addresses to listen on, where port 0
+// asks the kernel for a free port (tests and the demo use it).
+func splitListenAddr(addr string) (string, int, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, fmt.Errorf("is not host:port")
+	}
+	if port == "0" {
+		return host, 0, nil
+	}
+	n, err := parsePort(port)
+	return host, n, err
+}
+
+func parsePort(port string) (int, error) {
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 1 || n > 65535 {
+		return 0, fmt.Errorf("has port %q, not a number from 1 to 65535", port)
+	}
+	return n, nil
+}
+
+func validName(s string) bool {
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+func oneOf(v *validator, path, got string, allowed ...string) {
+	if !slices.Contains(allowed, got) {
+		v.add(path, "%q is not one of %s", got, strings.Join(allowed, ", "))
+	}
+}
+
+func atLeast(v *validator, path string, got, min int) {
+	if got < min {
+		v.add(path, "%d must be at least %d", got, min)
+	}
+}
+
+func ratio(v *validator, path string, got float64) {
+	if got < 0 || got > 1 {
+		v.add(path, "%v must be between 0 and 1", got)
+	}
+}
+
+func itoa(i int) string { return strconv.Itoa(i) }

@@ -1,0 +1,88 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"net"
+	"net/http"
+	"strconv"
+
+	"github.com/watertight/watertight/metrics"
+)
+
+// Failure classification: the one place that decides whether an exchange
+// was a system failure of the upstream (counted by metrics as
+// upstream_error and, with the policies, by the breaker and outlier
+// detection) or a success, which includes business errors: 4xx statuses and
+// gRPC codes other than the five below. The sidecar's own rejections never
+// reach here.
+
+// grpcFailureCodes are the gRPC statuses that mean the upstream is unwell.
+var grpcFailureCodes = [17]bool{
+	2:  true, // UNKNOWN
+	4:  true, // DEADLINE_EXCEEDED
+	13: true, // INTERNAL
+	14: true, // UNAVAILABLE
+	15: true, // DATA_LOSS
+}
+
+// classifyResponse judges a complete response: its HTTP status, or for gRPC
+// its grpc-status from the trailers (or the headers of a trailers-only answer).
+func classifyResponse(resp *http.Response, grpc bool) metrics.Result {
+	if grpc {
+		v := resp.Trailer.Get("Grpc-Status")
+		if v == "" {
+			v = resp.Header.Get("Grpc-Status")
+		}
+		if v != "" {
+			code, err := strconv.Atoi(v)
+			if err != nil || code < 0 || code >= len(grpcFailureCodes) || grpcFailureCodes[code] {
+				return metrics.UpstreamError
+			}
+			return metrics.OK
+		}
+		// No status at all: gRPC clients read that as INTERNAL (on 200) or
+		// map the HTTP status; either way not a business answer.
+		if resp.StatusCode == http.StatusOK || resp.StatusCode >= 500 {
+			return metrics.UpstreamError
+		}
+		return metrics.OK
+	}
+	if resp.StatusCode >= 500 {
+		return metrics.UpstreamError
+	}
+	return metrics.OK
+}
+
+// classifyError judges a request that got no response. parent is the app's
+// request context, ctx the one with the compartment's deadline.
+func classifyError(parent, ctx context.Context, err error) metrics.Result {
+	switch {
+	case parent.Err() != nil:
+		return metrics.Canceled
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+		return metrics.Timeout
+	case isConnectFailure(err):
+		return metrics.UpstreamUnavailable
+	default:
+		return metrics.UpstreamError
+	}
+}
+
+// isConnectFailure: no connection could be made (refused, unreachable, DNS,
+// TLS handshake), as opposed to one that broke while in use.
+func isConnectFailure(err error) bool {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" {
+		return true
+	}
+	var dns *net.DNSError
+	var cert *tls.CertificateVerificationError
+	var unknownCA x509.UnknownAuthorityError
+	var hostname x509.HostnameError
+	var record tls.RecordHeaderError
+	return errors.As(err, &dns) || errors.As(err, &cert) || errors.As(err, &unknownCA) ||
+		errors.As(err, &hostname) || errors.As(err, &record)
+}

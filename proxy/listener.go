@@ -1,0 +1,103 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"log"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+)
+
+// Server limits for the app-facing ports. The app is trusted more than the
+// internet, but a stuck or buggy client must still not pin the sidecar.
+const (
+	maxHeaderBytes    = 60 << 10 // Envoy's default limit on request headers
+	readHeaderTimeout = 10 * time.Second
+	idleTimeout       = time.Hour // longer than app pools keep idle connections, to avoid close races
+	maxStreams        = 4096      // HTTP/2 streams per connection; the bulkheads bound the real work
+)
+
+// listener is one bound port: an HTTP/1.1 and h2c (prior knowledge) server
+// whose routes are swapped atomically by each config change.
+type listener struct {
+	name   string
+	addr   net.Addr
+	srv    *http.Server
+	routes atomic.Pointer[routes]
+	pass   http.Handler // unknownHosts: passthrough
+	done   chan struct{}
+}
+
+// newListener prepares a listener on ln; it serves once start is called
+// (after its routes are set).
+func newListener(name string, ln net.Listener, pass http.Handler, errorLog *log.Logger) *listener {
+	l := &listener{name: name, addr: ln.Addr(), pass: pass, done: make(chan struct{})}
+	var protocols http.Protocols
+	protocols.SetHTTP1(true)
+	protocols.SetUnencryptedHTTP2(true)
+	l.srv = &http.Server{
+		Handler:           l,
+		Protocols:         &protocols,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ReadHeaderTimeout: readHeaderTimeout,
+		IdleTimeout:       idleTimeout,
+		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: maxStreams},
+		ErrorLog:          errorLog,
+	}
+	return l
+}
+
+func (l *listener) start(ln net.Listener) {
+	go func() {
+		defer close(l.done)
+		if err := l.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			slog.Error("listener stopped", "listener", l.name, "address", l.addr.String(), "error", err)
+		}
+	}()
+}
+
+// ServeHTTP is the start of the request path: route, then the upstream's
+// compartment does the rest.
+func (l *listener) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodConnect {
+		writeLocalReply(w, r, reasonConnect, "CONNECT is not supported: send plain HTTP requests (the sidecar is not a tunnel)")
+		return
+	}
+	rt := l.routes.Load()
+	c := rt.route(r)
+	if c == nil {
+		if rt.passthrough && rt.mode != "upstream" {
+			l.pass.ServeHTTP(w, r)
+			return
+		}
+		writeLocalReply(w, r, reasonNoRoute, "no upstream for host "+quoteHost(r.Host))
+		return
+	}
+	if r.ProtoMajor == 1 && r.ContentLength != 0 {
+		// Let the upstream's answer stream back while the app is still
+		// sending (HTTP/1.1 handlers are half duplex by default).
+		_ = http.NewResponseController(w).EnableFullDuplex()
+	}
+	c.proxy.ServeHTTP(w, r)
+}
+
+// shutdown stops accepting and waits for in-flight requests until ctx ends,
+// then closes what is left.
+func (l *listener) shutdown(ctx context.Context) error {
+	err := l.srv.Shutdown(ctx)
+	if err != nil {
+		_ = l.srv.Close()
+	}
+	<-l.done
+	return err
+}
+
+func quoteHost(h string) string {
+	if len(h) > 256 {
+		h = h[:256] + "…"
+	}
+	return `"` + h + `"`
+}

@@ -1,0 +1,308 @@
+// Package proxy is the data plane: the app-facing listeners and, per
+// upstream, the compartment every request to it passes through.
+//
+// The request path, top to bottom: listener.ServeHTTP (route by listener or
+// Host) → ReverseProxy (hop-by-hop headers, streaming, trailers, upgrades) →
+// compartment.RoundTrip (deadline → bulkhead → endpoint → forward) →
+// exchange (holds the slot until the response body ends, then judges it).
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/watertight/watertight/bulkhead"
+	"github.com/watertight/watertight/config"
+	"github.com/watertight/watertight/metrics"
+)
+
+// Options configure a Server.
+type Options struct {
+	Logger  *slog.Logger
+	Metrics *metrics.Registry
+	// DrainTimeout bounds how long a listener removed by a config change
+	// keeps serving its in-flight requests.
+	DrainTimeout time.Duration
+}
+
+// Server runs the listeners and compartments of the config in force.
+// Apply swaps in a new config without dropping a request.
+type Server struct {
+	log      *slog.Logger
+	metrics  *metrics.Registry
+	errorLog *log.Logger
+	drain    time.Duration
+	pass     http.Handler
+
+	mu           sync.Mutex
+	cfg          *config.Config
+	listeners    map[string]*listener      // by configured address
+	pools        map[string]*bulkhead.Pool // by upstream name, or sharedPool
+	transports   map[string]*transports    // by upstream name
+	compartments []*compartment            // in config order
+	retiring     sync.WaitGroup            // listeners draining after a change
+	closed       bool
+}
+
+const sharedPool = "\x00shared"
+
+// NewServer makes a server with no config; nothing listens until Apply.
+func NewServer(o Options) *Server {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Metrics == nil {
+		o.Metrics = metrics.New()
+	}
+	if o.DrainTimeout == 0 {
+		o.DrainTimeout = 15 * time.Second
+	}
+	errorLog := slog.NewLogLogger(o.Logger.Handler(), slog.LevelWarn)
+	s := &Server{
+		log:        o.Logger,
+		metrics:    o.Metrics,
+		errorLog:   errorLog,
+		drain:      o.DrainTimeout,
+		pass:       newPassthrough(errorLog),
+		listeners:  map[string]*listener{},
+		pools:      map[string]*bulkhead.Pool{},
+		transports: map[string]*transports{},
+	}
+	o.Metrics.SetPoolSource(s.Pools)
+	return s
+}
+
+// Apply makes cfg (validated, with defaults set) the config in force. What
+// can fail (reading TLS files, binding new ports) happens first; if it does,
+// the previous config keeps serving untouched. Pools are resized in place,
+// unchanged connection pools are kept, requests in flight finish on the
+// compartment they started on, and removed listeners drain.
+func (s *Server) Apply(cfg *config.Config) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return errors.New("applying config: server is shut down")
+	}
+
+	// Prepare: everything that can fail.
+	ts := make(map[string]*transports, len(cfg.Upstreams))
+	var created []*transports
+	undo := func() {
+		for _, t := range created {
+			t.closeIdle()
+		}
+	}
+	for i := range cfg.Upstreams {
+		u := &cfg.Upstreams[i]
+		k := keyOf(u, cfg.Budget)
+		if old, ok := s.transports[u.Name]; ok && old.key == k {
+			ts[u.Name] = old
+			continue
+		}
+		t, err := newTransports(k)
+		if err != nil {
+			undo()
+			return fmt.Errorf("applying config: upstreams[%d].%w", i, err)
+		}
+		ts[u.Name], created = t, append(created, t)
+	}
+	opened := map[string]net.Listener{}
+	for i, l := range cfg.Listeners {
+		if _, ok := s.listeners[l.Address]; ok {
+			continue
+		}
+		ln, err := net.Listen("tcp", l.Address)
+		if err != nil {
+			for _, o := range opened {
+				_ = o.Close()
+			}
+			undo()
+			return fmt.Errorf("applying config: listeners[%d].address: %w", i, err)
+		}
+		opened[l.Address] = ln
+	}
+
+	// Commit: nothing below fails.
+	pools := s.resizePools(cfg)
+	comps := make(map[string]*compartment, len(cfg.Upstreams))
+	order := make([]*compartment, 0, len(cfg.Upstreams))
+	hosts := map[string]*compartment{}
+	for i := range cfg.Upstreams {
+		u := &cfg.Upstreams[i]
+		pool, shared := pools[u.Name], false
+		if cfg.Isolation == config.IsolationShared {
+			pool, shared = pools[sharedPool], true
+		}
+		c := newCompartment(u, pool, shared, ts[u.Name], s.metrics.Upstream(u.Name), s.errorLog)
+		comps[u.Name] = c
+		order = append(order, c)
+		for _, h := range u.Hosts {
+			if k, err := config.HostKey(h); err == nil {
+				hosts[k] = c
+			}
+		}
+	}
+	live := map[string]bool{}
+	for _, lc := range cfg.Listeners {
+		rt := &routes{mode: lc.Mode, hosts: hosts, passthrough: cfg.UnknownHosts == config.UnknownHostsPass}
+		if lc.Mode == config.ModeUpstream {
+			rt.upstream = comps[lc.Upstream]
+		}
+		l, ok := s.listeners[lc.Address]
+		if !ok {
+			l = newListener(lc.Name, opened[lc.Address], s.pass, s.errorLog)
+			s.listeners[lc.Address] = l
+		}
+		l.name = lc.Name
+		l.routes.Store(rt)
+		if !ok {
+			l.start(opened[lc.Address])
+			s.log.Info("listening", "listener", lc.Name, "address", l.addr.String(), "mode", lc.Mode)
+		}
+		live[lc.Address] = true
+	}
+	for addr, l := range s.listeners {
+		if !live[addr] {
+			delete(s.listeners, addr)
+			s.retire(l)
+		}
+	}
+	for name, t := range s.transports {
+		if ts[name] != t {
+			t.closeIdle()
+		}
+	}
+	for name := range s.transports {
+		if _, ok := comps[name]; !ok {
+			s.metrics.ForgetUpstream(name)
+		}
+	}
+	s.transports, s.compartments, s.cfg = ts, order, cfg
+	return nil
+}
+
+// resizePools sizes every pool from the budget and weights, resizing the
+// ones that exist in place. Called with mu held.
+func (s *Server) resizePools(cfg *config.Config) map[string]*bulkhead.Pool {
+	type size struct {
+		limit, queue int
+		wait         time.Duration
+	}
+	want := map[string]size{}
+	if cfg.Isolation == config.IsolationShared {
+		queue, wait := 0, time.Duration(0)
+		for _, u := range cfg.Upstreams {
+			queue += u.Bulkhead.MaxQueue
+			wait = max(wait, u.Bulkhead.MaxWait.Duration)
+		}
+		want[sharedPool] = size{cfg.Budget, queue, wait}
+	} else {
+		shares := make([]bulkhead.Share, len(cfg.Upstreams))
+		for i, u := range cfg.Upstreams {
+			b := u.Bulkhead
+			shares[i] = bulkhead.Share{Weight: b.Weight, Min: b.MinConcurrent, MaxConcurrent: b.MaxConcurrent}
+		}
+		for i, limit := range bulkhead.Limits(cfg.Budget, shares) {
+			u := cfg.Upstreams[i]
+			want[u.Name] = size{limit, u.Bulkhead.MaxQueue, u.Bulkhead.MaxWait.Duration}
+		}
+	}
+	pools := make(map[string]*bulkhead.Pool, len(want))
+	for name, w := range want {
+		if p, ok := s.pools[name]; ok {
+			p.Resize(w.limit, w.queue, w.wait)
+			pools[name] = p
+		} else {
+			pools[name] = bulkhead.New(w.limit, w.queue, w.wait)
+		}
+	}
+	s.pools = pools
+	return pools
+}
+
+// retire lets a listener that left the config finish its requests.
+func (s *Server) retire(l *listener) {
+	s.retiring.Add(1)
+	go func() {
+		defer s.retiring.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), s.drain)
+		defer cancel()
+		if err := l.shutdown(ctx); err != nil {
+			s.log.Warn("removed listener did not drain in time", "listener", l.name, "error", err)
+		}
+		s.log.Info("stopped listening", "listener", l.name, "address", l.addr.String())
+	}()
+}
+
+// Shutdown stops accepting on every listener and waits for in-flight
+// requests until ctx ends; then it closes what is left.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closed = true
+	ls := make([]*listener, 0, len(s.listeners))
+	for _, l := range s.listeners {
+		ls = append(ls, l)
+	}
+	s.listeners = map[string]*listener{}
+	s.mu.Unlock()
+
+	errs := make(chan error, len(ls))
+	for _, l := range ls {
+		go func() { errs <- l.shutdown(ctx) }()
+	}
+	var err error
+	for range ls {
+		err = errors.Join(err, <-errs)
+	}
+	s.retiring.Wait()
+	s.mu.Lock()
+	for _, t := range s.transports {
+		t.closeIdle()
+	}
+	s.mu.Unlock()
+	return err
+}
+
+// Ready says whether a config is in force and the server is not stopping.
+func (s *Server) Ready() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cfg != nil && !s.closed
+}
+
+// Config is the config in force (nil before the first Apply). Do not modify it.
+func (s *Server) Config() *config.Config {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cfg
+}
+
+// Addr is the address the named listener is bound to (useful with port 0).
+func (s *Server) Addr(name string) (net.Addr, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, l := range s.listeners {
+		if l.name == name {
+			return l.addr, true
+		}
+	}
+	return nil, false
+}
+
+// Pools reads every upstream's pool, in config order.
+func (s *Server) Pools() []metrics.PoolReading {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]metrics.PoolReading, len(s.compartments))
+	for i, c := range s.compartments {
+		out[i] = metrics.PoolReading{Upstream: c.name, Stats: c.stats()}
+	}
+	return out
+}

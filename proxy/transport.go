@@ -1,0 +1,124 @@
+package proxy
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/watertight/watertight/config"
+)
+
+// transports is an upstream's own connection pools: one per protocol it
+// speaks to its endpoints. They are never shared with another upstream, so a
+// dead upstream's hung connections cannot starve anyone else's dials.
+type transports struct {
+	key  transportKey
+	h1   *http.Transport // HTTP/1.1 (or ALPN-negotiated, over TLS with auto)
+	h2   *http.Transport // HTTP/2: h2c with prior knowledge, or h2 over TLS
+	auto bool            // choose per request: HTTP/2 if the app spoke it or it is gRPC
+}
+
+// transportKey is everything a connection pool depends on; upstreams whose
+// key did not change keep their pools (and warm connections) across reloads.
+type transportKey struct {
+	upstream, protocol, sni, caFile string
+	tls                             bool
+	maxIdle                         int
+}
+
+func keyOf(u *config.Upstream, budget int) transportKey {
+	k := transportKey{upstream: u.Name, protocol: u.Protocol, maxIdle: budget}
+	if u.TLS != nil {
+		k.tls, k.sni, k.caFile = true, u.TLS.SNI, u.TLS.CAFile
+	}
+	return k
+}
+
+func newTransports(k transportKey) (*transports, error) {
+	var tlsConf *tls.Config
+	if k.tls {
+		tlsConf = &tls.Config{ServerName: k.sni, MinVersion: tls.VersionTLS12}
+		if k.caFile != "" {
+			pem, err := os.ReadFile(k.caFile)
+			if err != nil {
+				return nil, fmt.Errorf("tls.caFile: reading %q: %w", k.caFile, err)
+			}
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("tls.caFile: %q holds no PEM certificate", k.caFile)
+			}
+			tlsConf.RootCAs = pool
+		}
+	}
+	mk := func(h1, h2 bool) *http.Transport {
+		var p http.Protocols
+		p.SetHTTP1(h1)
+		if k.tls {
+			p.SetHTTP2(h2)
+		} else {
+			p.SetUnencryptedHTTP2(h2)
+		}
+		return &http.Transport{
+			Protocols: &p,
+			DialContext: (&net.Dialer{
+				Timeout:   5 * time.Second, // the request's deadline usually ends it sooner
+				KeepAlive: 30 * time.Second,
+			}).DialContext,
+			TLSClientConfig: tlsConf.Clone(),
+			// The bulkhead bounds requests in flight, so it bounds the
+			// connections too; keep as many idle as the pod could use.
+			MaxIdleConnsPerHost:   k.maxIdle,
+			IdleConnTimeout:       90 * time.Second,
+			TLSHandshakeTimeout:   5 * time.Second,
+			ExpectContinueTimeout: time.Second,
+			// A proxy must pass bodies as they are: no Accept-Encoding added,
+			// no transparent gunzip.
+			DisableCompression: true,
+			HTTP2: &http.HTTP2Config{
+				SendPingTimeout: 30 * time.Second, // find dead connections
+				PingTimeout:     10 * time.Second,
+			},
+		}
+	}
+	t := &transports{key: k}
+	switch {
+	case k.protocol == config.ProtocolHTTP1:
+		t.h1 = mk(true, false)
+		t.h2 = t.h1
+	case k.protocol == config.ProtocolHTTP2:
+		t.h2 = mk(false, true)
+		t.h1 = t.h2
+	case k.tls: // auto over TLS: ALPN decides
+		t.h1 = mk(true, true)
+		t.h2 = t.h1
+	default: // auto over cleartext: follow the app
+		t.h1, t.h2, t.auto = mk(true, false), mk(false, true), true
+	}
+	return t, nil
+}
+
+// forRequest picks the connection pool for one request.
+func (t *transports) forRequest(r *http.Request, grpc bool) *http.Transport {
+	if t.auto && (r.ProtoMajor == 2 || grpc) {
+		return t.h2
+	}
+	return t.h1
+}
+
+func (t *transports) closeIdle() {
+	t.h1.CloseIdleConnections()
+	if t.h2 != t.h1 {
+		t.h2.CloseIdleConnections()
+	}
+}
+
+func (t *transports) scheme() string {
+	if t.key.tls {
+		return "https"
+	}
+	return "http"
+}

@@ -1,0 +1,254 @@
+// Package sidecar assembles the running process: the config source, the data
+// plane (proxy), the admin port, reloads and the graceful stop.
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/watertight/watertight/admin"
+	"github.com/watertight/watertight/config"
+	"github.com/watertight/watertight/metrics"
+	"github.com/watertight/watertight/proxy"
+)
+
+// Options configure a sidecar.
+type Options struct {
+	// ConfigPath is the YAML file to run and watch. Config, if set instead,
+	// is run as given (the demo's embedded config) and never reloaded.
+	ConfigPath string
+	Config     *config.Config
+	// AdminAddress overrides admin.address from the config.
+	AdminAddress string
+	// DrainTimeout bounds the graceful stop (default 15s).
+	DrainTimeout time.Duration
+	Logger       *slog.Logger
+}
+
+// Sidecar is a running sidecar.
+type Sidecar struct {
+	opts    Options
+	log     *slog.Logger
+	metrics *metrics.Registry
+	proxy   *proxy.Server
+	admin   *admin.Server
+
+	reloadMu sync.Mutex // one reload at a time
+	mu       sync.Mutex
+	applied  applied
+
+	stopWatch context.CancelFunc
+	watchDone chan struct{}
+}
+
+type applied struct {
+	cfg     *config.Config
+	version string
+	source  string
+	at      time.Time
+}
+
+// Start loads the config, starts the listeners and the admin port, and (for
+// a config file) starts watching the file. A config that does not load is an
+// error here: at start there is no last good config to keep.
+func Start(o Options) (*Sidecar, error) {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.DrainTimeout == 0 {
+		o.DrainTimeout = 15 * time.Second
+	}
+	cfg, source := o.Config, "embedded"
+	if o.ConfigPath != "" {
+		var err error
+		if cfg, err = config.Load(o.ConfigPath); err != nil {
+			return nil, err
+		}
+		source = "file:" + o.ConfigPath
+	}
+	if cfg == nil {
+		return nil, errors.New("starting sidecar: no config (give --config FILE)")
+	}
+	s := &Sidecar{opts: o, log: o.Logger, metrics: metrics.New(), watchDone: make(chan struct{})}
+	s.proxy = proxy.NewServer(proxy.Options{Logger: o.Logger, Metrics: s.metrics, DrainTimeout: o.DrainTimeout})
+	if err := s.apply(cfg, source); err != nil {
+		return nil, err
+	}
+	adminAddr := cfg.Admin.Address
+	if o.AdminAddress != "" {
+		adminAddr = o.AdminAddress
+	}
+	var err error
+	if s.admin, err = admin.Start(adminAddr, admin.Handler(s.metrics.Prometheus(), s)); err != nil {
+		_ = s.proxy.Shutdown(context.Background())
+		return nil, err
+	}
+	s.log.Info("admin listening", "address", s.admin.Addr().String())
+	ctx, cancel := context.WithCancel(context.Background())
+	s.stopWatch = cancel
+	if o.ConfigPath != "" {
+		go s.watch(ctx)
+	} else {
+		close(s.watchDone)
+	}
+	return s, nil
+}
+
+func (s *Sidecar) apply(cfg *config.Config, source string) error {
+	if err := s.proxy.Apply(cfg); err != nil {
+		return err
+	}
+	v := cfg.Version()
+	s.mu.Lock()
+	s.applied = applied{cfg: cfg, version: v, source: source, at: time.Now()}
+	s.mu.Unlock()
+	s.metrics.ConfigApplied(v, source)
+	s.log.Info("config applied", "version", v, "source", source,
+		"listeners", len(cfg.Listeners), "upstreams", len(cfg.Upstreams))
+	warnUnenforced(s.log, cfg)
+	return nil
+}
+
+// Reload reads the config file again and applies it. A file that fails to
+// load or apply is logged and counted, and the config in force keeps serving.
+func (s *Sidecar) Reload() error {
+	if s.opts.ConfigPath == "" {
+		return errors.New("reloading: the config is embedded, not a file")
+	}
+	s.reloadMu.Lock()
+	defer s.reloadMu.Unlock()
+	cfg, err := config.Load(s.opts.ConfigPath)
+	if err == nil {
+		s.mu.Lock()
+		same := s.applied.version == cfg.Version()
+		s.mu.Unlock()
+		if same {
+			return nil
+		}
+		err = s.apply(cfg, "file:"+s.opts.ConfigPath)
+	}
+	s.metrics.Reload(err == nil)
+	if err != nil {
+		s.log.Error("config reload failed; the last good config keeps serving",
+			"file", s.opts.ConfigPath, "error", err, "version_in_force", s.Version())
+		return fmt.Errorf("reloading config: %w", err)
+	}
+	return nil
+}
+
+// Version is the version of the config in force.
+func (s *Sidecar) Version() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.applied.version
+}
+
+// Ready implements admin.Source.
+func (s *Sidecar) Ready() bool { return s.proxy.Ready() }
+
+// ConfigDump implements admin.Source.
+func (s *Sidecar) ConfigDump() any {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return struct {
+		Version   string         `json:"version"`
+		Source    string         `json:"source"`
+		AppliedAt time.Time      `json:"appliedAt"`
+		Config    *config.Config `json:"config"`
+	}{s.applied.version, s.applied.source, s.applied.at, s.applied.cfg}
+}
+
+// Proxy is the data plane.
+func (s *Sidecar) Proxy() *proxy.Server { return s.proxy }
+
+// Metrics is the metrics registry.
+func (s *Sidecar) Metrics() *metrics.Registry { return s.metrics }
+
+// AdminAddr is the admin port's bound address.
+func (s *Sidecar) AdminAddr() net.Addr { return s.admin.Addr() }
+
+// Shutdown is the graceful stop: /ready turns 503 and the listeners stop
+// accepting at once, in-flight requests get until ctx ends to finish, then
+// the admin port closes.
+func (s *Sidecar) Shutdown(ctx context.Context) error {
+	s.stopWatch()
+	<-s.watchDone
+	err := s.proxy.Shutdown(ctx)
+	if err != nil {
+		s.log.Warn("drain timed out; closing the requests still in flight", "error", err)
+	}
+	actx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	return errors.Join(err, s.admin.Shutdown(actx))
+}
+
+// Run starts a sidecar and serves until ctx ends or SIGTERM/SIGINT arrives,
+// reloading on SIGHUP; then it drains for up to DrainTimeout. A drain that
+// runs out of time is logged, not an error: the process still exits 0.
+func Run(ctx context.Context, o Options) error {
+	s, err := Start(o)
+	if err != nil {
+		return err
+	}
+	stop := make(chan os.Signal, 1)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(stop)
+	defer signal.Stop(hup)
+	for waiting := true; waiting; {
+		select {
+		case <-ctx.Done():
+			waiting = false
+		case sig := <-stop:
+			s.log.Info("stopping: draining in-flight requests", "signal", sig.String(), "drain_timeout", s.opts.DrainTimeout)
+			waiting = false
+		case <-hup:
+			_ = s.Reload() // logged and counted by Reload
+		}
+	}
+	dctx, cancel := context.WithTimeout(context.Background(), s.opts.DrainTimeout)
+	defer cancel()
+	if err := s.Shutdown(dctx); err != nil {
+		s.log.Warn("stopped with requests cut off", "error", err)
+	}
+	s.log.Info("stopped")
+	return nil
+}
+
+// warnUnenforced says which configured policies this build does not apply
+// yet, so nobody believes a breaker protects them when none does.
+func warnUnenforced(log *slog.Logger, cfg *config.Config) {
+	for _, u := range cfg.Upstreams {
+		var names []string
+		if u.Retry != nil {
+			names = append(names, "retry")
+		}
+		if u.CircuitBreaker != nil {
+			names = append(names, "circuitBreaker")
+		}
+		if u.OutlierDetection != nil {
+			names = append(names, "outlierDetection")
+		}
+		if u.RateLimit != nil {
+			names = append(names, "rateLimit")
+		}
+		if u.Fallback != nil {
+			names = append(names, "fallback")
+		}
+		if u.Warmup.Duration > 0 {
+			names = append(names, "warmup")
+		}
+		if len(names) > 0 {
+			log.Warn("configured policies are validated but not enforced by this build yet", "upstream", u.Name, "policies", names)
+		}
+	}
+}
