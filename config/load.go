@@ -26,13 +26,13 @@ func Parse(data []byte) (*Config, error) {
 	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
 		return nil, errors.New("reading YAML: the file holds more than one document")
 	}
-	v := &validator{}
-	checkShape(&root, reflect.TypeFor[Config](), "", v)
-	if err := v.err(); err != nil {
-		return nil, err
-	}
 	c := &Config{}
-	if root.Kind != 0 {
+	if root.Kind != 0 { // an empty file is an empty config
+		v := &validator{}
+		checkShape(&root, reflect.TypeFor[Config](), "", v)
+		if err := v.err(); err != nil {
+			return nil, err
+		}
 		if err := root.Decode(c); err != nil {
 			return nil, fmt.Errorf("decoding config: %w", err)
 		}

@@ -121,11 +121,15 @@ func newRandom(eps []*endpoint) *random {
 }
 
 func (b *random) pick() *endpoint {
-	switch {
-	case len(b.eps) == 0:
+	if len(b.eps) == 0 {
 		return nil
-	case b.cumulative == nil:
-		return b.eps[rand.IntN(len(b.eps))]
+	}
+	return b.eps[b.index()]
+}
+
+func (b *random) index() int {
+	if b.cumulative == nil {
+		return rand.IntN(len(b.eps))
 	}
 	n := rand.IntN(b.total)
 	lo, hi := 0, len(b.cumulative)-1
@@ -137,12 +141,12 @@ func (b *random) pick() *endpoint {
 			lo = mid + 1
 		}
 	}
-	return b.eps[lo]
+	return lo
 }
 
-// leastRequest is the power of two choices: two endpoints drawn by weight,
-// the one with fewer requests in flight per unit of weight wins. It avoids
-// the herd that "always the least loaded" causes when picks race.
+// leastRequest is the power of two choices: two different endpoints drawn by
+// weight, the one with fewer requests in flight per unit of weight wins. It
+// avoids the herd that "always the least loaded" causes when picks race.
 type leastRequest struct {
 	eps    []*endpoint
 	random *random
@@ -152,13 +156,15 @@ func (b *leastRequest) pick() *endpoint {
 	if len(b.eps) < 2 {
 		return b.random.pick()
 	}
-	a, c := b.random.pick(), b.random.pick()
-	for range 3 {
-		if a != c {
+	i, j := b.random.index(), b.random.index()
+	for try := 0; i == j; try++ {
+		if try == 3 { // a dominant weight: take the neighbour
+			j = (i + 1) % len(b.eps)
 			break
 		}
-		c = b.random.pick()
+		j = b.random.index()
 	}
+	a, c := b.eps[i], b.eps[j]
 	// Compare active/weight without dividing: a.active*c.weight vs c.active*a.weight.
 	if a.active.Load()*int64(max(c.weight, 1)) <= c.active.Load()*int64(max(a.weight, 1)) {
 		return a

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/watertight/watertight/metrics"
 )
@@ -62,13 +63,26 @@ func classifyError(parent, ctx context.Context, err error) metrics.Result {
 	switch {
 	case parent.Err() != nil:
 		return metrics.Canceled
-	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+	case deadlinePassed(ctx):
 		return metrics.Timeout
 	case isConnectFailure(err):
 		return metrics.UpstreamUnavailable
 	default:
 		return metrics.UpstreamError
 	}
+}
+
+// deadlinePassed says whether ctx's deadline has come, even if its timer has
+// not fired yet. The upstream was told the same deadline (grpc-timeout,
+// x-request-timeout) and may give up on it first, by resetting the stream
+// (grpc-go does) or answering DEADLINE_EXCEEDED: which of the two timers is
+// noticed first must not turn the request's timeout into an upstream error.
+func deadlinePassed(ctx context.Context) bool {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return true
+	}
+	dl, ok := ctx.Deadline()
+	return ok && !time.Now().Before(dl)
 }
 
 // isConnectFailure: no connection could be made (refused, unreachable, DNS,

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -43,9 +44,28 @@ func (x *exchange) Read(p []byte) (int, error) {
 			x.sawEOF = true
 		} else if x.readErr == nil {
 			x.readErr = err
+			if x.grpc && x.parent.Err() == nil && deadlinePassed(x.ctx) {
+				x.timeoutTrailers(err)
+				return n, io.EOF
+			}
 		}
 	}
 	return n, err
+}
+
+// timeoutTrailers ends a gRPC response that the deadline cut off after it
+// began. It can no longer be a local reply, but its status is still to come,
+// so it ends with the trailers of one (DEADLINE_EXCEEDED, reason timeout)
+// rather than the reset a broken copy gives, which gRPC clients report as
+// INTERNAL. The ReverseProxy sends resp.Trailer once the body ends.
+func (x *exchange) timeoutTrailers(err error) {
+	if x.resp.Trailer == nil {
+		x.resp.Trailer = http.Header{}
+	}
+	lr := &localReply{result: metrics.Timeout, upstream: x.c.name, err: err}
+	x.resp.Trailer.Set("Grpc-Status", strconv.Itoa(reasonTimeout.grpcCode))
+	x.resp.Trailer.Set("Grpc-Message", grpcEncodeMessage(lr.Error()))
+	x.resp.Trailer.Set(HeaderReason, reasonTimeout.name)
 }
 
 func (x *exchange) Close() error {
@@ -58,10 +78,16 @@ func (x *exchange) Close() error {
 func (x *exchange) result() metrics.Result {
 	switch {
 	case x.sawEOF:
-		return classifyResponse(x.resp, x.grpc)
+		res := classifyResponse(x.resp, x.grpc)
+		if res == metrics.UpstreamError && deadlinePassed(x.ctx) {
+			// The upstream gave up on the deadline it was passed
+			// (DEADLINE_EXCEEDED) just before the sidecar did.
+			return metrics.Timeout
+		}
+		return res
 	case x.parent.Err() != nil:
 		return metrics.Canceled
-	case errors.Is(x.ctx.Err(), context.DeadlineExceeded):
+	case deadlinePassed(x.ctx):
 		return metrics.Timeout
 	case x.readErr != nil:
 		return metrics.UpstreamError

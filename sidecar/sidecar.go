@@ -194,16 +194,17 @@ func (s *Sidecar) Shutdown(ctx context.Context) error {
 // reloading on SIGHUP; then it drains for up to DrainTimeout. A drain that
 // runs out of time is logged, not an error: the process still exits 0.
 func Run(ctx context.Context, o Options) error {
-	s, err := Start(o)
-	if err != nil {
-		return err
-	}
+	// Signals first: once /ready answers, a SIGHUP must not kill the process.
 	stop := make(chan os.Signal, 1)
 	hup := make(chan os.Signal, 1)
 	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(stop)
 	defer signal.Stop(hup)
+	s, err := Start(o)
+	if err != nil {
+		return err
+	}
 	for waiting := true; waiting; {
 		select {
 		case <-ctx.Done():
