@@ -1,0 +1,191 @@
+// Command sidecar is Watertight: a per-pod proxy that gives every outbound
+// dependency its own compartment (concurrency pool, queue, timeout, metrics).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/watertight/watertight/demo"
+	"github.com/watertight/watertight/sidecar"
+)
+
+// version is set at build time with -ldflags "-X main.version=v1.2.3".
+var version = ""
+
+const usage = `Watertight: a sidecar proxy that gives every outbound dependency its own
+watertight compartment (weighted concurrency pool, bounded queue, timeout,
+connection pool and metrics), so one slow dependency cannot sink the app.
+
+Usage:
+  sidecar run --config FILE [--admin ADDR] [--drain-timeout 15s]
+  sidecar demo [--duration 30s]
+  sidecar version
+
+Commands:
+  run       run the proxy on a YAML config file (reloaded on change and on SIGHUP)
+  demo      run a self-contained demonstration of isolation, about 30 seconds
+  version   print the version
+
+Run 'sidecar COMMAND --help' for a command's flags.
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	var err error
+	switch cmd, rest := args[0], args[1:]; cmd {
+	case "run":
+		err = runProxy(rest, stderr)
+	case "demo":
+		err = runDemo(rest, stdout, stderr)
+	case "version", "--version", "-version":
+		fmt.Fprintln(stdout, "watertight sidecar", buildVersion())
+	case "help", "--help", "-help", "-h":
+		fmt.Fprint(stdout, usage)
+	default:
+		fmt.Fprintf(stderr, "sidecar: unknown command %q\n\n%s", cmd, usage)
+		return 2
+	}
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.Is(err, errUsage):
+		return 2
+	default:
+		fmt.Fprintln(stderr, "sidecar:", err)
+		return 1
+	}
+}
+
+var errUsage = errors.New("usage")
+
+func newFlags(name, synopsis string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: sidecar %s\n\nFlags:\n", synopsis)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+func parse(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return errUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(fs.Output(), "unexpected argument %q\n", fs.Arg(0))
+		fs.Usage()
+		return errUsage
+	}
+	return nil
+}
+
+type logFlags struct{ level, format *string }
+
+func addLogFlags(fs *flag.FlagSet, level string) logFlags {
+	return logFlags{
+		level:  fs.String("log-level", level, "log level: debug, info, warn or error"),
+		format: fs.String("log-format", "text", "log format: text or json"),
+	}
+}
+
+func (l logFlags) logger(w io.Writer) (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*l.level)); err != nil {
+		return nil, fmt.Errorf("--log-level: %q is not debug, info, warn or error", *l.level)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	switch strings.ToLower(*l.format) {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	default:
+		return nil, fmt.Errorf("--log-format: %q is not text or json", *l.format)
+	}
+}
+
+func runProxy(args []string, stderr io.Writer) error {
+	fs := newFlags("run", "run --config FILE [flags]", stderr)
+	configPath := fs.String("config", "", "YAML config file (required); reloaded when it changes and on SIGHUP")
+	adminAddr := fs.String("admin", "", "admin address for /metrics /ready /healthz /config_dump (default: admin.address from the config, 127.0.0.1:15000)")
+	drain := fs.Duration("drain-timeout", 15*time.Second, "on SIGTERM, how long in-flight requests get to finish")
+	lf := addLogFlags(fs, "info")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *configPath == "" {
+		fmt.Fprintln(stderr, "sidecar run: --config is required")
+		fs.Usage()
+		return errUsage
+	}
+	log, err := lf.logger(stderr)
+	if err != nil {
+		return err
+	}
+	slog.SetDefault(log)
+	return sidecar.Run(context.Background(), sidecar.Options{
+		ConfigPath:   *configPath,
+		AdminAddress: *adminAddr,
+		DrainTimeout: *drain,
+		Logger:       log,
+	})
+}
+
+func runDemo(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("demo", "demo [flags]", stderr)
+	duration := fs.Duration("duration", 30*time.Second, "total length of the demo (two runs of half each)")
+	lf := addLogFlags(fs, "warn")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	log, err := lf.logger(stderr)
+	if err != nil {
+		return err
+	}
+	slog.SetDefault(log)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return demo.Run(ctx, demo.Options{Duration: *duration, Out: stdout, Logger: log})
+}
+
+func buildVersion() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		v := bi.Main.Version
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+				v += " (" + s.Value[:12] + ")"
+			}
+		}
+		if v != "" {
+			return v + " " + bi.GoVersion
+		}
+	}
+	return "(devel)"
+}
