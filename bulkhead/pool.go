@@ -147,6 +147,21 @@ func (p *Pool) Resize(limit, maxQueue int, maxWait time.Duration) {
 	p.mu.Unlock()
 }
 
+// SetLimit changes the limit alone, as Resize does (for warm-up ramps).
+func (p *Pool) SetLimit(limit int) {
+	p.mu.Lock()
+	if p.limit == limit {
+		p.mu.Unlock()
+		return
+	}
+	p.limit = limit
+	for p.active < p.limit && p.head != nil {
+		p.active++
+		p.grant(p.head)
+	}
+	p.mu.Unlock()
+}
+
 // Stats reads the pool.
 func (p *Pool) Stats() Stats {
 	p.mu.Lock()

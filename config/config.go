@@ -4,7 +4,10 @@
 package config
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
+	"slices"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -78,7 +81,7 @@ type Upstream struct {
 	Warmup           Duration          `yaml:"warmup,omitempty" json:"warmup,omitempty"`
 	OutlierDetection *OutlierDetection `yaml:"outlierDetection,omitempty" json:"outlierDetection,omitempty"`
 	RateLimit        *RateLimit        `yaml:"rateLimit,omitempty" json:"rateLimit,omitempty"`
-	Fallback         *Fallback         `yaml:"fallback,omitempty" json:"fallback,omitempty"`
+	Fallback         Fallbacks         `yaml:"fallback,omitempty" json:"fallback,omitempty"`
 }
 
 // TLS to the endpoints.
@@ -125,47 +128,132 @@ type Bulkhead struct {
 	MaxWait Duration `yaml:"maxWait" json:"maxWait"`
 }
 
-// Retry policy (enforced by the resilience policies).
+// Retry re-sends a request that failed in a way worth another try.
 type Retry struct {
+	// Attempts is how many times a request may be retried after its first
+	// attempt (Envoy's num_retries); 0 disables retries.
 	Attempts      int      `yaml:"attempts" json:"attempts"`
 	PerTryTimeout Duration `yaml:"perTryTimeout,omitempty" json:"perTryTimeout,omitempty"`
-	On            []string `yaml:"on,omitempty" json:"on,omitempty"`
-	Budget        float64  `yaml:"budget,omitempty" json:"budget,omitempty"`
+	// On lists the conditions to retry on: connect-failure, reset,
+	// refused-stream, timeout (a per-try timeout), 5xx, gateway-error, HTTP
+	// statuses such as "503", and gRPC statuses by Envoy's names
+	// (unavailable, resource-exhausted, internal, deadline-exceeded, cancelled).
+	On []string `yaml:"on,omitempty" json:"on,omitempty"`
+	// Budget caps retries in flight at this share of the requests in flight
+	// (at least 3), so retries cannot multiply load during an outage.
+	Budget float64 `yaml:"budget,omitempty" json:"budget,omitempty"`
+	// BufferLimit is how much of a request body the sidecar keeps to be able
+	// to send it again (bytes). Larger bodies are streamed and not retried.
+	BufferLimit int     `yaml:"bufferLimit,omitempty" json:"bufferLimit,omitempty"`
+	Backoff     Backoff `yaml:"backoff,omitempty" json:"backoff,omitempty"`
 }
 
-// CircuitBreaker policy (enforced by the resilience policies).
+// Backoff between retries: exponential from Base, capped at Max, jittered.
+type Backoff struct {
+	Base Duration `yaml:"base,omitempty" json:"base,omitempty"`
+	Max  Duration `yaml:"max,omitempty" json:"max,omitempty"`
+}
+
+// CircuitBreaker stops calling an upstream that is failing or slow.
 type CircuitBreaker struct {
-	FailureRate         float64  `yaml:"failureRate,omitempty" json:"failureRate,omitempty"`
-	MinRequests         int      `yaml:"minRequests,omitempty" json:"minRequests,omitempty"`
+	// FailureRate opens the breaker when this share of the requests in the
+	// last Window failed, once there were at least MinRequests.
+	FailureRate float64 `yaml:"failureRate,omitempty" json:"failureRate,omitempty"`
+	MinRequests int     `yaml:"minRequests,omitempty" json:"minRequests,omitempty"`
+	// ConsecutiveFailures opens the breaker after this many failures in a row.
 	ConsecutiveFailures int      `yaml:"consecutiveFailures,omitempty" json:"consecutiveFailures,omitempty"`
 	Window              Duration `yaml:"window,omitempty" json:"window,omitempty"`
 	OpenFor             Duration `yaml:"openFor,omitempty" json:"openFor,omitempty"`
 	HalfOpenRequests    int      `yaml:"halfOpenRequests,omitempty" json:"halfOpenRequests,omitempty"`
-	SlowCall            Duration `yaml:"slowCall,omitempty" json:"slowCall,omitempty"`
-	SlowCallRate        float64  `yaml:"slowCallRate,omitempty" json:"slowCallRate,omitempty"`
+	// SlowCall and SlowCallRate open the breaker when this share of the
+	// requests in the window took SlowCall or longer, even if they succeeded.
+	SlowCall     Duration `yaml:"slowCall,omitempty" json:"slowCall,omitempty"`
+	SlowCallRate float64  `yaml:"slowCallRate,omitempty" json:"slowCallRate,omitempty"`
 }
 
-// OutlierDetection ejects failing endpoints (enforced by the resilience policies).
+// OutlierDetection ejects endpoints that fail in a row.
 type OutlierDetection struct {
-	ConsecutiveFailures int      `yaml:"consecutiveFailures,omitempty" json:"consecutiveFailures,omitempty"`
-	Interval            Duration `yaml:"interval,omitempty" json:"interval,omitempty"`
-	BaseEjectionTime    Duration `yaml:"baseEjectionTime,omitempty" json:"baseEjectionTime,omitempty"`
-	MaxEjectionPercent  int      `yaml:"maxEjectionPercent,omitempty" json:"maxEjectionPercent,omitempty"`
+	ConsecutiveFailures int `yaml:"consecutiveFailures,omitempty" json:"consecutiveFailures,omitempty"`
+	// Interval: each interval an endpoint spends in service takes one off its
+	// ejection count, so a long-healthy endpoint is ejected briefly again.
+	Interval         Duration `yaml:"interval,omitempty" json:"interval,omitempty"`
+	BaseEjectionTime Duration `yaml:"baseEjectionTime,omitempty" json:"baseEjectionTime,omitempty"`
+	MaxEjectionTime  Duration `yaml:"maxEjectionTime,omitempty" json:"maxEjectionTime,omitempty"`
+	// MaxEjectionPercent bounds the share of endpoints ejected at once (at
+	// least one may always be ejected, as in Envoy).
+	MaxEjectionPercent int `yaml:"maxEjectionPercent,omitempty" json:"maxEjectionPercent,omitempty"`
 }
 
-// RateLimit is a token bucket (enforced by the resilience policies).
+// RateLimit is a token bucket: RPS tokens a second, at most Burst saved up.
 type RateLimit struct {
 	RPS   float64 `yaml:"rps" json:"rps"`
 	Burst int     `yaml:"burst,omitempty" json:"burst,omitempty"`
 }
 
-// Fallback replaces local replies for the listed causes (enforced by the
-// resilience policies).
+// Fallback is what the sidecar answers instead of a local reply for the
+// causes in On. An upstream has one or several (one per set of causes); in
+// YAML a single mapping or a list.
 type Fallback struct {
-	On      []string          `yaml:"on" json:"on"`
+	On []string `yaml:"on" json:"on"`
+	// For HTTP requests.
 	Status  int               `yaml:"status,omitempty" json:"status,omitempty"`
 	Headers map[string]string `yaml:"headers,omitempty" json:"headers,omitempty"`
 	Body    string            `yaml:"body,omitempty" json:"body,omitempty"`
+	// For gRPC requests: a status (name such as "UNAVAILABLE", or number)
+	// and message; or, with GRPCBody (base64 of a serialized protobuf
+	// message), an OK answer carrying that message.
+	GRPCStatus  string `yaml:"grpcStatus,omitempty" json:"grpcStatus,omitempty"`
+	GRPCMessage string `yaml:"grpcMessage,omitempty" json:"grpcMessage,omitempty"`
+	GRPCBody    string `yaml:"grpcBody,omitempty" json:"grpcBody,omitempty"`
+}
+
+// Fallbacks are an upstream's fallbacks.
+type Fallbacks []Fallback
+
+// UnmarshalYAML accepts one mapping as well as a list.
+func (f *Fallbacks) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.MappingNode {
+		var one Fallback
+		if err := n.Decode(&one); err != nil {
+			return err
+		}
+		*f = Fallbacks{one}
+		return nil
+	}
+	var many []Fallback
+	if err := n.Decode(&many); err != nil {
+		return err
+	}
+	*f = many
+	return nil
+}
+
+// UnmarshalJSON accepts one object as well as an array.
+func (f *Fallbacks) UnmarshalJSON(b []byte) error {
+	if t := bytes.TrimSpace(b); len(t) > 0 && t[0] == '{' {
+		var one Fallback
+		if err := json.Unmarshal(t, &one); err != nil {
+			return err
+		}
+		*f = Fallbacks{one}
+		return nil
+	}
+	var many []Fallback
+	if err := json.Unmarshal(b, &many); err != nil {
+		return err
+	}
+	*f = many
+	return nil
+}
+
+// For returns the fallback for a cause, or nil.
+func (f Fallbacks) For(cause string) *Fallback {
+	for i := range f {
+		if slices.Contains(f[i].On, cause) {
+			return &f[i]
+		}
+	}
+	return nil
 }
 
 // Upstream returns the upstream named name, or nil.

@@ -26,7 +26,7 @@ func TestDesignExampleParses(t *testing.T) {
 	if len(u.Endpoints) != 2 || u.Endpoints[1].Address != "127.0.0.1:8082" || u.Endpoints[1].Weight != 1 {
 		t.Errorf("endpoints = %+v", u.Endpoints)
 	}
-	if u.Fallback.Body != `{"items":[]}` || u.Fallback.Headers["content-type"] != "application/json" {
+	if len(u.Fallback) != 1 || u.Fallback[0].Body != `{"items":[]}` || u.Fallback[0].Headers["content-type"] != "application/json" {
 		t.Errorf("fallback = %+v", u.Fallback)
 	}
 	if c.Listeners[1].Upstream != "inventory" || c.Listeners[0].Mode != ModeProxy {
@@ -82,6 +82,46 @@ upstreams: [{name: inv, endpoints: ["127.0.0.1:8081"], timeout: 0s}]`))
 	}
 	if c.Upstreams[0].Timeout.Duration != 0 {
 		t.Errorf("explicit 0s timeout became %v", c.Upstreams[0].Timeout)
+	}
+}
+
+func TestPolicyDefaults(t *testing.T) {
+	c, err := Parse([]byte(`
+upstreams:
+  - name: a
+    endpoints: ["h:1"]
+    retry: {attempts: 2}
+    circuitBreaker: {}
+    outlierDetection: {}
+    rateLimit: {rps: 45}
+    fallback: [{on: [timeout], body: "{}"}, {on: [bulkhead_full], grpcStatus: unavailable}]`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := c.Upstreams[0]
+	if r := u.Retry; r.Budget != 0.2 || r.BufferLimit != 64<<10 || r.Backoff.Base.Duration != 25*time.Millisecond || r.Backoff.Max.Duration != 250*time.Millisecond || len(r.On) == 0 {
+		t.Errorf("retry defaults: %+v", r)
+	}
+	if cb := u.CircuitBreaker; cb.FailureRate != 0.5 || cb.MinRequests != 20 || cb.Window.Duration != 10*time.Second || cb.OpenFor.Duration != 5*time.Second || cb.HalfOpenRequests != 3 {
+		t.Errorf("breaker defaults: %+v", cb)
+	}
+	if od := u.OutlierDetection; od.ConsecutiveFailures != 5 || od.BaseEjectionTime.Duration != 30*time.Second || od.MaxEjectionPercent != 10 || od.MaxEjectionTime.Duration != 300*time.Second {
+		t.Errorf("outlier defaults: %+v", od)
+	}
+	if u.RateLimit.Burst != 5 {
+		t.Errorf("rate limit burst default: %d, want a tenth of a second's worth (5)", u.RateLimit.Burst)
+	}
+	if f := u.Fallback.For("timeout"); f == nil || f.Status != 200 || f.Body != "{}" {
+		t.Errorf("fallback for timeout: %+v", f)
+	}
+	if f := u.Fallback.For("bulkhead_full"); f == nil || f.GRPCStatus != "unavailable" {
+		t.Errorf("fallback for bulkhead_full: %+v", f)
+	}
+	if u.Fallback.For("circuit_open") != nil {
+		t.Error("fallback for a cause nobody listed")
+	}
+	if code, ok := GRPCCode("resource-exhausted"); !ok || code != 8 {
+		t.Errorf("GRPCCode(resource-exhausted) = %d, %v", code, ok)
 	}
 }
 
@@ -164,6 +204,16 @@ func TestValidationRules(t *testing.T) {
 		{"fallback without causes", `upstreams: [{name: a, endpoints: ["h:1"], fallback: {status: 200}}]`, "upstreams[0].fallback.on", "name at least one cause"},
 		{"fallback cause", `upstreams: [{name: a, endpoints: ["h:1"], fallback: {on: [meltdown]}}]`, "upstreams[0].fallback.on[0]", `"meltdown" is not one of`},
 		{"fallback status", `upstreams: [{name: a, endpoints: ["h:1"], fallback: {on: [timeout], status: 42}}]`, "upstreams[0].fallback.status", "42 is not an HTTP status"},
+		{"fallback cause twice", `upstreams: [{name: a, endpoints: ["h:1"], fallback: [{on: [timeout]}, {on: [bulkhead_full, timeout]}]}]`, "upstreams[0].fallback[1].on[1]", `"timeout" already has a fallback at upstreams[0].fallback[0].on[0]`},
+		{"fallback list unknown field", `upstreams: [{name: a, endpoints: ["h:1"], fallback: [{on: [timeout], stauts: 200}]}]`, "upstreams[0].fallback[0].stauts", "unknown field"},
+		{"fallback header name", `upstreams: [{name: a, endpoints: ["h:1"], fallback: {on: [timeout], headers: {"bad header": x}}}]`, "upstreams[0].fallback.headers", `"bad header" is not a valid header name`},
+		{"fallback grpc status", `upstreams: [{name: a, endpoints: ["h:1"], fallback: {on: [timeout], grpcStatus: SO_SO}}]`, "upstreams[0].fallback.grpcStatus", `"SO_SO" is not a gRPC status`},
+		{"fallback grpc status number", `upstreams: [{name: a, endpoints: ["h:1"], fallback: {on: [timeout], grpcStatus: "17"}}]`, "upstreams[0].fallback.grpcStatus", `"17" is not a gRPC status`},
+		{"fallback grpc body", `upstreams: [{name: a, endpoints: ["h:1"], fallback: {on: [timeout], grpcBody: "not base64!"}}]`, "upstreams[0].fallback.grpcBody", "is not base64"},
+		{"retry buffer limit", `upstreams: [{name: a, endpoints: ["h:1"], retry: {attempts: 1, bufferLimit: -1}}]`, "upstreams[0].retry.bufferLimit", "-1 must be at least 0"},
+		{"retry backoff order", `upstreams: [{name: a, endpoints: ["h:1"], retry: {attempts: 1, backoff: {base: 1s, max: 10ms}}}]`, "upstreams[0].retry.backoff.max", `"10ms" is less than backoff.base "1s"`},
+		{"retry backoff duration", `upstreams: [{name: a, endpoints: ["h:1"], retry: {attempts: 1, backoff: {base: x}}}]`, "upstreams[0].retry.backoff.base", `"x" is not a duration`},
+		{"outlier max ejection time", `upstreams: [{name: a, endpoints: ["h:1"], outlierDetection: {maxEjectionTime: x}}]`, "upstreams[0].outlierDetection.maxEjectionTime", `"x" is not a duration`},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -1,6 +1,9 @@
 package config
 
-import "time"
+import (
+	"math"
+	"time"
+)
 
 // Defaults, as DESIGN.md and the README's config reference state them.
 const (
@@ -70,5 +73,64 @@ func (u *Upstream) setDefaults() {
 		if u.Endpoints[i].Weight == 0 {
 			u.Endpoints[i].Weight = 1
 		}
+	}
+	u.setPolicyDefaults()
+}
+
+// Policy defaults follow Envoy's where it has one.
+func (u *Upstream) setPolicyDefaults() {
+	if r := u.Retry; r != nil {
+		if len(r.On) == 0 {
+			r.On = []string{"connect-failure", "refused-stream", "reset", "503", "unavailable"}
+		}
+		if r.Budget == 0 {
+			r.Budget = 0.2
+		}
+		if r.BufferLimit == 0 {
+			r.BufferLimit = 64 << 10
+		}
+		defaultDuration(&r.Backoff.Base, 25*time.Millisecond)
+		defaultDuration(&r.Backoff.Max, max(250*time.Millisecond, r.Backoff.Base.Duration))
+	}
+	if cb := u.CircuitBreaker; cb != nil {
+		if cb.FailureRate == 0 && cb.ConsecutiveFailures == 0 && cb.SlowCall.Duration == 0 {
+			cb.FailureRate = 0.5
+		}
+		if cb.MinRequests == 0 {
+			cb.MinRequests = 20
+		}
+		if cb.HalfOpenRequests == 0 {
+			cb.HalfOpenRequests = 3
+		}
+		if cb.SlowCall.Duration > 0 && cb.SlowCallRate == 0 {
+			cb.SlowCallRate = 1
+		}
+		defaultDuration(&cb.Window, 10*time.Second)
+		defaultDuration(&cb.OpenFor, 5*time.Second)
+	}
+	if od := u.OutlierDetection; od != nil {
+		if od.ConsecutiveFailures == 0 {
+			od.ConsecutiveFailures = 5
+		}
+		if od.MaxEjectionPercent == 0 {
+			od.MaxEjectionPercent = 10
+		}
+		defaultDuration(&od.Interval, 10*time.Second)
+		defaultDuration(&od.BaseEjectionTime, 30*time.Second)
+		defaultDuration(&od.MaxEjectionTime, max(300*time.Second, od.BaseEjectionTime.Duration))
+	}
+	if rl := u.RateLimit; rl != nil && rl.Burst == 0 {
+		rl.Burst = max(1, int(math.Ceil(rl.RPS/10))) // a tenth of a second's worth
+	}
+	for i := range u.Fallback {
+		if f := &u.Fallback[i]; f.Status == 0 {
+			f.Status = 200
+		}
+	}
+}
+
+func defaultDuration(d *Duration, def time.Duration) {
+	if !d.IsSet() {
+		*d = D(def)
 	}
 }

@@ -41,6 +41,11 @@ func checkShape(n *yaml.Node, t reflect.Type, path string, v *validator) {
 		if n.Kind == yaml.ScalarNode {
 			return
 		}
+	case reflect.TypeFor[Fallbacks]():
+		if n.Kind == yaml.MappingNode { // the one-fallback short form
+			checkShape(n, reflect.TypeFor[Fallback](), path, v)
+			return
+		}
 	}
 	switch t.Kind() {
 	case reflect.Struct:

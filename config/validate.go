@@ -1,11 +1,14 @@
 package config
 
 import (
+	"encoding/base64"
 	"fmt"
 	"net"
 	"slices"
 	"strconv"
 	"strings"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // FieldError is one problem in a config, at a field path such as
@@ -206,6 +209,12 @@ func (u *Upstream) validatePolicies(v *validator, p string) {
 		if r.Budget < 0 || r.Budget > 1 {
 			v.add(rp+".budget", "%v must be between 0 and 1", r.Budget)
 		}
+		atLeast(v, rp+".bufferLimit", r.BufferLimit, 0)
+		r.Backoff.Base.check(v, rp+".backoff.base")
+		r.Backoff.Max.check(v, rp+".backoff.max")
+		if r.Backoff.Max.Duration < r.Backoff.Base.Duration {
+			v.add(rp+".backoff.max", "%q is less than backoff.base %q", r.Backoff.Max.String(), r.Backoff.Base.String())
+		}
 	}
 	if cb := u.CircuitBreaker; cb != nil {
 		cp := p + ".circuitBreaker"
@@ -223,6 +232,7 @@ func (u *Upstream) validatePolicies(v *validator, p string) {
 		atLeast(v, op+".consecutiveFailures", od.ConsecutiveFailures, 0)
 		od.Interval.check(v, op+".interval")
 		od.BaseEjectionTime.check(v, op+".baseEjectionTime")
+		od.MaxEjectionTime.check(v, op+".maxEjectionTime")
 		if od.MaxEjectionPercent < 0 || od.MaxEjectionPercent > 100 {
 			v.add(op+".maxEjectionPercent", "%d must be between 0 and 100", od.MaxEjectionPercent)
 		}
@@ -233,20 +243,64 @@ func (u *Upstream) validatePolicies(v *validator, p string) {
 		}
 		atLeast(v, p+".rateLimit.burst", rl.Burst, 0)
 	}
-	if fb := u.Fallback; fb != nil {
+	seen := map[string]string{}
+	for i, fb := range u.Fallback {
 		fp := p + ".fallback"
+		if len(u.Fallback) > 1 {
+			fp = fmt.Sprintf("%s.fallback[%d]", p, i)
+		}
 		if len(fb.On) == 0 {
 			v.add(fp+".on", "name at least one cause (%s)", strings.Join(FallbackCauses, ", "))
 		}
 		for j, cause := range fb.On {
+			cp := fmt.Sprintf("%s.on[%d]", fp, j)
 			if !slices.Contains(FallbackCauses, cause) {
-				v.add(fmt.Sprintf("%s.on[%d]", fp, j), "%q is not one of %s", cause, strings.Join(FallbackCauses, ", "))
+				v.add(cp, "%q is not one of %s", cause, strings.Join(FallbackCauses, ", "))
+			} else if prev, ok := seen[cause]; ok {
+				v.add(cp, "%q already has a fallback at %s", cause, prev)
+			} else {
+				seen[cause] = cp
 			}
 		}
 		if fb.Status != 0 && (fb.Status < 100 || fb.Status > 599) {
 			v.add(fp+".status", "%d is not an HTTP status", fb.Status)
 		}
+		for name, value := range fb.Headers {
+			if !httpguts.ValidHeaderFieldName(name) {
+				v.add(fp+".headers", "%q is not a valid header name", name)
+			} else if !httpguts.ValidHeaderFieldValue(value) {
+				v.add(fp+".headers."+name, "%q is not a valid header value", value)
+			}
+		}
+		if fb.GRPCStatus != "" {
+			if _, ok := GRPCCode(fb.GRPCStatus); !ok {
+				v.add(fp+".grpcStatus", "%q is not a gRPC status (a name such as UNAVAILABLE, or 0 to 16)", fb.GRPCStatus)
+			}
+		}
+		if fb.GRPCBody != "" {
+			if _, err := base64.StdEncoding.DecodeString(fb.GRPCBody); err != nil {
+				v.add(fp+".grpcBody", "is not base64: %v", err)
+			}
+		}
 	}
+}
+
+// grpcCodes are gRPC's status codes by name.
+var grpcCodes = []string{
+	"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+	"ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+	"ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+	"UNAUTHENTICATED",
+}
+
+// GRPCCode reads a gRPC status given by name (any case, - or _) or number.
+func GRPCCode(s string) (int, bool) {
+	if n, err := strconv.Atoi(s); err == nil {
+		return n, n >= 0 && n < len(grpcCodes)
+	}
+	name := strings.ToUpper(strings.ReplaceAll(s, "-", "_"))
+	i := slices.Index(grpcCodes, name)
+	return i, i >= 0
 }
 
 // HostKey is the form a host is matched in: lower case, no trailing dot,

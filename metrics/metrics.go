@@ -64,6 +64,8 @@ type Registry struct {
 	queueWait  *prometheus.HistogramVec
 	reloads    *prometheus.CounterVec
 	configInfo *prometheus.GaugeVec
+	retries    *prometheus.CounterVec
+	fallbacks  *prometheus.CounterVec
 
 	mu        sync.Mutex
 	upstreams map[string]*Upstream
@@ -71,11 +73,24 @@ type Registry struct {
 	version   [2]string // labels of the config_info series in force
 }
 
-// PoolReading is one upstream's pool, read at scrape time.
+// PoolReading is one upstream's pool, breaker and endpoints, read at scrape time.
 type PoolReading struct {
 	Upstream string
 	Stats    bulkhead.Stats
+	// Circuit is the breaker's state: closed, open or half_open ("" leaves
+	// it out).
+	Circuit   string
+	Endpoints []EndpointReading
 }
+
+// EndpointReading is one endpoint's outlier state.
+type EndpointReading struct {
+	Address string
+	Ejected bool
+}
+
+// CircuitStates are the values of watertight_circuit_state's state label.
+var CircuitStates = []string{"closed", "open", "half_open"}
 
 // New makes a registry with the process and Go collectors and every
 // watertight_* metric.
@@ -102,12 +117,20 @@ func New() *Registry {
 			Name: "watertight_config_info",
 			Help: "1 for the config in force: its version and where it came from.",
 		}, []string{"version", "source"}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "watertight_retries_total",
+			Help: "Retries sent to an upstream (attempts after the first), within its retry budget.",
+		}, []string{"upstream"}),
+		fallbacks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "watertight_fallbacks_total",
+			Help: "Requests answered with the upstream's configured fallback instead of a local reply, by cause.",
+		}, []string{"upstream", "cause"}),
 		upstreams: map[string]*Upstream{},
 	}
 	r.reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		r.requests, r.duration, r.queueWait, r.reloads, r.configInfo,
+		r.requests, r.duration, r.queueWait, r.reloads, r.configInfo, r.retries, r.fallbacks,
 		poolCollector{r},
 	)
 	r.reloads.WithLabelValues("success")
@@ -150,8 +173,10 @@ func (r *Registry) Reload(ok bool) {
 // request path does no label lookups.
 type Upstream struct {
 	results   [numResults]prometheus.Counter
+	fallbacks [numResults]prometheus.Counter // by the cause replaced
 	duration  prometheus.Observer
 	queueWait prometheus.Observer
+	retries   prometheus.Counter
 }
 
 // Upstream returns the metrics of the named upstream, creating them (every
@@ -165,9 +190,13 @@ func (r *Registry) Upstream(name string) *Upstream {
 	u := &Upstream{
 		duration:  r.duration.WithLabelValues(name),
 		queueWait: r.queueWait.WithLabelValues(name),
+		retries:   r.retries.WithLabelValues(name),
 	}
 	for i := range u.results {
 		u.results[i] = r.requests.WithLabelValues(name, Result(i).String())
+		if res := Result(i); res != OK && res != Canceled {
+			u.fallbacks[i] = r.fallbacks.WithLabelValues(name, res.String())
+		}
 	}
 	r.upstreams[name] = u
 	return u
@@ -182,6 +211,8 @@ func (r *Registry) ForgetUpstream(name string) {
 	r.requests.DeletePartialMatch(l)
 	r.duration.DeletePartialMatch(l)
 	r.queueWait.DeletePartialMatch(l)
+	r.retries.DeletePartialMatch(l)
+	r.fallbacks.DeletePartialMatch(l)
 }
 
 // Request records one finished request.
@@ -192,6 +223,16 @@ func (u *Upstream) Request(res Result, took time.Duration) {
 
 // QueueWait records the time a request spent queued for a slot.
 func (u *Upstream) QueueWait(d time.Duration) { u.queueWait.Observe(d.Seconds()) }
+
+// Retry counts one retry.
+func (u *Upstream) Retry() { u.retries.Inc() }
+
+// Fallback counts a fallback served in place of the local reply for cause.
+func (u *Upstream) Fallback(cause Result) {
+	if c := u.fallbacks[cause]; c != nil {
+		c.Inc()
+	}
+}
 
 // poolCollector exports the pool gauges from a reading taken at scrape time.
 type poolCollector struct{ r *Registry }
@@ -205,6 +246,11 @@ var (
 		"The upstream's pool size: its concurrency limit from budget and weight.", []string{"upstream"}, nil)
 	descQueueCap = prometheus.NewDesc("watertight_bulkhead_queue_capacity",
 		"How many requests the upstream's queue may hold (maxQueue).", []string{"upstream"}, nil)
+	descCircuit = prometheus.NewDesc("watertight_circuit_state",
+		"1 for the state the upstream's circuit breaker is in (closed, open, half_open), 0 for the others. Upstreams without a breaker are always closed.",
+		[]string{"upstream", "state"}, nil)
+	descEjected = prometheus.NewDesc("watertight_endpoint_ejected",
+		"1 while outlier detection keeps the endpoint out of load balancing, else 0.", []string{"upstream", "endpoint"}, nil)
 )
 
 func (c poolCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -212,6 +258,8 @@ func (c poolCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descQueued
 	ch <- descLimit
 	ch <- descQueueCap
+	ch <- descCircuit
+	ch <- descEjected
 }
 
 func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
@@ -226,5 +274,20 @@ func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descQueued, prometheus.GaugeValue, float64(p.Stats.Queued), p.Upstream)
 		ch <- prometheus.MustNewConstMetric(descLimit, prometheus.GaugeValue, float64(p.Stats.Limit), p.Upstream)
 		ch <- prometheus.MustNewConstMetric(descQueueCap, prometheus.GaugeValue, float64(p.Stats.QueueCapacity), p.Upstream)
+		if p.Circuit != "" {
+			for _, st := range CircuitStates {
+				ch <- prometheus.MustNewConstMetric(descCircuit, prometheus.GaugeValue, b2f(st == p.Circuit), p.Upstream, st)
+			}
+		}
+		for _, e := range p.Endpoints {
+			ch <- prometheus.MustNewConstMetric(descEjected, prometheus.GaugeValue, b2f(e.Ejected), p.Upstream, e.Address)
+		}
 	}
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -3,25 +3,36 @@ package proxy
 import (
 	"math/rand/v2"
 	"sync/atomic"
+	"time"
 
 	"github.com/watertight/watertight/config"
+	"github.com/watertight/watertight/outlier"
 )
 
-// endpoint is one address of an upstream, as the request path sees it.
+// endpoint is one address of an upstream in one config snapshot.
 type endpoint struct {
 	addr   string
 	weight int
-	active atomic.Int64 // requests in flight to it, for least_request
+	*endpointState
 }
 
-// balancer picks the endpoint for one attempt. Implementations are safe for
-// concurrent use and do not allocate.
-type balancer interface {
+// endpointState is what an endpoint keeps across config changes.
+type endpointState struct {
+	active atomic.Int64 // requests in flight to it, for least_request
+	out    outlier.Endpoint
+	// joined is when the endpoint joined the upstream (unix nanoseconds),
+	// 0 for endpoints that were there from the start: only latecomers and
+	// endpoints back from ejection warm up.
+	joined atomic.Int64
+}
+
+// policy picks an endpoint by its own rule, ignoring health.
+type policy interface {
 	pick() *endpoint
 }
 
-func newBalancer(policy string, eps []*endpoint) balancer {
-	switch policy {
+func newPolicy(name string, eps []*endpoint) policy {
+	switch name {
 	case config.LBRoundRobin:
 		return newRoundRobin(eps)
 	case config.LBRandom:
@@ -29,6 +40,66 @@ func newBalancer(policy string, eps []*endpoint) balancer {
 	default:
 		return &leastRequest{eps: eps, random: newRandom(eps)}
 	}
+}
+
+// balancer picks the endpoint for one attempt: by its policy, among the
+// endpoints in service, giving warming endpoints a share that grows over
+// the warm-up time (Envoy's slow start). Safe for concurrent use; does not
+// allocate.
+type balancer struct {
+	policy policy
+	eps    []*endpoint
+	warmup int64 // nanoseconds; 0: none
+}
+
+func newBalancer(name string, eps []*endpoint, warmup time.Duration) *balancer {
+	return &balancer{policy: newPolicy(name, eps), eps: eps, warmup: int64(warmup)}
+}
+
+// minWarmShare is a warming endpoint's share at its start (Envoy's default
+// min_weight_percent).
+const minWarmShare = 0.1
+
+func (b *balancer) pick(now int64) *endpoint {
+	if len(b.eps) == 0 {
+		return nil
+	}
+	var fallback *endpoint
+	for range 4 {
+		e := b.policy.pick()
+		if !e.out.Available(now) {
+			continue
+		}
+		if share := b.warmShare(e, now); share >= 1 || rand.Float64() < share {
+			return e
+		}
+		if fallback == nil {
+			fallback = e
+		}
+	}
+	if fallback != nil {
+		return fallback
+	}
+	for _, e := range b.eps {
+		if e.out.Available(now) {
+			return e
+		}
+	}
+	// Every endpoint is ejected (one endpoint, or the detector let it
+	// happen): trying one beats refusing everything (Envoy's panic mode).
+	return b.policy.pick()
+}
+
+// warmShare is the share of its weight a warming endpoint gets at now.
+func (b *balancer) warmShare(e *endpoint, now int64) float64 {
+	if b.warmup == 0 {
+		return 1
+	}
+	since := max(e.joined.Load(), e.out.EjectedUntilNano())
+	if since == 0 || now-since >= b.warmup {
+		return 1
+	}
+	return max(minWarmShare, float64(now-since)/float64(b.warmup))
 }
 
 // roundRobin walks a precomputed smooth weighted schedule (equal weights give

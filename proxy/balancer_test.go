@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/watertight/watertight/config"
 )
@@ -13,14 +14,14 @@ import (
 func endpoints(weights ...int) []*endpoint {
 	eps := make([]*endpoint, len(weights))
 	for i, w := range weights {
-		eps[i] = &endpoint{addr: fmt.Sprint("e", i), weight: w}
+		eps[i] = &endpoint{addr: fmt.Sprint("e", i), weight: w, endpointState: &endpointState{}}
 	}
 	return eps
 }
 
 func TestRoundRobinIsSmoothAndWeighted(t *testing.T) {
 	eps := endpoints(5, 1, 1)
-	b := newBalancer(config.LBRoundRobin, eps)
+	b := newPolicy(config.LBRoundRobin, eps)
 	var seq string
 	for range 14 {
 		seq += b.pick().addr[1:]
@@ -29,7 +30,7 @@ func TestRoundRobinIsSmoothAndWeighted(t *testing.T) {
 	if seq != "00102000010200" { // a a b a c a a, twice
 		t.Fatalf("sequence %s, want 00102000010200", seq)
 	}
-	b = newBalancer(config.LBRoundRobin, endpoints(1, 1, 1))
+	b = newPolicy(config.LBRoundRobin, endpoints(1, 1, 1))
 	seq = ""
 	for range 6 {
 		seq += b.pick().addr[1:]
@@ -40,7 +41,7 @@ func TestRoundRobinIsSmoothAndWeighted(t *testing.T) {
 }
 
 func TestRandomFollowsWeights(t *testing.T) {
-	b := newBalancer(config.LBRandom, endpoints(3, 1))
+	b := newPolicy(config.LBRandom, endpoints(3, 1))
 	counts := map[string]int{}
 	for range 40000 {
 		counts[b.pick().addr]++
@@ -53,7 +54,7 @@ func TestRandomFollowsWeights(t *testing.T) {
 
 func TestLeastRequestAvoidsTheBusyEndpoint(t *testing.T) {
 	eps := endpoints(1, 1)
-	b := newBalancer(config.LBLeastRequest, eps)
+	b := newPolicy(config.LBLeastRequest, eps)
 	eps[0].active.Store(10)
 	for range 100 {
 		if e := b.pick(); e != eps[1] {
@@ -62,7 +63,7 @@ func TestLeastRequestAvoidsTheBusyEndpoint(t *testing.T) {
 	}
 	// With three endpoints, two choices never pick the single busiest.
 	eps = endpoints(1, 1, 1)
-	b = newBalancer(config.LBLeastRequest, eps)
+	b = newPolicy(config.LBLeastRequest, eps)
 	eps[2].active.Store(5)
 	for range 1000 {
 		if b.pick() == eps[2] {
@@ -72,7 +73,7 @@ func TestLeastRequestAvoidsTheBusyEndpoint(t *testing.T) {
 	// Weight scales the load an endpoint may carry: 4 in flight on weight 4
 	// is lighter than 2 in flight on weight 1.
 	eps = endpoints(4, 1)
-	b = newBalancer(config.LBLeastRequest, eps)
+	b = newPolicy(config.LBLeastRequest, eps)
 	eps[0].active.Store(4)
 	eps[1].active.Store(2)
 	for range 100 {
@@ -127,10 +128,11 @@ func TestBalancingAcrossRealEndpoints(t *testing.T) {
 func BenchmarkBalancers(b *testing.B) {
 	for _, lb := range []string{config.LBRoundRobin, config.LBLeastRequest, config.LBRandom} {
 		b.Run(lb, func(b *testing.B) {
-			bal := newBalancer(lb, endpoints(1, 2, 3, 4))
+			bal := newBalancer(lb, endpoints(1, 2, 3, 4), 0)
+			now := time.Now().UnixNano()
 			b.ReportAllocs()
 			for b.Loop() {
-				e := bal.pick()
+				e := bal.pick(now)
 				e.active.Add(1)
 				e.active.Add(-1)
 			}

@@ -57,6 +57,23 @@ func classifyResponse(resp *http.Response, grpc bool) metrics.Result {
 	return metrics.OK
 }
 
+// classifyHead judges an answer by its head alone: its HTTP status, or a
+// gRPC status in the head of a trailers-only answer. For the decisions that
+// must be made before the body is read (retry, fallback).
+func classifyHead(resp *http.Response, grpc bool) metrics.Result {
+	if resp.StatusCode >= 500 {
+		return metrics.UpstreamError
+	}
+	if grpc {
+		if v := resp.Header.Get("Grpc-Status"); v != "" {
+			if code, err := strconv.Atoi(v); err != nil || code < 0 || code >= len(grpcFailureCodes) || grpcFailureCodes[code] {
+				return metrics.UpstreamError
+			}
+		}
+	}
+	return metrics.OK
+}
+
 // classifyError judges a request that got no response. parent is the app's
 // request context, ctx the one with the compartment's deadline.
 func classifyError(parent, ctx context.Context, err error) metrics.Result {

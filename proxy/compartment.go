@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"log"
 	"net"
 	"net/http"
@@ -10,43 +11,64 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/time/rate"
+
+	"github.com/watertight/watertight/breaker"
 	"github.com/watertight/watertight/bulkhead"
 	"github.com/watertight/watertight/config"
 	"github.com/watertight/watertight/metrics"
+	"github.com/watertight/watertight/outlier"
 )
 
-// compartment is everything one upstream owns, built from one config
-// snapshot and shared with no other upstream. The pool, the transports (while
-// their settings hold) and the metrics outlive snapshots; the rest is
-// rebuilt on every change, and requests finish on the compartment they
-// started on.
+// compartment is everything one upstream owns in one config snapshot,
+// shared with no other upstream. What must survive a config change (pool,
+// breaker, rate limiter, retry budget, endpoint state, connection pools,
+// metrics) lives in the upstream and the pool; the rest is rebuilt, and
+// requests finish on the compartment they started on.
 type compartment struct {
-	name        string
+	name string
+	up   *upstream // for its atomics only: its other fields change on reload
+	// The upstream's policies as of this snapshot.
+	transports  *transports
+	metrics     *metrics.Upstream
+	breaker     *breaker.Breaker // nil: none
+	limiter     *rate.Limiter    // nil: none
+	budget      retryBudget      // nil: no retries
 	pool        *bulkhead.Pool
+	limit       int          // the pool's configured limit, for warm-up after the breaker closes
 	shared      bool         // the pool is every upstream's (isolation: shared)
 	inflight    atomic.Int64 // this upstream's share of a shared pool
-	transports  *transports
-	balancer    balancer
-	timeout     time.Duration // 0: none
-	metrics     *metrics.Upstream
+	balancer    *balancer
+	outliers    *outlier.Detector // nil: no outlier detection
+	timeout     time.Duration     // 0: none
+	retry       *retryPolicy      // nil: no retries
+	fallbacks   config.Fallbacks
+	warmup      time.Duration
 	hostRewrite string // Host for requests addressed to the listener itself
 	proxy       *httputil.ReverseProxy
 }
 
-func newCompartment(u *config.Upstream, pool *bulkhead.Pool, shared bool, t *transports,
-	m *metrics.Upstream, errorLog *log.Logger) *compartment {
-	eps := make([]*endpoint, len(u.Endpoints))
-	for i, e := range u.Endpoints {
-		eps[i] = &endpoint{addr: e.Address, weight: e.Weight}
-	}
+func newCompartment(u *config.Upstream, up *upstream, pool *bulkhead.Pool, limit int, shared bool, errorLog *log.Logger) *compartment {
+	eps := up.snapshotEndpoints(u)
 	c := &compartment{
 		name:       u.Name,
+		up:         up,
+		transports: up.transports,
+		metrics:    up.metrics,
+		breaker:    up.breaker,
+		limiter:    up.limiter,
+		budget:     up.budget,
 		pool:       pool,
+		limit:      limit,
 		shared:     shared,
-		transports: t,
-		balancer:   newBalancer(u.LoadBalancer, eps),
+		balancer:   newBalancer(u.LoadBalancer, eps, u.Warmup.Duration),
 		timeout:    u.Timeout.Duration,
-		metrics:    m,
+		retry:      newRetryPolicy(u.Retry),
+		fallbacks:  u.Fallback,
+		warmup:     u.Warmup.Duration,
+	}
+	if od := u.OutlierDetection; od != nil {
+		c.outliers = outlier.New(*od, outlierEndpoints(eps))
 	}
 	if len(u.Hosts) > 0 {
 		c.hostRewrite = u.Hosts[0]
@@ -61,58 +83,150 @@ func newCompartment(u *config.Upstream, pool *bulkhead.Pool, shared bool, t *tra
 	return c
 }
 
-// RoundTrip is the upstream's request path, outer to inner:
-// deadline → bulkhead → pick an endpoint → forward. Every way out either
-// hands the response body (which owns the slot until it is closed) to the
-// caller or returns a *localReply.
+// RoundTrip is the upstream's request path, outer to inner, as DESIGN.md
+// orders it:
+//
+//	deadline → fallback → retry → breaker → rate limit → bulkhead → per-try timeout → endpoint → forward
+//
+// The fallback is applied by serveError to the *localReply this returns.
+// Every way out either hands the app a response whose body (an exchange)
+// holds the attempt's slot until it is closed, or returns a *localReply.
 func (c *compartment) RoundTrip(req *http.Request) (*http.Response, error) {
-	start := time.Now()
-	grpc := isGRPC(req)
-	parent := req.Context()
+	r := c.begin(req)
+	x, err := c.retries(r, req)
+	if err != nil {
+		var lr *localReply
+		if !errors.As(err, &lr) {
+			lr = &localReply{result: metrics.UpstreamError, upstream: c.name, err: err}
+		}
+		r.finish(lr.result)
+		return nil, lr
+	}
+	if c.fallbacks.For(reasonUpstreamError.name) != nil && classifyHead(x.resp, r.grpc) == metrics.UpstreamError {
+		// A weak dependency's failure answer is replaced by its fallback.
+		err := errFailedAnswer(x.resp)
+		x.resp.Body.Close()
+		r.finish(metrics.UpstreamError)
+		return nil, &localReply{result: metrics.UpstreamError, upstream: c.name, err: err}
+	}
+	x.handOver()
+	return x.resp, nil
+}
 
-	// Timeout: the smaller of the upstream's and the caller's, counted from
-	// arrival, so time spent queued comes out of it.
-	ctx, cancel := c.deadline(parent, req, grpc, start)
+// begin starts the request: its deadline is the smaller of the upstream's
+// timeout and the caller's, counted from arrival, so queueing and every
+// attempt come out of it.
+func (c *compartment) begin(req *http.Request) *request {
+	r := &request{c: c, start: time.Now(), parent: req.Context(), grpc: isGRPC(req)}
+	d := c.timeout
+	if t, ok := callerTimeout(req, r.grpc); ok && (d == 0 || t < d) {
+		d = t
+	}
+	if d == 0 {
+		r.ctx, r.cancel = r.parent, noCancel
+	} else {
+		r.ctx, r.cancel = context.WithDeadline(r.parent, r.start.Add(d))
+	}
+	if c.budget != nil {
+		c.budget.RecordExecution()
+	}
+	return r
+}
 
+// retries sends attempts until one is worth answering with: it succeeded,
+// failed in a way the retry policy does not retry, or the attempts, the
+// retry budget, the replayable body or the deadline ran out. A retry waits a
+// jittered backoff and takes a slot of its own.
+func (c *compartment) retries(r *request, req *http.Request) (*exchange, error) {
+	body := c.retry.replayable(req)
+	for n := 0; ; n++ {
+		x, err := c.attempt(r, req, n > 0)
+		if !c.retry.wanted(n, x, err, r) || !body.rewind() {
+			return x, err
+		}
+		if !c.budget.TryAcquirePermit() {
+			return x, err // the budget says enough: answer with what we have
+		}
+		if x != nil {
+			x.resp.Body.Close()
+		}
+		if !sleep(r.ctx, c.retry.backoff(n)) {
+			c.budget.ReleasePermit()
+			return nil, &localReply{result: metrics.Timeout, upstream: c.name, err: r.ctx.Err()}
+		}
+		c.metrics.Retry()
+		req = body.next(req)
+	}
+}
+
+// attempt is one try: breaker → rate limit → bulkhead → per-try timeout →
+// endpoint → forward. A refusal by the breaker, the rate limiter or the
+// bulkhead is the sidecar's own doing: it counts as no upstream failure.
+// A retry holds a permit of the retry budget, given back when it ends.
+func (c *compartment) attempt(r *request, req *http.Request, retry bool) (*exchange, error) {
+	// Breaker: an open breaker refuses in microseconds, before anything else.
+	if c.breaker != nil && c.breaker.Rejecting() {
+		return nil, c.refuse(retry, metrics.CircuitOpen, errCircuitOpen)
+	}
+	// Rate limit.
+	if c.limiter != nil && !c.limiter.Allow() {
+		return nil, c.refuse(retry, metrics.RateLimited, errRateLimited)
+	}
 	// Bulkhead: a slot in this upstream's own pool, or a fast refusal.
-	waited, err := c.pool.Acquire(ctx)
+	c.warmLimit(r.start)
+	waited, err := c.pool.Acquire(r.ctx)
 	if waited > 0 {
 		c.metrics.QueueWait(waited)
 	}
 	if err != nil {
-		cancel()
 		res := metrics.BulkheadFull
 		switch {
-		case parent.Err() != nil:
+		case r.parent.Err() != nil:
 			res = metrics.Canceled
 		case err == bulkhead.ErrQueueTimeout:
 			res = metrics.QueueTimeout
 		}
-		c.metrics.Request(res, time.Since(start))
-		return nil, &localReply{result: res, upstream: c.name, err: err}
+		return nil, c.refuse(retry, res, err)
 	}
 	if c.shared {
 		c.inflight.Add(1)
 	}
-	x := &exchange{c: c, start: start, parent: parent, ctx: ctx, cancel: cancel, grpc: grpc}
+	x := &exchange{r: r, retry: retry, ctx: r.ctx, cancel: noCancel, start: r.start}
+	if waited > 0 || retry {
+		x.start = time.Now()
+	}
+	// The breaker's permit is taken only now that the request will really
+	// be sent: failsafe-go cannot hand back a half-open probe's permit
+	// unused, so a bulkhead refusal must not have taken one.
+	if c.breaker != nil {
+		if !c.breaker.Acquire() {
+			x.finish(metrics.CircuitOpen)
+			return nil, &localReply{result: metrics.CircuitOpen, upstream: c.name, err: errCircuitOpen}
+		}
+		x.permit = true
+	}
+	if c.retry != nil && c.retry.perTry > 0 {
+		x.ctx, x.cancel = context.WithTimeout(r.ctx, c.retry.perTry)
+	}
 
-	// Load balancing.
-	x.ep = c.balancer.pick()
+	// Load balancing, among the endpoints in service.
+	x.ep = c.balancer.pick(x.start.UnixNano())
 	if x.ep == nil {
 		x.finish(metrics.UpstreamUnavailable)
 		return nil, &localReply{result: metrics.UpstreamUnavailable, upstream: c.name, err: errNoEndpoint}
 	}
 	x.ep.active.Add(1)
 
-	// Forward. req is the ReverseProxy's own copy, so it is ours to address.
+	// Forward. req is the ReverseProxy's own copy (or the retry's), so it is
+	// ours to address.
 	req.URL.Scheme = c.transports.scheme()
 	req.URL.Host = x.ep.addr
-	if dl, ok := ctx.Deadline(); ok {
-		propagateDeadline(req.Header, grpc, time.Until(dl))
+	if dl, ok := x.ctx.Deadline(); ok {
+		propagateDeadline(req.Header, r.grpc, time.Until(dl))
 	}
-	resp, err := c.transports.forRequest(req, grpc).RoundTrip(req.WithContext(ctx))
+	resp, err := c.transports.forRequest(req, r.grpc).RoundTrip(req.WithContext(x.ctx))
 	if err != nil {
-		res := classifyError(parent, ctx, err)
+		res := classifyError(r.parent, x.ctx, err)
 		x.finish(res)
 		return nil, &localReply{result: res, upstream: c.name, err: err}
 	}
@@ -123,18 +237,33 @@ func (c *compartment) RoundTrip(req *http.Request) (*http.Response, error) {
 	} else {
 		resp.Body = x
 	}
-	return resp, nil
+	return x, nil
 }
 
-func (c *compartment) deadline(parent context.Context, r *http.Request, grpc bool, start time.Time) (context.Context, context.CancelFunc) {
-	d := c.timeout
-	if t, ok := callerTimeout(r, grpc); ok && (d == 0 || t < d) {
-		d = t
+// refuse is the sidecar's own refusal of an attempt before it took a slot.
+func (c *compartment) refuse(retry bool, res metrics.Result, err error) *localReply {
+	if retry {
+		c.budget.ReleasePermit()
 	}
-	if d == 0 {
-		return parent, func() {}
+	return &localReply{result: res, upstream: c.name, err: err}
+}
+
+// warmLimit ramps the pool's limit up after the breaker closed, over the
+// warm-up time, instead of letting the whole limit loose on an upstream
+// that has just recovered.
+func (c *compartment) warmLimit(now time.Time) {
+	since := c.up.closedAt.Load()
+	if since == 0 || c.shared || c.warmup == 0 {
+		return
 	}
-	return context.WithDeadline(parent, start.Add(d))
+	elapsed := now.UnixNano() - since
+	if elapsed >= int64(c.warmup) {
+		c.up.closedAt.CompareAndSwap(since, 0)
+		c.pool.SetLimit(c.limit)
+		return
+	}
+	share := max(minWarmShare, float64(elapsed)/float64(c.warmup))
+	c.pool.SetLimit(max(1, int(float64(c.limit)*share)))
 }
 
 // forwardingHeaders are the app's to set: ReverseProxy's Rewrite mode strips
@@ -168,23 +297,59 @@ func isLocalAuthority(hostport string) bool {
 	return ip != nil && (ip.IsLoopback() || ip.IsUnspecified())
 }
 
+// serveError answers a request the upstream did not: with the fallback
+// configured for the cause, or with the local reply.
 func (c *compartment) serveError(w http.ResponseWriter, r *http.Request, err error) {
 	var lr *localReply
-	if !asLocalReply(err, &lr) {
+	if !errors.As(err, &lr) {
 		// ReverseProxy's own failures (a bad upgrade answer, say).
 		lr = &localReply{result: metrics.UpstreamError, upstream: c.name, err: err}
 	}
-	writeLocalReply(w, r, reasonFor[lr.result], lr.Error())
+	rs := reasonFor[lr.result]
+	if fb := c.fallbacks.For(rs.name); fb != nil && writeFallback(w, r, fb, rs.name) {
+		c.metrics.Fallback(lr.result)
+		return
+	}
+	writeLocalReply(w, r, rs, lr.Error())
 }
 
-// stats is this upstream's view of its pool.
-func (c *compartment) stats() bulkhead.Stats {
+// reading is this upstream's pool, breaker and endpoints, for metrics. In a
+// shared pool, active is this upstream's share.
+func (c *compartment) reading() metrics.PoolReading {
 	s := c.pool.Stats()
 	if c.shared {
 		s.Active = int(c.inflight.Load())
 	}
-	return s
+	circuit := breaker.StateName(breaker.Closed)
+	if c.breaker != nil {
+		circuit = breaker.StateName(c.breaker.State())
+	}
+	var eps []metrics.EndpointReading
+	if c.outliers != nil {
+		now := time.Now().UnixNano()
+		eps = make([]metrics.EndpointReading, len(c.balancer.eps))
+		for i, e := range c.balancer.eps {
+			eps[i] = metrics.EndpointReading{Address: e.addr, Ejected: !e.out.Available(now)}
+		}
+	}
+	return metrics.PoolReading{Upstream: c.name, Stats: s, Circuit: circuit, Endpoints: eps}
 }
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func noCancel() {}
 
 // bufferPool recycles ReverseProxy's copy buffers, which it would otherwise
 // allocate (32 KiB) for every response.

@@ -3,38 +3,76 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"strconv"
 	"sync/atomic"
 	"time"
 
+	"github.com/watertight/watertight/breaker"
 	"github.com/watertight/watertight/metrics"
 )
 
-var errNoEndpoint = errors.New("no endpoint to send to")
+var (
+	errNoEndpoint  = errors.New("no endpoint to send to")
+	errCircuitOpen = errors.New("circuit breaker is open")
+	errRateLimited = errors.New("rate limit reached")
+)
 
-func asLocalReply(err error, target **localReply) bool { return errors.As(err, target) }
+func errFailedAnswer(resp *http.Response) error {
+	if v := resp.Header.Get("Grpc-Status"); v != "" {
+		return fmt.Errorf("upstream answered grpc-status %s", v)
+	}
+	return fmt.Errorf("upstream answered %s", resp.Status)
+}
 
-// exchange is one request's hold on its compartment, from the slot it took
+// request is one app request through a compartment, across its attempts:
+// its deadline, and what the metrics say of it once it ends.
+type request struct {
+	c      *compartment
+	start  time.Time
+	parent context.Context // the app's request
+	ctx    context.Context // with the request's deadline
+	cancel context.CancelFunc
+	grpc   bool
+	done   atomic.Bool
+}
+
+// finish records the request's result, once.
+func (r *request) finish(res metrics.Result) {
+	if r.done.Swap(true) {
+		return
+	}
+	r.cancel()
+	if r.c.budget != nil {
+		r.c.budget.ReleaseExecution()
+	}
+	r.c.metrics.Request(res, time.Since(r.start))
+}
+
+// exchange is one attempt's hold on its compartment, from the slot it took
 // to the end of the response body. It stands in for the response body so
 // that the slot is held for as long as the upstream is still sending (a gRPC
 // stream holds its slot for the whole stream) and so that the result is
 // judged on the whole answer: for gRPC the status comes in the trailers.
+// The breaker and outlier detection hear of every attempt; the metrics of
+// the request hear of the attempt the app got (handedOver).
 type exchange struct {
-	c      *compartment
+	r      *request
 	ep     *endpoint
-	start  time.Time
-	parent context.Context // the app's request
-	ctx    context.Context // with the compartment's deadline
+	retry  bool            // a retry: holds a permit of the retry budget
+	permit bool            // holds a breaker permit
+	start  time.Time       // when the attempt got its slot
+	ctx    context.Context // with the per-try timeout, if any
 	cancel context.CancelFunc
-	grpc   bool
 
-	resp    *http.Response
-	body    io.ReadCloser
-	sawEOF  bool
-	readErr error
-	done    atomic.Bool
+	resp       *http.Response
+	body       io.ReadCloser
+	sawEOF     bool
+	readErr    error
+	handedOver bool // the app got this attempt's answer
+	done       atomic.Bool
 }
 
 func (x *exchange) Read(p []byte) (int, error) {
@@ -44,7 +82,7 @@ func (x *exchange) Read(p []byte) (int, error) {
 			x.sawEOF = true
 		} else if x.readErr == nil {
 			x.readErr = err
-			if x.grpc && x.parent.Err() == nil && deadlinePassed(x.ctx) {
+			if x.r.grpc && x.r.parent.Err() == nil && deadlinePassed(x.ctx) {
 				x.timeoutTrailers(err)
 				return n, io.EOF
 			}
@@ -62,7 +100,7 @@ func (x *exchange) timeoutTrailers(err error) {
 	if x.resp.Trailer == nil {
 		x.resp.Trailer = http.Header{}
 	}
-	lr := &localReply{result: metrics.Timeout, upstream: x.c.name, err: err}
+	lr := &localReply{result: metrics.Timeout, upstream: x.r.c.name, err: err}
 	x.resp.Trailer.Set("Grpc-Status", strconv.Itoa(reasonTimeout.grpcCode))
 	x.resp.Trailer.Set("Grpc-Message", grpcEncodeMessage(lr.Error()))
 	x.resp.Trailer.Set(HeaderReason, reasonTimeout.name)
@@ -78,14 +116,14 @@ func (x *exchange) Close() error {
 func (x *exchange) result() metrics.Result {
 	switch {
 	case x.sawEOF:
-		res := classifyResponse(x.resp, x.grpc)
+		res := classifyResponse(x.resp, x.r.grpc)
 		if res == metrics.UpstreamError && deadlinePassed(x.ctx) {
 			// The upstream gave up on the deadline it was passed
 			// (DEADLINE_EXCEEDED) just before the sidecar did.
 			return metrics.Timeout
 		}
 		return res
-	case x.parent.Err() != nil:
+	case x.r.parent.Err() != nil:
 		return metrics.Canceled
 	case deadlinePassed(x.ctx):
 		return metrics.Timeout
@@ -93,25 +131,53 @@ func (x *exchange) result() metrics.Result {
 		return metrics.UpstreamError
 	default:
 		// Closed before the end without a read error: the app stopped
-		// reading. Judge what the upstream did send.
-		return classifyResponse(x.resp, x.grpc)
+		// reading, or a retry discarded the answer. Judge what the
+		// upstream did send.
+		return classifyHead(x.resp, x.r.grpc)
 	}
 }
 
-// finish gives back everything the exchange held, once.
+// handOver marks the exchange as the request's answer: when it ends, so
+// does the request.
+func (x *exchange) handOver() { x.handedOver = true }
+
+// finish gives back everything the attempt held, tells the breaker and the
+// outlier detector how it went, and ends the request if the app got this
+// attempt. Once.
 func (x *exchange) finish(res metrics.Result) {
 	if x.done.Swap(true) {
 		return
 	}
+	c := x.r.c
+	took := time.Since(x.start)
+	failed := res == metrics.UpstreamError || res == metrics.Timeout || res == metrics.UpstreamUnavailable
 	if x.ep != nil {
 		x.ep.active.Add(-1)
+		if c.outliers != nil && res != metrics.Canceled {
+			c.outliers.Record(&x.ep.out, failed, time.Now())
+		}
 	}
-	x.c.pool.Release()
-	if x.c.shared {
-		x.c.inflight.Add(-1)
+	if x.permit {
+		outcome := breaker.Success
+		switch {
+		case failed:
+			outcome = breaker.Failure
+		case res == metrics.Canceled:
+			outcome = breaker.Unknown
+		}
+		c.breaker.Record(outcome, took)
+	}
+	c.pool.Release()
+	if c.shared {
+		c.inflight.Add(-1)
+	}
+	if x.retry {
+		c.budget.ReleasePermit()
 	}
 	x.cancel()
-	x.c.metrics.Request(res, time.Since(x.start))
+	if x.handedOver {
+		x.r.finish(res)
+	}
 }
 
 // upgraded wraps the connection of a 101 Switching Protocols answer. The
@@ -122,7 +188,7 @@ func (x *exchange) upgraded() io.ReadCloser {
 	if !ok {
 		return x // ReverseProxy will report the non-writable body
 	}
-	context.AfterFunc(x.parent, func() { x.finish(metrics.OK) })
+	context.AfterFunc(x.r.parent, func() { x.finish(metrics.OK) })
 	return &upgradedConn{x: x, rwc: rwc}
 }
 

@@ -45,7 +45,7 @@ type Server struct {
 	cfg          *config.Config
 	listeners    map[string]*listener      // by configured address
 	pools        map[string]*bulkhead.Pool // by upstream name, or sharedPool
-	transports   map[string]*transports    // by upstream name
+	upstreams    map[string]*upstream      // by upstream name
 	compartments []*compartment            // in config order
 	retiring     sync.WaitGroup            // listeners draining after a change
 	closed       bool
@@ -66,14 +66,14 @@ func NewServer(o Options) *Server {
 	}
 	errorLog := slog.NewLogLogger(o.Logger.Handler(), slog.LevelWarn)
 	s := &Server{
-		log:        o.Logger,
-		metrics:    o.Metrics,
-		errorLog:   errorLog,
-		drain:      o.DrainTimeout,
-		pass:       newPassthrough(errorLog),
-		listeners:  map[string]*listener{},
-		pools:      map[string]*bulkhead.Pool{},
-		transports: map[string]*transports{},
+		log:       o.Logger,
+		metrics:   o.Metrics,
+		errorLog:  errorLog,
+		drain:     o.DrainTimeout,
+		pass:      newPassthrough(errorLog),
+		listeners: map[string]*listener{},
+		pools:     map[string]*bulkhead.Pool{},
+		upstreams: map[string]*upstream{},
 	}
 	o.Metrics.SetPoolSource(s.Pools)
 	return s
@@ -102,8 +102,8 @@ func (s *Server) Apply(cfg *config.Config) error {
 	for i := range cfg.Upstreams {
 		u := &cfg.Upstreams[i]
 		k := keyOf(u, cfg.Budget)
-		if old, ok := s.transports[u.Name]; ok && old.key == k {
-			ts[u.Name] = old
+		if up, ok := s.upstreams[u.Name]; ok && up.transports.key == k {
+			ts[u.Name] = up.transports
 			continue
 		}
 		t, err := newTransports(k)
@@ -130,17 +130,28 @@ func (s *Server) Apply(cfg *config.Config) error {
 	}
 
 	// Commit: nothing below fails.
-	pools := s.resizePools(cfg)
+	pools, limits := s.resizePools(cfg)
+	ups := make(map[string]*upstream, len(cfg.Upstreams))
 	comps := make(map[string]*compartment, len(cfg.Upstreams))
 	order := make([]*compartment, 0, len(cfg.Upstreams))
 	hosts := map[string]*compartment{}
 	for i := range cfg.Upstreams {
 		u := &cfg.Upstreams[i]
+		up, ok := s.upstreams[u.Name]
+		if !ok {
+			up = &upstream{name: u.Name, metrics: s.metrics.Upstream(u.Name)}
+		}
+		if up.transports != nil && up.transports != ts[u.Name] {
+			up.transports.closeIdle() // in-flight requests keep their connections
+		}
+		up.transports = ts[u.Name]
+		up.update(u, s.log)
+		ups[u.Name] = up
 		pool, shared := pools[u.Name], false
 		if cfg.Isolation == config.IsolationShared {
 			pool, shared = pools[sharedPool], true
 		}
-		c := newCompartment(u, pool, shared, ts[u.Name], s.metrics.Upstream(u.Name), s.errorLog)
+		c := newCompartment(u, up, pool, limits[u.Name], shared, s.errorLog)
 		comps[u.Name] = c
 		order = append(order, c)
 		for _, h := range u.Hosts {
@@ -174,23 +185,19 @@ func (s *Server) Apply(cfg *config.Config) error {
 			s.retire(l)
 		}
 	}
-	for name, t := range s.transports {
-		if ts[name] != t {
-			t.closeIdle()
-		}
-	}
-	for name := range s.transports {
-		if _, ok := comps[name]; !ok {
+	for name, up := range s.upstreams {
+		if _, ok := ups[name]; !ok {
+			up.transports.closeIdle()
 			s.metrics.ForgetUpstream(name)
 		}
 	}
-	s.transports, s.compartments, s.cfg = ts, order, cfg
+	s.upstreams, s.compartments, s.cfg = ups, order, cfg
 	return nil
 }
 
 // resizePools sizes every pool from the budget and weights, resizing the
 // ones that exist in place. Called with mu held.
-func (s *Server) resizePools(cfg *config.Config) map[string]*bulkhead.Pool {
+func (s *Server) resizePools(cfg *config.Config) (map[string]*bulkhead.Pool, map[string]int) {
 	type size struct {
 		limit, queue int
 		wait         time.Duration
@@ -215,7 +222,9 @@ func (s *Server) resizePools(cfg *config.Config) map[string]*bulkhead.Pool {
 		}
 	}
 	pools := make(map[string]*bulkhead.Pool, len(want))
+	limits := make(map[string]int, len(want))
 	for name, w := range want {
+		limits[name] = w.limit
 		if p, ok := s.pools[name]; ok {
 			p.Resize(w.limit, w.queue, w.wait)
 			pools[name] = p
@@ -224,7 +233,7 @@ func (s *Server) resizePools(cfg *config.Config) map[string]*bulkhead.Pool {
 		}
 	}
 	s.pools = pools
-	return pools
+	return pools, limits
 }
 
 // retire lets a listener that left the config finish its requests.
@@ -263,8 +272,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.retiring.Wait()
 	s.mu.Lock()
-	for _, t := range s.transports {
-		t.closeIdle()
+	for _, up := range s.upstreams {
+		up.transports.closeIdle()
 	}
 	s.mu.Unlock()
 	return err
@@ -302,7 +311,7 @@ func (s *Server) Pools() []metrics.PoolReading {
 	defer s.mu.Unlock()
 	out := make([]metrics.PoolReading, len(s.compartments))
 	for i, c := range s.compartments {
-		out[i] = metrics.PoolReading{Upstream: c.name, Stats: c.stats()}
+		out[i] = c.reading()
 	}
 	return out
 }

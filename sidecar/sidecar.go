@@ -113,7 +113,6 @@ func (s *Sidecar) apply(cfg *config.Config, source string) error {
 	s.metrics.ConfigApplied(v, source)
 	s.log.Info("config applied", "version", v, "source", source,
 		"listeners", len(cfg.Listeners), "upstreams", len(cfg.Upstreams))
-	warnUnenforced(s.log, cfg)
 	return nil
 }
 
@@ -223,33 +222,4 @@ func Run(ctx context.Context, o Options) error {
 	}
 	s.log.Info("stopped")
 	return nil
-}
-
-// warnUnenforced says which configured policies this build does not apply
-// yet, so nobody believes a breaker protects them when none does.
-func warnUnenforced(log *slog.Logger, cfg *config.Config) {
-	for _, u := range cfg.Upstreams {
-		var names []string
-		if u.Retry != nil {
-			names = append(names, "retry")
-		}
-		if u.CircuitBreaker != nil {
-			names = append(names, "circuitBreaker")
-		}
-		if u.OutlierDetection != nil {
-			names = append(names, "outlierDetection")
-		}
-		if u.RateLimit != nil {
-			names = append(names, "rateLimit")
-		}
-		if u.Fallback != nil {
-			names = append(names, "fallback")
-		}
-		if u.Warmup.Duration > 0 {
-			names = append(names, "warmup")
-		}
-		if len(names) > 0 {
-			log.Warn("configured policies are validated but not enforced by this build yet", "upstream", u.Name, "policies", names)
-		}
-	}
 }

@@ -1,0 +1,468 @@
+package proxy
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/watertight/watertight/config"
+)
+
+// switchable answers with the status it is set to, after an optional delay,
+// and counts the requests that reached it.
+type switchable struct {
+	status atomic.Int32
+	delay  atomic.Int64
+	hits   atomic.Int64
+}
+
+func newSwitchable(status int) *switchable {
+	s := &switchable{}
+	s.status.Store(int32(status))
+	return s
+}
+
+func (s *switchable) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	s.hits.Add(1)
+	if d := time.Duration(s.delay.Load()); d > 0 {
+		select {
+		case <-time.After(d):
+		case <-r.Context().Done():
+			return
+		}
+	}
+	w.WriteHeader(int(s.status.Load()))
+	_, _ = io.WriteString(w, "from upstream")
+}
+
+func circuit(t *testing.T, p *testProxy, upstream, state string) float64 {
+	t.Helper()
+	m := findMetric(t, p.reg, "watertight_circuit_state", map[string]string{"upstream": upstream, "state": state})
+	if m == nil {
+		t.Fatalf("no watertight_circuit_state{upstream=%q,state=%q}", upstream, state)
+	}
+	return m.GetGauge().GetValue()
+}
+
+func TestBreakerCountsOnlySystemFailures(t *testing.T) {
+	up := newSwitchable(http.StatusNotFound)
+	u := upstreamCfg("u", startUpstream(t, up), config.Bulkhead{})
+	u.CircuitBreaker = &config.CircuitBreaker{FailureRate: 0.5, MinRequests: 10, Window: config.D(time.Minute),
+		OpenFor: config.D(300 * time.Millisecond), HalfOpenRequests: 2}
+	p := startProxy(t, &config.Config{Listeners: proxyListener(), Upstreams: []config.Upstream{u}})
+	c, base := client(false), p.url(t, "out")
+
+	// Business errors: 40 404s leave it closed, every one reaches the app.
+	for range 40 {
+		if resp, _ := get(t, c, base, "u", "/"); resp.StatusCode != 404 {
+			t.Fatalf("404 became %d", resp.StatusCode)
+		}
+	}
+	if circuit(t, p, "u", "closed") != 1 {
+		t.Fatal("404s opened the breaker")
+	}
+
+	// System failures: once 503s are half of the window, it opens.
+	up.status.Store(http.StatusServiceUnavailable)
+	for range 40 {
+		get(t, c, base, "u", "/")
+	}
+	if circuit(t, p, "u", "open") != 1 {
+		t.Fatal("40 503s after 40 404s did not open the breaker")
+	}
+	hits := up.hits.Load()
+	start := time.Now()
+	resp, body := get(t, c, base, "u", "/")
+	if resp.StatusCode != 503 || resp.Header.Get(HeaderReason) != "circuit_open" || !strings.Contains(body, "circuit breaker is open") {
+		t.Fatalf("open breaker: %d %q %q", resp.StatusCode, resp.Header.Get(HeaderReason), body)
+	}
+	if up.hits.Load() != hits {
+		t.Fatal("an open breaker let a request reach the upstream")
+	}
+	t.Logf("rejected in %v (client round trip included)", time.Since(start))
+	if p.count(t, "u", "circuit_open") != 1 {
+		t.Fatal("circuit_open not counted")
+	}
+
+	// After openFor, half-open: a failed probe re-opens it.
+	eventually(t, "half-open probes", func() bool {
+		resp, _ := get(t, c, base, "u", "/")
+		return resp.Header.Get(HeaderReason) != "circuit_open"
+	})
+	if circuit(t, p, "u", "open") != 1 {
+		t.Fatal("a failed probe did not re-open the breaker")
+	}
+	// The upstream recovers: two good probes close it.
+	up.status.Store(http.StatusOK)
+	eventually(t, "the breaker to close", func() bool {
+		get(t, c, base, "u", "/")
+		return circuit(t, p, "u", "closed") == 1
+	})
+	for range 20 {
+		if resp, _ := get(t, c, base, "u", "/"); resp.StatusCode != 200 {
+			t.Fatalf("closed breaker: %d", resp.StatusCode)
+		}
+	}
+}
+
+func TestSlowCallBreakerOpensOnSlowSuccesses(t *testing.T) {
+	up := newSwitchable(http.StatusOK)
+	up.delay.Store(int64(60 * time.Millisecond))
+	u := upstreamCfg("u", startUpstream(t, up), config.Bulkhead{})
+	u.CircuitBreaker = &config.CircuitBreaker{SlowCall: config.D(30 * time.Millisecond), SlowCallRate: 0.8,
+		MinRequests: 5, Window: config.D(time.Minute), OpenFor: config.D(time.Hour)}
+	p := startProxy(t, &config.Config{Listeners: proxyListener(), Upstreams: []config.Upstream{u}})
+	c, base := client(false), p.url(t, "out")
+	for i := range 5 {
+		if resp, _ := get(t, c, base, "u", "/"); resp.StatusCode != 200 {
+			t.Fatalf("call %d: %d", i, resp.StatusCode)
+		}
+	}
+	resp, _ := get(t, c, base, "u", "/")
+	if resp.Header.Get(HeaderReason) != "circuit_open" {
+		t.Fatalf("after 5 slow 200s: %d %q, want circuit_open", resp.StatusCode, resp.Header.Get(HeaderReason))
+	}
+	if p.count(t, "u", "ok") != 5 || p.count(t, "u", "upstream_error") != 0 {
+		t.Fatal("slow successes were counted as errors")
+	}
+}
+
+// TestLimitWarmsUpAfterTheBreakerCloses: a recovered upstream gets a small
+// pool that grows to its full limit over warmup.
+func TestLimitWarmsUpAfterTheBreakerCloses(t *testing.T) {
+	up := newSwitchable(http.StatusInternalServerError)
+	u := upstreamCfg("u", startUpstream(t, up), config.Bulkhead{MaxConcurrent: 40})
+	u.CircuitBreaker = &config.CircuitBreaker{ConsecutiveFailures: 1, OpenFor: config.D(50 * time.Millisecond), HalfOpenRequests: 1}
+	u.Warmup = config.D(time.Second)
+	p := startProxy(t, &config.Config{Budget: 40, Listeners: proxyListener(), Upstreams: []config.Upstream{u}})
+	c, base := client(false), p.url(t, "out")
+	get(t, c, base, "u", "/")
+	up.status.Store(http.StatusOK)
+	eventually(t, "the breaker to close", func() bool {
+		get(t, c, base, "u", "/")
+		return circuit(t, p, "u", "closed") == 1
+	})
+	get(t, c, base, "u", "/")
+	if l := p.pool("u").Limit; l >= 40 || l < 4 {
+		t.Fatalf("limit just after closing = %d, want between 10%% and less than the full 40", l)
+	}
+	eventually(t, "the full limit", func() bool {
+		get(t, c, base, "u", "/")
+		return p.pool("u").Limit == 40
+	})
+}
+
+func TestOutlierDetectionEjectsTheBadEndpoint(t *testing.T) {
+	var counts [3]atomic.Int64
+	var eps []config.Endpoint
+	for i := range 3 {
+		status := 200
+		if i == 2 {
+			status = 500
+		}
+		eps = append(eps, config.Endpoint{Address: startUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			counts[i].Add(1)
+			w.WriteHeader(status)
+		}))})
+	}
+	u := config.Upstream{Name: "u", Endpoints: eps, LoadBalancer: config.LBRoundRobin,
+		OutlierDetection: &config.OutlierDetection{ConsecutiveFailures: 3, BaseEjectionTime: config.D(400 * time.Millisecond), MaxEjectionPercent: 50}}
+	p := startProxy(t, &config.Config{Listeners: proxyListener(), Upstreams: []config.Upstream{u}})
+	c, base := client(false), p.url(t, "out")
+	for range 9 { // three rounds: the bad endpoint fails three times
+		get(t, c, base, "u", "/")
+	}
+	bad := eps[2].Address
+	ejected := func() float64 {
+		m := findMetric(t, p.reg, "watertight_endpoint_ejected", map[string]string{"upstream": "u", "endpoint": bad})
+		if m == nil {
+			t.Fatal("no watertight_endpoint_ejected for the bad endpoint")
+		}
+		return m.GetGauge().GetValue()
+	}
+	if ejected() != 1 {
+		t.Fatal("three failures in a row did not eject the endpoint")
+	}
+	before := counts[2].Load()
+	for range 30 {
+		if resp, _ := get(t, c, base, "u", "/"); resp.StatusCode != 200 {
+			t.Fatalf("request went to the ejected endpoint: %d", resp.StatusCode)
+		}
+	}
+	if counts[2].Load() != before {
+		t.Fatal("the ejected endpoint got traffic")
+	}
+	if counts[0].Load() < 15 || counts[1].Load() < 15 {
+		t.Errorf("traffic did not move to both good endpoints: %d, %d", counts[0].Load(), counts[1].Load())
+	}
+	// It comes back by itself.
+	eventually(t, "the endpoint to return", func() bool {
+		get(t, c, base, "u", "/")
+		return counts[2].Load() > before
+	})
+	// A good endpoint is never ejected alongside it past 50%: 1 of 3 is the most.
+	for _, e := range eps[:2] {
+		if m := findMetric(t, p.reg, "watertight_endpoint_ejected", map[string]string{"upstream": "u", "endpoint": e.Address}); m.GetGauge().GetValue() != 0 {
+			t.Errorf("good endpoint %s ejected", e.Address)
+		}
+	}
+}
+
+// flaky resets every other connection-level request, and records bodies.
+type flaky struct {
+	hits   atomic.Int64
+	mu     sync.Mutex
+	bodies []string
+}
+
+func (f *flaky) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	n := f.hits.Add(1)
+	b, _ := io.ReadAll(r.Body)
+	f.mu.Lock()
+	f.bodies = append(f.bodies, string(b))
+	f.mu.Unlock()
+	if n%2 == 1 {
+		if conn, _, err := http.NewResponseController(w).Hijack(); err == nil {
+			conn.Close() // a reset: no answer at all
+		}
+		return
+	}
+	_, _ = io.WriteString(w, "ok")
+}
+
+func TestRetries(t *testing.T) {
+	retry := &config.Retry{Attempts: 2, On: []string{"reset"}, BufferLimit: 1024,
+		Backoff: config.Backoff{Base: config.D(time.Millisecond), Max: config.D(5 * time.Millisecond)}}
+	f := &flaky{}
+	u := upstreamCfg("u", startUpstream(t, f), config.Bulkhead{})
+	u.Protocol = config.ProtocolHTTP1
+	u.Retry = retry
+	p := startProxy(t, &config.Config{Listeners: proxyListener(), Upstreams: []config.Upstream{u}})
+	c, base := client(false), p.url(t, "out")
+
+	t.Run("an idempotent request recovers from a reset", func(t *testing.T) {
+		f.hits.Store(0)
+		resp, body := get(t, c, base, "u", "/")
+		if resp.StatusCode != 200 || body != "ok" || f.hits.Load() != 2 {
+			t.Fatalf("%d %q after %d upstream attempts, want 200 after 2", resp.StatusCode, body, f.hits.Load())
+		}
+	})
+	post := func(body string, length int64) (*http.Response, string) {
+		req, _ := http.NewRequest("POST", base+"/", strings.NewReader(body))
+		req.Host = "u"
+		req.ContentLength = length
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp, string(b)
+	}
+	t.Run("a POST whose body is buffered is retried whole", func(t *testing.T) {
+		f.hits.Store(0)
+		f.bodies = nil
+		body := strings.Repeat("x", 700)
+		resp, _ := post(body, -1) // chunked: the sidecar keeps what it reads
+		if resp.StatusCode != 200 || f.hits.Load() != 2 {
+			t.Fatalf("%d after %d attempts", resp.StatusCode, f.hits.Load())
+		}
+		if f.bodies[1] != body {
+			t.Fatalf("the retry sent %d bytes, want the whole %d", len(f.bodies[1]), len(body))
+		}
+	})
+	t.Run("a POST too large to buffer is never retried", func(t *testing.T) {
+		f.hits.Store(0)
+		body := strings.Repeat("y", 4096)
+		resp, _ := post(body, int64(len(body)))
+		if resp.StatusCode != http.StatusBadGateway || resp.Header.Get(HeaderReason) != "upstream_error" || f.hits.Load() != 1 {
+			t.Fatalf("%d %q after %d attempts, want 502 upstream_error after 1", resp.StatusCode, resp.Header.Get(HeaderReason), f.hits.Load())
+		}
+		f.hits.Store(0)
+		resp, _ = post(body, -1) // the same, chunked: it overflows the buffer as it streams
+		if resp.StatusCode != http.StatusBadGateway || f.hits.Load() != 1 {
+			t.Fatalf("chunked: %d after %d attempts, want 502 after 1", resp.StatusCode, f.hits.Load())
+		}
+	})
+	if got := findMetric(t, p.reg, "watertight_retries_total", map[string]string{"upstream": "u"}).GetCounter().GetValue(); got != 2 {
+		t.Errorf("watertight_retries_total = %v, want 2", got)
+	}
+}
+
+// TestRetryBudgetStopsRetryStorms: with the upstream down, concurrent
+// requests retry only as far as the budget allows, not attempts times over.
+func TestRetryBudgetStopsRetryStorms(t *testing.T) {
+	down := newSwitchable(http.StatusServiceUnavailable)
+	down.delay.Store(int64(100 * time.Millisecond)) // so the requests overlap
+	u := upstreamCfg("u", startUpstream(t, down), config.Bulkhead{})
+	u.Retry = &config.Retry{Attempts: 3, On: []string{"503"}, Budget: 0.2,
+		Backoff: config.Backoff{Base: config.D(time.Millisecond), Max: config.D(2 * time.Millisecond)}}
+	p := startProxy(t, &config.Config{Listeners: proxyListener(), Upstreams: []config.Upstream{u}})
+	c, base := client(false), p.url(t, "out")
+	const n = 40
+	var wg sync.WaitGroup
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if resp, _ := get(t, c, base, "u", "/"); resp.StatusCode != 503 {
+				t.Errorf("status %d, want the upstream's 503", resp.StatusCode)
+			}
+		}()
+	}
+	wg.Wait()
+	hits := down.hits.Load()
+	retries := findMetric(t, p.reg, "watertight_retries_total", map[string]string{"upstream": "u"}).GetCounter().GetValue()
+	t.Logf("%d requests: %d upstream attempts, %v retries", n, hits, retries)
+	if hits-n != int64(retries) {
+		t.Errorf("attempts %d - requests %d != retries counted %v", hits, n, retries)
+	}
+	// Unbudgeted, 40 requests would make 160 attempts. The budget allows
+	// 20% of what is in flight (at least 3) to be retries.
+	if hits > n+n/2 {
+		t.Errorf("%d attempts for %d requests: the budget did not hold retries back", hits, n)
+	}
+	if retries == 0 {
+		t.Error("no retries at all: the budget's minimum of 3 allows some")
+	}
+}
+
+func TestRateLimitHoldsTheRate(t *testing.T) {
+	u := upstreamCfg("u", startUpstream(t, newSwitchable(200)), config.Bulkhead{})
+	u.RateLimit = &config.RateLimit{RPS: 100, Burst: 1}
+	p := startProxy(t, &config.Config{Listeners: proxyListener(), Upstreams: []config.Upstream{u}})
+	c, base := client(false), p.url(t, "out")
+	var ok, limited atomic.Int64
+	start := time.Now()
+	stop := start.Add(2 * time.Second)
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(stop) {
+				resp, _ := get(t, c, base, "u", "/")
+				switch {
+				case resp.StatusCode == 200:
+					ok.Add(1)
+				case resp.StatusCode == 429 && resp.Header.Get(HeaderReason) == "rate_limited":
+					limited.Add(1)
+				default:
+					t.Errorf("status %d", resp.StatusCode)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start).Seconds()
+	want := 100*elapsed + 1
+	got := float64(ok.Load())
+	t.Logf("%v admitted in %.2fs (%v limited); expected %.0f", got, elapsed, limited.Load(), want)
+	if got < want*0.9 || got > want*1.1 {
+		t.Fatalf("admitted %v in %.2fs, want %.0f ±10%%", got, elapsed, want)
+	}
+	if limited.Load() == 0 {
+		t.Fatal("nothing was limited: the test did not press hard enough")
+	}
+}
+
+// TestFallbacksPerCause: every cause serves its own configured answer.
+func TestFallbacksPerCause(t *testing.T) {
+	hold := newGate()
+	defer hold.open()
+	fb := func(cause string) config.Fallbacks {
+		return config.Fallbacks{{On: []string{cause}, Status: 200,
+			Headers: map[string]string{"Content-Type": "application/json", "X-Degraded": cause},
+			Body:    fmt.Sprintf(`{"fallback":%q}`, cause)}}
+	}
+	mk := func(name, addr string, b config.Bulkhead, cause string, edit func(*config.Upstream)) config.Upstream {
+		u := upstreamCfg(name, addr, b)
+		u.Fallback = fb(cause)
+		if edit != nil {
+			edit(&u)
+		}
+		return u
+	}
+	held := startUpstream(t, hold)
+	failing := startUpstream(t, newSwitchable(500))
+	cfg := &config.Config{Listeners: proxyListener(), Upstreams: []config.Upstream{
+		mk("full", held, config.Bulkhead{MaxConcurrent: 1}, "bulkhead_full", nil),
+		mk("queued", held, config.Bulkhead{MaxConcurrent: 1, MaxQueue: 1, MaxWait: config.D(20 * time.Millisecond)}, "queue_timeout", nil),
+		mk("open", failing, config.Bulkhead{}, "circuit_open", func(u *config.Upstream) {
+			u.CircuitBreaker = &config.CircuitBreaker{ConsecutiveFailures: 1, OpenFor: config.D(time.Hour)}
+		}),
+		mk("limited", failing, config.Bulkhead{}, "rate_limited", func(u *config.Upstream) {
+			u.RateLimit = &config.RateLimit{RPS: 0.001, Burst: 1}
+		}),
+		mk("slow", held, config.Bulkhead{}, "timeout", func(u *config.Upstream) { u.Timeout = config.D(30 * time.Millisecond) }),
+		mk("broken", failing, config.Bulkhead{}, "upstream_error", nil),
+		mk("dead", deadAddress(t), config.Bulkhead{}, "upstream_unavailable", nil),
+	}}
+	p := startProxy(t, cfg)
+	c, base := client(false), p.url(t, "out")
+	// Fill the pools that must be full.
+	for _, name := range []string{"full", "queued"} {
+		go func() {
+			req, _ := http.NewRequest("GET", base+"/", nil)
+			req.Host = name
+			if resp, err := c.Do(req); err == nil {
+				resp.Body.Close()
+			}
+		}()
+		eventually(t, name+" to fill", func() bool { return p.pool(name).Active == 1 })
+	}
+	get(t, c, base, "open", "/")    // its one failure opens the breaker
+	get(t, c, base, "limited", "/") // spends the only token
+	for _, tc := range []struct{ host, cause string }{
+		{"full", "bulkhead_full"}, {"queued", "queue_timeout"}, {"open", "circuit_open"}, {"limited", "rate_limited"},
+		{"slow", "timeout"}, {"broken", "upstream_error"}, {"dead", "upstream_unavailable"},
+	} {
+		resp, body := get(t, c, base, tc.host, "/")
+		if resp.StatusCode != 200 || body != fmt.Sprintf(`{"fallback":%q}`, tc.cause) ||
+			resp.Header.Get(HeaderFallback) != tc.cause || resp.Header.Get("X-Degraded") != tc.cause ||
+			resp.Header.Get("Content-Type") != "application/json" {
+			t.Errorf("%s: %d %q %v, want the %s fallback", tc.host, resp.StatusCode, body, resp.Header, tc.cause)
+		}
+		m := findMetric(t, p.reg, "watertight_fallbacks_total", map[string]string{"upstream": tc.host, "cause": tc.cause})
+		if m.GetCounter().GetValue() != 1 {
+			t.Errorf("%s: fallbacks_total{cause=%s} = %v", tc.host, tc.cause, m.GetCounter().GetValue())
+		}
+	}
+	// A cause with no fallback still gets the plain local reply.
+	resp, _ := get(t, c, base, "broken", "/", "Content-Type", "text/plain")
+	if resp.Header.Get(HeaderFallback) != "upstream_error" {
+		t.Errorf("second upstream_error not replaced: %v", resp.Header)
+	}
+	hold.open()
+}
+
+// TestReloadKeepsPolicyState: an open breaker stays open and an ejected
+// endpoint stays out across a config change that leaves their policies be.
+func TestReloadKeepsPolicyState(t *testing.T) {
+	up := newSwitchable(500)
+	addr := startUpstream(t, up)
+	mk := func(weight int) *config.Config {
+		u := upstreamCfg("u", addr, config.Bulkhead{Weight: weight})
+		u.CircuitBreaker = &config.CircuitBreaker{ConsecutiveFailures: 1, OpenFor: config.D(time.Hour)}
+		return &config.Config{Listeners: proxyListener(), Upstreams: []config.Upstream{u}}
+	}
+	p := startProxy(t, mk(1))
+	c, base := client(false), p.url(t, "out")
+	get(t, c, base, "u", "/")
+	if circuit(t, p, "u", "open") != 1 {
+		t.Fatal("not open")
+	}
+	next := mk(2)
+	next.SetDefaults()
+	if err := p.Apply(next); err != nil {
+		t.Fatal(err)
+	}
+	if resp, _ := get(t, c, base, "u", "/"); resp.Header.Get(HeaderReason) != "circuit_open" {
+		t.Fatal("a reload closed the open breaker")
+	}
+}
