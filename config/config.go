@@ -77,6 +77,7 @@ type Upstream struct {
 	Bulkhead         Bulkhead          `yaml:"bulkhead" json:"bulkhead"`
 	Timeout          Duration          `yaml:"timeout" json:"timeout"`
 	Retry            *Retry            `yaml:"retry,omitempty" json:"retry,omitempty"`
+	Hedge            *Hedge            `yaml:"hedge,omitempty" json:"hedge,omitempty"`
 	CircuitBreaker   *CircuitBreaker   `yaml:"circuitBreaker,omitempty" json:"circuitBreaker,omitempty"`
 	Warmup           Duration          `yaml:"warmup,omitempty" json:"warmup,omitempty"`
 	OutlierDetection *OutlierDetection `yaml:"outlierDetection,omitempty" json:"outlierDetection,omitempty"`
@@ -148,6 +149,20 @@ type Retry struct {
 	Backoff     Backoff `yaml:"backoff,omitempty" json:"backoff,omitempty"`
 }
 
+// Hedge sends a second attempt of an idempotent request that has had no
+// answer for Delay (or, with Percentile, for that percentile of the
+// upstream's recent latency); the first good answer wins and the other
+// attempt is cancelled. Hedges spend the retry budget.
+type Hedge struct {
+	Delay Duration `yaml:"delay,omitempty" json:"delay,omitempty"`
+	// Percentile (e.g. 95): hedge after the upstream's observed latency at
+	// this percentile, Delay being the floor (and the delay until enough
+	// answers have been seen).
+	Percentile float64 `yaml:"percentile,omitempty" json:"percentile,omitempty"`
+	// MaxHedges is how many extra attempts one request may have (default 1).
+	MaxHedges int `yaml:"maxHedges,omitempty" json:"maxHedges,omitempty"`
+}
+
 // Backoff between retries: exponential from Base, capped at Max, jittered.
 type Backoff struct {
 	Base Duration `yaml:"base,omitempty" json:"base,omitempty"`
@@ -195,7 +210,7 @@ type RateLimit struct {
 // YAML a single mapping or a list.
 type Fallback struct {
 	On []string `yaml:"on" json:"on"`
-	// For HTTP requests.
+	// For HTTP requests (status 200 when only a body or headers are given).
 	Status  int               `yaml:"status,omitempty" json:"status,omitempty"`
 	Headers map[string]string `yaml:"headers,omitempty" json:"headers,omitempty"`
 	Body    string            `yaml:"body,omitempty" json:"body,omitempty"`

@@ -92,6 +92,12 @@ func (u *Upstream) setPolicyDefaults() {
 		defaultDuration(&r.Backoff.Base, 25*time.Millisecond)
 		defaultDuration(&r.Backoff.Max, max(250*time.Millisecond, r.Backoff.Base.Duration))
 	}
+	if h := u.Hedge; h != nil {
+		if h.MaxHedges == 0 {
+			h.MaxHedges = 1
+		}
+		defaultDuration(&h.Delay, 10*time.Millisecond)
+	}
 	if cb := u.CircuitBreaker; cb != nil {
 		if cb.FailureRate == 0 && cb.ConsecutiveFailures == 0 && cb.SlowCall.Duration == 0 {
 			cb.FailureRate = 0.5
@@ -121,11 +127,6 @@ func (u *Upstream) setPolicyDefaults() {
 	}
 	if rl := u.RateLimit; rl != nil && rl.Burst == 0 {
 		rl.Burst = max(1, int(math.Ceil(rl.RPS/10))) // a tenth of a second's worth
-	}
-	for i := range u.Fallback {
-		if f := &u.Fallback[i]; f.Status == 0 {
-			f.Status = 200
-		}
 	}
 }
 

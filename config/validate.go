@@ -216,6 +216,16 @@ func (u *Upstream) validatePolicies(v *validator, p string) {
 			v.add(rp+".backoff.max", "%q is less than backoff.base %q", r.Backoff.Max.String(), r.Backoff.Base.String())
 		}
 	}
+	if h := u.Hedge; h != nil {
+		hp := p + ".hedge"
+		h.Delay.check(v, hp+".delay")
+		if h.Percentile < 0 || h.Percentile >= 100 {
+			v.add(hp+".percentile", "%v must be from 0 to below 100", h.Percentile)
+		}
+		if h.MaxHedges < 1 || h.MaxHedges > 3 {
+			v.add(hp+".maxHedges", "%d must be from 1 to 3", h.MaxHedges)
+		}
+	}
 	if cb := u.CircuitBreaker; cb != nil {
 		cp := p + ".circuitBreaker"
 		ratio(v, cp+".failureRate", cb.FailureRate)

@@ -82,6 +82,8 @@ func classifyError(parent, ctx context.Context, err error) metrics.Result {
 		return metrics.Canceled
 	case deadlinePassed(ctx):
 		return metrics.Timeout
+	case errors.Is(ctx.Err(), context.Canceled):
+		return metrics.Canceled // a hedge that lost the race
 	case isConnectFailure(err):
 		return metrics.UpstreamUnavailable
 	default:

@@ -42,6 +42,7 @@ type compartment struct {
 	outliers    *outlier.Detector // nil: no outlier detection
 	timeout     time.Duration     // 0: none
 	retry       *retryPolicy      // nil: no retries
+	hedge       *hedgePolicy      // nil: no hedging
 	fallbacks   config.Fallbacks
 	warmup      time.Duration
 	hostRewrite string // Host for requests addressed to the listener itself
@@ -64,6 +65,7 @@ func newCompartment(u *config.Upstream, up *upstream, pool *bulkhead.Pool, limit
 		balancer:   newBalancer(u.LoadBalancer, eps, u.Warmup.Duration),
 		timeout:    u.Timeout.Duration,
 		retry:      newRetryPolicy(u.Retry),
+		hedge:      newHedgePolicy(u.Hedge),
 		fallbacks:  u.Fallback,
 		warmup:     u.Warmup.Duration,
 	}
@@ -92,6 +94,11 @@ func newCompartment(u *config.Upstream, up *upstream, pool *bulkhead.Pool, limit
 // Every way out either hands the app a response whose body (an exchange)
 // holds the attempt's slot until it is closed, or returns a *localReply.
 func (c *compartment) RoundTrip(req *http.Request) (*http.Response, error) {
+	if c.breaker != nil && c.breaker.Rejecting() {
+		// An open breaker refuses before the request costs anything.
+		c.metrics.Request(metrics.CircuitOpen, 0)
+		return nil, &localReply{result: metrics.CircuitOpen, upstream: c.name, err: errCircuitOpen}
+	}
 	r := c.begin(req)
 	x, err := c.retries(r, req)
 	if err != nil {
@@ -102,12 +109,21 @@ func (c *compartment) RoundTrip(req *http.Request) (*http.Response, error) {
 		r.finish(lr.result)
 		return nil, lr
 	}
-	if c.fallbacks.For(reasonUpstreamError.name) != nil && classifyHead(x.resp, r.grpc) == metrics.UpstreamError {
-		// A weak dependency's failure answer is replaced by its fallback.
-		err := errFailedAnswer(x.resp)
-		x.resp.Body.Close()
-		r.finish(metrics.UpstreamError)
-		return nil, &localReply{result: metrics.UpstreamError, upstream: c.name, err: err}
+	if len(c.fallbacks) > 0 && classifyHead(x.resp, r.grpc) == metrics.UpstreamError {
+		// A weak dependency's failure answer is replaced by its fallback,
+		// if it has one this client can take. Once the deadline passed, the
+		// upstream gave up on the deadline it was passed: that is the
+		// timeout (as the exchange judges it), whichever side noticed first.
+		res := metrics.UpstreamError
+		if deadlinePassed(x.ctx) {
+			res = metrics.Timeout
+		}
+		if fb := c.fallbacks.For(reasonFor[res].name); fb != nil && fallbackServes(fb, r.grpc) {
+			err := errFailedAnswer(x.resp)
+			x.resp.Body.Close()
+			r.finish(res)
+			return nil, &localReply{result: res, upstream: c.name, err: err}
+		}
 	}
 	x.handOver()
 	return x.resp, nil
@@ -140,7 +156,7 @@ func (c *compartment) begin(req *http.Request) *request {
 func (c *compartment) retries(r *request, req *http.Request) (*exchange, error) {
 	body := c.retry.replayable(req)
 	for n := 0; ; n++ {
-		x, err := c.attempt(r, req, n > 0)
+		x, err := c.try(r, req, n > 0)
 		if !c.retry.wanted(n, x, err, r) || !body.rewind() {
 			return x, err
 		}
@@ -152,18 +168,30 @@ func (c *compartment) retries(r *request, req *http.Request) (*exchange, error) 
 		}
 		if !sleep(r.ctx, c.retry.backoff(n)) {
 			c.budget.ReleasePermit()
-			return nil, &localReply{result: metrics.Timeout, upstream: c.name, err: r.ctx.Err()}
+			res := classifyError(r.parent, r.ctx, r.ctx.Err())
+			return nil, &localReply{result: res, upstream: c.name, err: r.ctx.Err()}
 		}
 		c.metrics.Retry()
 		req = body.next(req)
 	}
 }
 
-// attempt is one try: breaker → rate limit → bulkhead → per-try timeout →
-// endpoint → forward. A refusal by the breaker, the rate limiter or the
-// bulkhead is the sidecar's own doing: it counts as no upstream failure.
-// A retry holds a permit of the retry budget, given back when it ends.
-func (c *compartment) attempt(r *request, req *http.Request, retry bool) (*exchange, error) {
+// try is one try of the request: one attempt, or for a hedged request a race
+// of the attempt and its hedges.
+func (c *compartment) try(r *request, req *http.Request, retry bool) (*exchange, error) {
+	if c.hedge.applies(req) {
+		return c.hedged(r, req, retry)
+	}
+	return c.attempt(r, r.ctx, noCancel, req, retry)
+}
+
+// attempt is one attempt: breaker → rate limit → bulkhead → per-try timeout
+// → endpoint → forward, under ctx (the request's, or a hedge's own, which
+// cancel ends once the attempt does). A refusal by the breaker, the rate
+// limiter or the bulkhead is the sidecar's own doing: it counts as no
+// upstream failure. A retry or hedge holds a permit of the retry budget,
+// given back when it ends.
+func (c *compartment) attempt(r *request, ctx context.Context, cancel context.CancelFunc, req *http.Request, retry bool) (*exchange, error) {
 	// Breaker: an open breaker refuses in microseconds, before anything else.
 	if c.breaker != nil && c.breaker.Rejecting() {
 		return nil, c.refuse(retry, metrics.CircuitOpen, errCircuitOpen)
@@ -174,7 +202,7 @@ func (c *compartment) attempt(r *request, req *http.Request, retry bool) (*excha
 	}
 	// Bulkhead: a slot in this upstream's own pool, or a fast refusal.
 	c.warmLimit(r.start)
-	waited, err := c.pool.Acquire(r.ctx)
+	waited, err := c.pool.Acquire(ctx)
 	if waited > 0 {
 		c.metrics.QueueWait(waited)
 	}
@@ -191,7 +219,7 @@ func (c *compartment) attempt(r *request, req *http.Request, retry bool) (*excha
 	if c.shared {
 		c.inflight.Add(1)
 	}
-	x := &exchange{r: r, retry: retry, ctx: r.ctx, cancel: noCancel, start: r.start}
+	x := &exchange{r: r, retry: retry, ctx: ctx, cancel: cancel, start: r.start}
 	if waited > 0 || retry {
 		x.start = time.Now()
 	}
@@ -206,7 +234,9 @@ func (c *compartment) attempt(r *request, req *http.Request, retry bool) (*excha
 		x.permit = true
 	}
 	if c.retry != nil && c.retry.perTry > 0 {
-		x.ctx, x.cancel = context.WithTimeout(r.ctx, c.retry.perTry)
+		var perTry context.CancelFunc
+		x.ctx, perTry = context.WithTimeout(ctx, c.retry.perTry)
+		x.cancel = func() { perTry(); cancel() }
 	}
 
 	// Load balancing, among the endpoints in service.
@@ -230,6 +260,7 @@ func (c *compartment) attempt(r *request, req *http.Request, retry bool) (*excha
 		x.finish(res)
 		return nil, &localReply{result: res, upstream: c.name, err: err}
 	}
+	c.hedge.observe(time.Since(x.start))
 	x.resp = resp
 	x.body = resp.Body
 	if resp.StatusCode == http.StatusSwitchingProtocols {

@@ -127,6 +127,8 @@ func (x *exchange) result() metrics.Result {
 		return metrics.Canceled
 	case deadlinePassed(x.ctx):
 		return metrics.Timeout
+	case errors.Is(x.ctx.Err(), context.Canceled):
+		return metrics.Canceled // a hedge that lost the race
 	case x.readErr != nil:
 		return metrics.UpstreamError
 	default:

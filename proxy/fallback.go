@@ -9,11 +9,27 @@ import (
 	"github.com/watertight/watertight/config"
 )
 
+// fallbackServes says whether fb can answer a client: a gRPC client only in
+// one of gRPC's forms (grpcStatus or grpcBody); an HTTP client only if fb
+// says something in HTTP (a status, headers or a body), or has no gRPC form
+// either (an empty 200 was asked for). A gRPC-only fallback must not turn an
+// HTTP client's failure into an empty success.
+func fallbackServes(fb *config.Fallback, grpc bool) bool {
+	grpcForm := fb.GRPCBody != "" || fb.GRPCStatus != ""
+	if grpc {
+		return grpcForm
+	}
+	return fb.Status != 0 || fb.Body != "" || len(fb.Headers) > 0 || !grpcForm
+}
+
 // writeFallback answers with the upstream's configured fallback for cause,
 // in the form the client understands, and says whether it did: a fallback
 // with only HTTP fields cannot answer a gRPC client, which then gets the
 // local reply instead.
 func writeFallback(w http.ResponseWriter, r *http.Request, fb *config.Fallback, cause string) bool {
+	if !fallbackServes(fb, isGRPC(r)) {
+		return false
+	}
 	h := w.Header()
 	if isGRPC(r) {
 		switch {
@@ -55,7 +71,11 @@ func writeFallback(w http.ResponseWriter, r *http.Request, fb *config.Fallback, 
 		h.Set("Content-Type", "text/plain; charset=utf-8")
 	}
 	h.Set("Content-Length", strconv.Itoa(len(fb.Body)))
-	w.WriteHeader(fb.Status)
+	status := fb.Status
+	if status == 0 {
+		status = http.StatusOK
+	}
+	w.WriteHeader(status)
 	if r.Method != http.MethodHead {
 		_, _ = w.Write([]byte(fb.Body))
 	}

@@ -41,6 +41,7 @@ type grpcBackend struct {
 	testgrpc.UnimplementedTestServiceServer
 	unary  func(context.Context, *testgrpc.SimpleRequest) (*testgrpc.SimpleResponse, error)
 	output func(*testgrpc.StreamingOutputCallRequest, grpc.ServerStreamingServer[testgrpc.StreamingOutputCallResponse]) error
+	input  func(grpc.ClientStreamingServer[testgrpc.StreamingInputCallRequest, testgrpc.StreamingInputCallResponse]) error
 }
 
 // grpcPattern is n deterministic bytes that differ with seed.
@@ -92,6 +93,9 @@ func (b *grpcBackend) StreamingOutputCall(req *testgrpc.StreamingOutputCallReque
 
 // StreamingInputCall checks that message i is grpcStreamMsg(i, len) and sums the sizes.
 func (b *grpcBackend) StreamingInputCall(stream grpc.ClientStreamingServer[testgrpc.StreamingInputCallRequest, testgrpc.StreamingInputCallResponse]) error {
+	if b.input != nil {
+		return b.input(stream)
+	}
 	total := 0
 	for i := 0; ; i++ {
 		req, err := stream.Recv()
@@ -148,6 +152,9 @@ type grpcSetup struct {
 	bulkhead  config.Bulkhead
 	endpoint  string // instead of the backend's address (a dead upstream)
 	authority string // what the client sends as :authority in mode proxy; "": the upstream's host
+	// configure, if set, edits the upstream's config before defaults are
+	// set and it is validated (policies: breaker, retry, fallback...).
+	configure func(*config.Upstream)
 }
 
 type grpcEnv struct {
@@ -189,6 +196,9 @@ func startGRPC(t *testing.T, s grpcSetup, b *grpcBackend) *grpcEnv {
 	}
 	if s.timeout > 0 {
 		up.Timeout = config.D(s.timeout)
+	}
+	if s.configure != nil {
+		s.configure(&up)
 	}
 	lc := config.Listener{Name: "app", Address: "127.0.0.1:0", Mode: s.mode}
 	if s.mode == config.ModeUpstream {

@@ -24,7 +24,7 @@ func TestIsolationSlowUpstreamCannotStarveOthers(t *testing.T) {
 		Budget:    64,
 		Listeners: proxyListener(),
 		Upstreams: []config.Upstream{
-			upstreamCfg("slow", startUpstream(t, slow), config.Bulkhead{MaxConcurrent: 4, MaxQueue: 4, MaxWait: config.D(50 * time.Millisecond)}),
+			upstreamCfg("slow", startUpstream(t, slow), config.Bulkhead{MaxConcurrent: 4, MaxQueue: 4, MaxWait: config.D(300 * time.Millisecond)}),
 			upstreamCfg("fast", fastAddr, config.Bulkhead{Weight: 1}),
 		},
 	}
@@ -83,8 +83,10 @@ func TestIsolationSlowUpstreamCannotStarveOthers(t *testing.T) {
 		t.Errorf("fast upstream p99 %v while S is flooded (before: %v); want under %v", p99(during), p99(before), limit)
 	}
 
-	// S's excess: 32 refused at once (bulkhead_full), 4 after maxWait
-	// (queue_timeout), all long before S's 10s timeout.
+	// S's excess is refused long before S's 10s timeout: at once when the
+	// queue is full (bulkhead_full), after maxWait when it had room
+	// (queue_timeout). How many find room depends on when the callers
+	// arrive: at least the 4 first, more if some come after a wait ended.
 	refused := map[string]int{}
 	for range 36 {
 		o := <-results
@@ -92,12 +94,12 @@ func TestIsolationSlowUpstreamCannotStarveOthers(t *testing.T) {
 			t.Fatalf("S excess got %d, want 503", o.status)
 		}
 		if o.took > 2*time.Second {
-			t.Errorf("S excess took %v to be refused", o.took)
+			t.Errorf("S excess took %v to be refused (%s)", o.took, o.reason)
 		}
 		refused[o.reason]++
 	}
-	if refused["bulkhead_full"] != 32 || refused["queue_timeout"] != 4 {
-		t.Errorf("refusals by reason = %v, want 32 bulkhead_full and 4 queue_timeout", refused)
+	if refused["bulkhead_full"]+refused["queue_timeout"] != 36 || refused["queue_timeout"] < 4 || refused["bulkhead_full"] < 20 {
+		t.Errorf("refusals by reason = %v, want 36 of bulkhead_full and queue_timeout, most of them bulkhead_full, at least 4 queue_timeout", refused)
 	}
 	if st := p.pool("slow"); st.Active != 4 || st.Queued != 0 {
 		t.Errorf("S's pool = %+v, want 4 active, none queued", st)
@@ -113,11 +115,11 @@ func TestIsolationSlowUpstreamCannotStarveOthers(t *testing.T) {
 			t.Errorf("an admitted S request ended %d", o.status)
 		}
 	}
-	if got := p.count(t, "slow", "bulkhead_full"); got != 32 {
-		t.Errorf("metric bulkhead_full = %v, want 32", got)
+	if got := p.count(t, "slow", "bulkhead_full"); got != float64(refused["bulkhead_full"]) {
+		t.Errorf("metric bulkhead_full = %v, want %d", got, refused["bulkhead_full"])
 	}
-	if got := p.count(t, "slow", "queue_timeout"); got != 4 {
-		t.Errorf("metric queue_timeout = %v, want 4", got)
+	if got := p.count(t, "slow", "queue_timeout"); got != float64(refused["queue_timeout"]) {
+		t.Errorf("metric queue_timeout = %v, want %d", got, refused["queue_timeout"])
 	}
 	if got := p.count(t, "fast", "ok"); got != 400 {
 		t.Errorf("metric fast ok = %v, want 400", got)

@@ -70,12 +70,20 @@ func (up *upstream) update(u *config.Upstream, log *slog.Logger) {
 		up.limiter.SetLimitAt(now, rate.Limit(rl.RPS))
 		up.limiter.SetBurstAt(now, rl.Burst)
 	}
-	switch r := u.Retry; {
-	case r == nil || r.Attempts == 0:
+	// Retries and hedges share one budget.
+	rateWanted := 0.0
+	switch {
+	case u.Retry != nil && u.Retry.Attempts > 0:
+		rateWanted = u.Retry.Budget
+	case u.Hedge != nil:
+		rateWanted = 0.2 // the retry default: hedges alone spend at most this
+	}
+	switch {
+	case rateWanted == 0:
 		up.budget, up.budgetRate = nil, 0
-	case up.budget == nil || up.budgetRate != r.Budget:
-		up.budgetRate = r.Budget
-		up.budget = budget.NewBuilder().WithMaxRate(r.Budget).WithMinConcurrency(3).Build().(retryBudget)
+	case up.budget == nil || up.budgetRate != rateWanted:
+		up.budgetRate = rateWanted
+		up.budget = budget.NewBuilder().WithMaxRate(rateWanted).WithMinConcurrency(3).Build().(retryBudget)
 	}
 	// Endpoints keep their outlier state and load across reloads; those
 	// that join a running upstream warm up.
