@@ -70,12 +70,16 @@ type Upstream struct {
 	Hosts []string `yaml:"hosts,omitempty" json:"hosts,omitempty"`
 	// Protocol to the endpoints: http1, http2 (h2c with prior knowledge, or
 	// h2 over TLS) or auto (the protocol the app used; gRPC always HTTP/2).
-	Protocol         string            `yaml:"protocol" json:"protocol"`
-	TLS              *TLS              `yaml:"tls,omitempty" json:"tls,omitempty"`
-	Endpoints        []Endpoint        `yaml:"endpoints" json:"endpoints"`
-	LoadBalancer     string            `yaml:"loadBalancer" json:"loadBalancer"`
-	Bulkhead         Bulkhead          `yaml:"bulkhead" json:"bulkhead"`
-	Timeout          Duration          `yaml:"timeout" json:"timeout"`
+	Protocol     string     `yaml:"protocol" json:"protocol"`
+	TLS          *TLS       `yaml:"tls,omitempty" json:"tls,omitempty"`
+	Endpoints    []Endpoint `yaml:"endpoints" json:"endpoints"`
+	LoadBalancer string     `yaml:"loadBalancer" json:"loadBalancer"`
+	Bulkhead     Bulkhead   `yaml:"bulkhead" json:"bulkhead"`
+	Timeout      Duration   `yaml:"timeout" json:"timeout"`
+	// FailureStatuses are the HTTP statuses that count as the upstream's
+	// failures for the breaker, outlier detection and metrics (default:
+	// every 5xx). Others, 4xx above all, are business answers.
+	FailureStatuses  []int             `yaml:"failureStatuses,omitempty" json:"failureStatuses,omitempty"`
 	Retry            *Retry            `yaml:"retry,omitempty" json:"retry,omitempty"`
 	Hedge            *Hedge            `yaml:"hedge,omitempty" json:"hedge,omitempty"`
 	CircuitBreaker   *CircuitBreaker   `yaml:"circuitBreaker,omitempty" json:"circuitBreaker,omitempty"`

@@ -213,6 +213,7 @@ func TestValidationRules(t *testing.T) {
 		{"retry buffer limit", `upstreams: [{name: a, endpoints: ["h:1"], retry: {attempts: 1, bufferLimit: -1}}]`, "upstreams[0].retry.bufferLimit", "-1 must be at least 0"},
 		{"retry backoff order", `upstreams: [{name: a, endpoints: ["h:1"], retry: {attempts: 1, backoff: {base: 1s, max: 10ms}}}]`, "upstreams[0].retry.backoff.max", `"10ms" is less than backoff.base "1s"`},
 		{"retry backoff duration", `upstreams: [{name: a, endpoints: ["h:1"], retry: {attempts: 1, backoff: {base: x}}}]`, "upstreams[0].retry.backoff.base", `"x" is not a duration`},
+		{"failure status", `upstreams: [{name: a, endpoints: ["h:1"], failureStatuses: [503, 200]}]`, "upstreams[0].failureStatuses[1]", "200 is not a 4xx or 5xx status"},
 		{"hedge delay", `upstreams: [{name: a, endpoints: ["h:1"], hedge: {delay: x}}]`, "upstreams[0].hedge.delay", `"x" is not a duration`},
 		{"hedge percentile", `upstreams: [{name: a, endpoints: ["h:1"], hedge: {percentile: 100}}]`, "upstreams[0].hedge.percentile", "100 must be from 0 to below 100"},
 		{"hedge count", `upstreams: [{name: a, endpoints: ["h:1"], hedge: {maxHedges: 9}}]`, "upstreams[0].hedge.maxHedges", "9 must be from 1 to 3"},

@@ -174,6 +174,11 @@ func (c *Config) validateUpstreams(v *validator) {
 		}
 		oneOf(v, p+".loadBalancer", u.LoadBalancer, LBRoundRobin, LBLeastRequest, LBRandom)
 		u.Timeout.check(v, p+".timeout")
+		for j, code := range u.FailureStatuses {
+			if code < 400 || code > 599 {
+				v.add(fmt.Sprintf("%s.failureStatuses[%d]", p, j), "%d is not a 4xx or 5xx status", code)
+			}
+		}
 		u.Warmup.check(v, p+".warmup")
 		b := u.Bulkhead
 		bp := p + ".bulkhead"

@@ -31,7 +31,7 @@ var grpcFailureCodes = [17]bool{
 
 // classifyResponse judges a complete response: its HTTP status, or for gRPC
 // its grpc-status from the trailers (or the headers of a trailers-only answer).
-func classifyResponse(resp *http.Response, grpc bool) metrics.Result {
+func classifyResponse(resp *http.Response, grpc bool, fs *statusSet) metrics.Result {
 	if grpc {
 		v := resp.Trailer.Get("Grpc-Status")
 		if v == "" {
@@ -46,12 +46,12 @@ func classifyResponse(resp *http.Response, grpc bool) metrics.Result {
 		}
 		// No status at all: gRPC clients read that as INTERNAL (on 200) or
 		// map the HTTP status; either way not a business answer.
-		if resp.StatusCode == http.StatusOK || resp.StatusCode >= 500 {
+		if resp.StatusCode == http.StatusOK || fs.has(resp.StatusCode) {
 			return metrics.UpstreamError
 		}
 		return metrics.OK
 	}
-	if resp.StatusCode >= 500 {
+	if fs.has(resp.StatusCode) {
 		return metrics.UpstreamError
 	}
 	return metrics.OK
@@ -60,8 +60,8 @@ func classifyResponse(resp *http.Response, grpc bool) metrics.Result {
 // classifyHead judges an answer by its head alone: its HTTP status, or a
 // gRPC status in the head of a trailers-only answer. For the decisions that
 // must be made before the body is read (retry, fallback).
-func classifyHead(resp *http.Response, grpc bool) metrics.Result {
-	if resp.StatusCode >= 500 {
+func classifyHead(resp *http.Response, grpc bool, fs *statusSet) metrics.Result {
+	if fs.has(resp.StatusCode) {
 		return metrics.UpstreamError
 	}
 	if grpc {
@@ -72,6 +72,30 @@ func classifyHead(resp *http.Response, grpc bool) metrics.Result {
 		}
 	}
 	return metrics.OK
+}
+
+// statusSet is the HTTP statuses an upstream counts as failures
+// (failureStatuses); nil means every 5xx.
+type statusSet [10]uint64
+
+func newStatusSet(codes []int) *statusSet {
+	if len(codes) == 0 {
+		return nil
+	}
+	var s statusSet
+	for _, c := range codes {
+		if c >= 0 && c < 640 {
+			s[c/64] |= 1 << (c % 64)
+		}
+	}
+	return &s
+}
+
+func (s *statusSet) has(code int) bool {
+	if s == nil {
+		return code >= 500
+	}
+	return code >= 0 && code < 640 && s[code/64]&(1<<(code%64)) != 0
 }
 
 // classifyError judges a request that got no response. parent is the app's

@@ -44,6 +44,7 @@ type compartment struct {
 	retry       *retryPolicy      // nil: no retries
 	hedge       *hedgePolicy      // nil: no hedging
 	fallbacks   config.Fallbacks
+	failures    *statusSet // HTTP statuses that are failures; nil: 5xx
 	warmup      time.Duration
 	hostRewrite string // Host for requests addressed to the listener itself
 	proxy       *httputil.ReverseProxy
@@ -66,6 +67,7 @@ func newCompartment(u *config.Upstream, up *upstream, pool *bulkhead.Pool, limit
 		timeout:    u.Timeout.Duration,
 		retry:      newRetryPolicy(u.Retry),
 		hedge:      newHedgePolicy(u.Hedge),
+		failures:   newStatusSet(u.FailureStatuses),
 		fallbacks:  u.Fallback,
 		warmup:     u.Warmup.Duration,
 	}
@@ -109,7 +111,7 @@ func (c *compartment) RoundTrip(req *http.Request) (*http.Response, error) {
 		r.finish(lr.result)
 		return nil, lr
 	}
-	if len(c.fallbacks) > 0 && classifyHead(x.resp, r.grpc) == metrics.UpstreamError {
+	if len(c.fallbacks) > 0 && classifyHead(x.resp, r.grpc, c.failures) == metrics.UpstreamError {
 		// A weak dependency's failure answer is replaced by its fallback,
 		// if it has one this client can take. Once the deadline passed, the
 		// upstream gave up on the deadline it was passed: that is the

@@ -116,7 +116,7 @@ func (x *exchange) Close() error {
 func (x *exchange) result() metrics.Result {
 	switch {
 	case x.sawEOF:
-		res := classifyResponse(x.resp, x.r.grpc)
+		res := classifyResponse(x.resp, x.r.grpc, x.r.c.failures)
 		if res == metrics.UpstreamError && deadlinePassed(x.ctx) {
 			// The upstream gave up on the deadline it was passed
 			// (DEADLINE_EXCEEDED) just before the sidecar did.
@@ -135,7 +135,7 @@ func (x *exchange) result() metrics.Result {
 		// Closed before the end without a read error: the app stopped
 		// reading, or a retry discarded the answer. Judge what the
 		// upstream did send.
-		return classifyHead(x.resp, x.r.grpc)
+		return classifyHead(x.resp, x.r.grpc, x.r.c.failures)
 	}
 }
 

@@ -97,7 +97,7 @@ func (c *compartment) hedged(r *request, req *http.Request, retry bool) (*exchan
 		select {
 		case o := <-results:
 			pending--
-			good := o.err == nil && classifyHead(o.x.resp, r.grpc) == metrics.OK
+			good := o.err == nil && classifyHead(o.x.resp, r.grpc, c.failures) == metrics.OK
 			if !good && pending > 0 {
 				discard(last.x)
 				last = o

@@ -761,3 +761,27 @@ func (p *testProxy) ejectedUntil(t *testing.T, upstream, addr string) time.Time 
 	t.Fatalf("no endpoint %s in upstream %s", addr, upstream)
 	return time.Time{}
 }
+
+// TestFailureStatusesAreConfigurable: the upstream decides which statuses
+// are its failures, for the metrics and the breaker alike.
+func TestFailureStatusesAreConfigurable(t *testing.T) {
+	up := newSwitchable(500)
+	u := upstreamCfg("u", startUpstream(t, up), config.Bulkhead{})
+	u.FailureStatuses = []int{503, 429}
+	u.CircuitBreaker = &config.CircuitBreaker{ConsecutiveFailures: 3, OpenFor: config.D(time.Hour)}
+	p := startProxy(t, &config.Config{Listeners: proxyListener(), Upstreams: []config.Upstream{u}})
+	c, base := client(false), p.url(t, "out")
+	for range 5 {
+		get(t, c, base, "u", "/") // 500: not in the list
+	}
+	if p.count(t, "u", "ok") != 5 || circuit(t, p, "u", "closed") != 1 {
+		t.Fatalf("500s not in failureStatuses: %v ok, breaker closed=%v", p.count(t, "u", "ok"), circuit(t, p, "u", "closed"))
+	}
+	up.status.Store(429)
+	for range 3 {
+		get(t, c, base, "u", "/")
+	}
+	if p.count(t, "u", "upstream_error") != 3 || circuit(t, p, "u", "open") != 1 {
+		t.Fatalf("429 in failureStatuses: %v upstream_error, breaker open=%v", p.count(t, "u", "upstream_error"), circuit(t, p, "u", "open"))
+	}
+}
