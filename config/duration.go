@@ -62,6 +62,9 @@ func (d Duration) MarshalYAML() (any, error) { return d.String(), nil }
 // MarshalJSON writes the duration as a string.
 func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(d.String()) }
 
+// Valid says whether the duration parsed (it may still be negative).
+func (d Duration) Valid() bool { return d.raw == "" }
+
 // String is the Go duration string, or the invalid text as written.
 func (d Duration) String() string {
 	if d.raw != "" {

@@ -158,9 +158,9 @@ func (c *Config) validateUpstreams(v *validator) {
 			hosts[key] = hp
 		}
 		oneOf(v, p+".protocol", u.Protocol, ProtocolHTTP1, ProtocolHTTP2, ProtocolAuto)
-		if len(u.Endpoints) == 0 {
-			v.add(p+".endpoints", "at least one endpoint is required")
-		}
+		// No endpoints is allowed: EDS sends none during a rollout or a scale
+		// to zero, and the sidecar answers 503 upstream_unavailable itself.
+		seenEP := map[string]int{}
 		for j, e := range u.Endpoints {
 			ep := fmt.Sprintf("%s.endpoints[%d]", p, j)
 			if h, _, err := splitHostPort(e.Address); err != nil {
@@ -170,6 +170,11 @@ func (c *Config) validateUpstreams(v *validator) {
 			}
 			if e.Weight < 0 {
 				v.add(ep+".weight", "%d must not be negative", e.Weight)
+			}
+			if k := seenEP[e.Address]; k > 0 {
+				v.add(ep, "%q is also %s.endpoints[%d]", e.Address, p, k-1)
+			} else {
+				seenEP[e.Address] = j + 1
 			}
 		}
 		oneOf(v, p+".loadBalancer", u.LoadBalancer, LBRoundRobin, LBLeastRequest, LBRandom)
@@ -323,6 +328,9 @@ func GRPCCode(s string) (int, bool) {
 func HostKey(h string) (string, error) {
 	if h == "" {
 		return "", fmt.Errorf("is empty")
+	}
+	if strings.ContainsAny(h, "*") {
+		return "", fmt.Errorf("is a wildcard; hosts are matched exactly")
 	}
 	if strings.ContainsAny(h, "/ \t@?#") {
 		return "", fmt.Errorf("is not a host name (no scheme, path or spaces)")

@@ -118,6 +118,7 @@ func TestUnavailableAndUpstreamErrors(t *testing.T) {
 		upstreamCfg("reset", reset, config.Bulkhead{}),
 		upstreamCfg("failing", failing, config.Bulkhead{}),
 		upstreamCfg("business", business, config.Bulkhead{}),
+		{Name: "empty"}, // no endpoints (EDS during a scale to zero)
 	}}
 	p := startProxy(t, cfg)
 	c := client(false)
@@ -127,6 +128,7 @@ func TestUnavailableAndUpstreamErrors(t *testing.T) {
 		status               int
 	}{
 		{"dead", "upstream_unavailable", "upstream_unavailable", 503},
+		{"empty", "upstream_unavailable", "upstream_unavailable", 503},
 		{"reset", "upstream_error", "upstream_error", 502},
 		{"failing", "", "upstream_error", 500}, // the upstream's own 500 passes through
 		{"business", "", "ok", 404},            // a business error is not a failure

@@ -113,6 +113,11 @@ func (s *Sidecar) apply(cfg *config.Config, source string) error {
 	s.metrics.ConfigApplied(v, source)
 	s.log.Info("config applied", "version", v, "source", source,
 		"listeners", len(cfg.Listeners), "upstreams", len(cfg.Upstreams))
+	for _, u := range cfg.Upstreams {
+		if len(u.Endpoints) == 0 {
+			s.log.Warn("upstream has no endpoints: its requests get 503 upstream_unavailable", "upstream", u.Name)
+		}
+	}
 	return nil
 }
 

@@ -1048,7 +1048,7 @@ func jsonFields(t reflect.Type) map[string]reflect.StructField {
 // their text, which is all its String shows.
 func (m *modeler) badDurations(where at, v reflect.Value) {
 	if v.Type() == durationType {
-		if d := v.Interface().(config.Duration); d.String() != d.Duration.String() {
+		if d := v.Interface().(config.Duration); !d.Valid() {
 			m.fail(where, "%q is not a duration (use Go syntax like \"250ms\" or \"2s\")", d.String())
 		}
 		return
