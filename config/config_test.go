@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"os"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -323,5 +324,26 @@ func TestHostKey(t *testing.T) {
 		if _, err := HostKey(bad); err == nil {
 			t.Errorf("HostKey(%q) accepted", bad)
 		}
+	}
+}
+
+func TestCloneIsDeep(t *testing.T) {
+	c, err := Decode([]byte(`
+upstreams:
+  - name: a
+    endpoints: ["h:1"]
+    retry: {attempts: 1}
+    fallback: {on: [timeout], headers: {x: y}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := c.Clone()
+	d.SetDefaults()
+	d.Upstreams[0].Fallback[0].Headers["x"] = "changed"
+	if c.Upstreams[0].Retry.Budget != 0 || c.Upstreams[0].Timeout.IsSet() || c.Upstreams[0].Fallback[0].Headers["x"] != "y" {
+		t.Fatalf("defaults or edits on the clone reached the original: %+v", c.Upstreams[0])
+	}
+	if !reflect.DeepEqual(c, c.Clone()) {
+		t.Fatal("a clone differs from its original")
 	}
 }

@@ -17,6 +17,22 @@ import (
 // Parse decodes a YAML config, fills in defaults and validates it. Every
 // problem found is reported, each naming its field path and value.
 func Parse(data []byte) (*Config, error) {
+	c, err := Decode(data)
+	if err != nil {
+		return nil, err
+	}
+	c.SetDefaults()
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// Decode reads a YAML config strictly (unknown fields and wrongly typed
+// values are errors, by field path) but neither fills in defaults nor
+// validates: for configs that are merged before they are whole (the control
+// plane's per-node files).
+func Decode(data []byte) (*Config, error) {
 	var root yaml.Node
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	if err := dec.Decode(&root); err != nil && !errors.Is(err, io.EOF) {
@@ -27,19 +43,16 @@ func Parse(data []byte) (*Config, error) {
 		return nil, errors.New("reading YAML: the file holds more than one document")
 	}
 	c := &Config{}
-	if root.Kind != 0 { // an empty file is an empty config
-		v := &validator{}
-		checkShape(&root, reflect.TypeFor[Config](), "", v)
-		if err := v.err(); err != nil {
-			return nil, err
-		}
-		if err := root.Decode(c); err != nil {
-			return nil, fmt.Errorf("decoding config: %w", err)
-		}
+	if root.Kind == 0 { // an empty file is an empty config
+		return c, nil
 	}
-	c.SetDefaults()
-	if err := c.Validate(); err != nil {
+	v := &validator{}
+	checkShape(&root, reflect.TypeFor[Config](), "", v)
+	if err := v.err(); err != nil {
 		return nil, err
+	}
+	if err := root.Decode(c); err != nil {
+		return nil, fmt.Errorf("decoding config: %w", err)
 	}
 	return c, nil
 }

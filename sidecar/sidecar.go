@@ -18,14 +18,19 @@ import (
 	"github.com/watertight/watertight/config"
 	"github.com/watertight/watertight/metrics"
 	"github.com/watertight/watertight/proxy"
+	"github.com/watertight/watertight/xds"
 )
 
 // Options configure a sidecar.
 type Options struct {
 	// ConfigPath is the YAML file to run and watch. Config, if set instead,
 	// is run as given (the demo's embedded config) and never reloaded.
+	// XDSAddress, if set instead, is the ADS control plane to take the
+	// config from, as NodeID.
 	ConfigPath string
 	Config     *config.Config
+	XDSAddress string
+	NodeID     string
 	// AdminAddress overrides admin.address from the config.
 	AdminAddress string
 	// DrainTimeout bounds the graceful stop (default 15s).
@@ -67,22 +72,31 @@ func Start(o Options) (*Sidecar, error) {
 		o.DrainTimeout = 15 * time.Second
 	}
 	cfg, source := o.Config, "embedded"
-	if o.ConfigPath != "" {
+	switch {
+	case o.XDSAddress != "":
+		if o.NodeID == "" {
+			return nil, errors.New("starting sidecar: --xds needs --node-id")
+		}
+		cfg, source = nil, "xds:"+o.XDSAddress
+	case o.ConfigPath != "":
 		var err error
 		if cfg, err = config.Load(o.ConfigPath); err != nil {
 			return nil, err
 		}
 		source = "file:" + o.ConfigPath
-	}
-	if cfg == nil {
-		return nil, errors.New("starting sidecar: no config (give --config FILE)")
+	case cfg == nil:
+		return nil, errors.New("starting sidecar: no config (give --config FILE or --xds ADDR)")
 	}
 	s := &Sidecar{opts: o, log: o.Logger, metrics: metrics.New(), watchDone: make(chan struct{})}
 	s.proxy = proxy.NewServer(proxy.Options{Logger: o.Logger, Metrics: s.metrics, DrainTimeout: o.DrainTimeout})
-	if err := s.apply(cfg, source); err != nil {
-		return nil, err
+	adminAddr := config.DefaultAdminAddress
+	if cfg != nil {
+		// From xDS the config arrives later: until it does, /ready says no.
+		if err := s.apply(cfg, source); err != nil {
+			return nil, err
+		}
+		adminAddr = cfg.Admin.Address
 	}
-	adminAddr := cfg.Admin.Address
 	if o.AdminAddress != "" {
 		adminAddr = o.AdminAddress
 	}
@@ -94,9 +108,22 @@ func Start(o Options) (*Sidecar, error) {
 	s.log.Info("admin listening", "address", s.admin.Addr().String())
 	ctx, cancel := context.WithCancel(context.Background())
 	s.stopWatch = cancel
-	if o.ConfigPath != "" {
+	switch {
+	case o.XDSAddress != "":
+		client := xds.NewClient(xds.ClientOptions{
+			Address:    o.XDSAddress,
+			NodeID:     o.NodeID,
+			Apply:      func(cfg *config.Config) error { return s.applyIfChanged(cfg, source) },
+			Logger:     o.Logger,
+			Registerer: s.metrics.Prometheus(),
+		})
+		go func() {
+			defer close(s.watchDone)
+			_ = client.Run(ctx)
+		}()
+	case o.ConfigPath != "":
 		go s.watch(ctx)
-	} else {
+	default:
 		close(s.watchDone)
 	}
 	return s, nil
@@ -119,6 +146,14 @@ func (s *Sidecar) apply(cfg *config.Config, source string) error {
 		}
 	}
 	return nil
+}
+
+// applyIfChanged applies cfg unless it is the config in force already.
+func (s *Sidecar) applyIfChanged(cfg *config.Config, source string) error {
+	if s.Version() == cfg.Version() {
+		return nil
+	}
+	return s.apply(cfg, source)
 }
 
 // Reload reads the config file again and applies it. A file that fails to

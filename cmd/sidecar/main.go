@@ -16,8 +16,13 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/watertight/watertight/admin"
 	"github.com/watertight/watertight/demo"
 	"github.com/watertight/watertight/sidecar"
+	"github.com/watertight/watertight/xds"
 )
 
 // version is set at build time with -ldflags "-X main.version=v1.2.3".
@@ -29,11 +34,15 @@ connection pool and metrics), so one slow dependency cannot sink the app.
 
 Usage:
   sidecar run --config FILE [--admin ADDR] [--drain-timeout 15s]
+  sidecar run --xds HOST:PORT --node-id ID [--admin ADDR]
+  sidecar controlplane --listen ADDR --config-dir DIR [--admin ADDR]
   sidecar demo [--duration 30s]
   sidecar version
 
 Commands:
-  run       run the proxy on a YAML config file (reloaded on change and on SIGHUP)
+  run       run the proxy on a YAML config file (reloaded on change and on SIGHUP),
+            or on the config an xDS control plane serves
+  controlplane  serve the configs of DIR to sidecars (and gRPC xDS clients) over ADS
   demo      run a self-contained demonstration of isolation, about 30 seconds
   version   print the version
 
@@ -55,6 +64,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runProxy(rest, stderr)
 	case "demo":
 		err = runDemo(rest, stdout, stderr)
+	case "controlplane":
+		err = runControlPlane(rest, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "watertight sidecar", buildVersion())
 	case "help", "--help", "-help", "-h":
@@ -129,16 +140,23 @@ func (l logFlags) logger(w io.Writer) (*slog.Logger, error) {
 }
 
 func runProxy(args []string, stderr io.Writer) error {
-	fs := newFlags("run", "run --config FILE [flags]", stderr)
-	configPath := fs.String("config", "", "YAML config file (required); reloaded when it changes and on SIGHUP")
+	fs := newFlags("run", "run (--config FILE | --xds HOST:PORT --node-id ID) [flags]", stderr)
+	configPath := fs.String("config", "", "YAML config file; reloaded when it changes and on SIGHUP")
+	xdsAddr := fs.String("xds", "", "xDS (ADS) control plane to take the config from, instead of --config")
+	nodeID := fs.String("node-id", "", "this sidecar's node ID for the control plane (with --xds), e.g. <pod>.<namespace>")
 	adminAddr := fs.String("admin", "", "admin address for /metrics /ready /healthz /config_dump (default: admin.address from the config, 127.0.0.1:15000)")
 	drain := fs.Duration("drain-timeout", 15*time.Second, "on SIGTERM, how long in-flight requests get to finish")
 	lf := addLogFlags(fs, "info")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	if *configPath == "" {
-		fmt.Fprintln(stderr, "sidecar run: --config is required")
+	switch {
+	case (*configPath == "") == (*xdsAddr == ""):
+		fmt.Fprintln(stderr, "sidecar run: give either --config FILE or --xds HOST:PORT")
+		fs.Usage()
+		return errUsage
+	case *xdsAddr != "" && *nodeID == "":
+		fmt.Fprintln(stderr, "sidecar run: --xds needs --node-id")
 		fs.Usage()
 		return errUsage
 	}
@@ -149,10 +167,49 @@ func runProxy(args []string, stderr io.Writer) error {
 	slog.SetDefault(log)
 	return sidecar.Run(context.Background(), sidecar.Options{
 		ConfigPath:   *configPath,
+		XDSAddress:   *xdsAddr,
+		NodeID:       *nodeID,
 		AdminAddress: *adminAddr,
 		DrainTimeout: *drain,
 		Logger:       log,
 	})
+}
+
+func runControlPlane(args []string, stderr io.Writer) error {
+	fs := newFlags("controlplane", "controlplane --config-dir DIR [flags]", stderr)
+	listen := fs.String("listen", ":18000", "ADS address to serve (state of the world and delta)")
+	dir := fs.String("config-dir", "", "directory with default.yaml (every node) and nodes/<node-id>.yaml (one node); watched")
+	adminAddr := fs.String("admin", "127.0.0.1:18001", "admin address for /metrics /ready /healthz /config_dump")
+	lf := addLogFlags(fs, "info")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *dir == "" {
+		fmt.Fprintln(stderr, "sidecar controlplane: --config-dir is required")
+		fs.Usage()
+		return errUsage
+	}
+	log, err := lf.logger(stderr)
+	if err != nil {
+		return err
+	}
+	slog.SetDefault(log)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	cp, err := xds.NewControlPlane(xds.ControlPlaneOptions{Listen: *listen, ConfigDir: *dir, Logger: log, Registerer: reg})
+	if err != nil {
+		return err
+	}
+	adm, err := admin.Start(*adminAddr, admin.Handler(reg, cp))
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	err = cp.Run(ctx)
+	sctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	return errors.Join(err, adm.Shutdown(sctx))
 }
 
 func runDemo(args []string, stdout, stderr io.Writer) error {

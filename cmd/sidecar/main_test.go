@@ -52,7 +52,7 @@ func TestUsageAndVersion(t *testing.T) {
 		t.Errorf("run --help: %d %q", code, errb.String())
 	}
 	errb.Reset()
-	if code := run([]string{"run"}, &out, &errb); code != 2 || !strings.Contains(errb.String(), "--config is required") {
+	if code := run([]string{"run"}, &out, &errb); code != 2 || !strings.Contains(errb.String(), "give either --config FILE or --xds") {
 		t.Errorf("run without --config: %d %q", code, errb.String())
 	}
 	errb.Reset()
