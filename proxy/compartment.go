@@ -221,7 +221,11 @@ func (c *compartment) attempt(r *request, ctx context.Context, cancel context.Ca
 	if c.shared {
 		c.inflight.Add(1)
 	}
-	x := &exchange{r: r, retry: retry, ctx: ctx, cancel: cancel, start: r.start}
+	x := &r.first // only the first attempt is no retry, and it comes first
+	if retry {
+		x = &exchange{}
+	}
+	*x = exchange{r: r, retry: retry, ctx: ctx, cancel: cancel, start: r.start}
 	if waited > 0 || retry {
 		x.start = time.Now()
 	}

@@ -86,11 +86,20 @@ func formatGRPCTimeout(d time.Duration) string {
 	return "99999999H"
 }
 
-// propagateDeadline tells the upstream how much time is left.
+// propagateDeadline tells the upstream how much time is left. The header
+// names are canonical already, so the map is written directly; a value the
+// caller sent is overwritten in place.
 func propagateDeadline(h http.Header, grpc bool, left time.Duration) {
+	key, value := headerRequestTimeout, ""
 	if grpc {
-		h.Set(headerGRPCTimeout, formatGRPCTimeout(left))
+		key, value = headerGRPCTimeout, formatGRPCTimeout(left)
+	} else {
+		var buf [24]byte
+		value = string(append(strconv.AppendInt(buf[:0], max(left.Milliseconds(), 0), 10), 'm', 's'))
+	}
+	if v := h[key]; len(v) == 1 {
+		v[0] = value
 		return
 	}
-	h.Set(headerRequestTimeout, strconv.FormatInt(max(left.Milliseconds(), 0), 10)+"ms")
+	h[key] = []string{value}
 }

@@ -37,6 +37,7 @@ type request struct {
 	cancel context.CancelFunc
 	grpc   bool
 	done   atomic.Bool
+	first  exchange // the first attempt's, allocated with the request
 }
 
 // finish records the request's result, once.
