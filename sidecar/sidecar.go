@@ -191,7 +191,7 @@ func (s *Sidecar) Version() string {
 }
 
 // Ready implements admin.Source.
-func (s *Sidecar) Ready() bool { return s.proxy.Ready() }
+func (s *Sidecar) Ready() bool { return s.proxy.Ready() && s.Version() != "" }
 
 // ConfigDump implements admin.Source.
 func (s *Sidecar) ConfigDump() any {

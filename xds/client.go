@@ -13,12 +13,14 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
+	grpcbackoff "google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
@@ -107,7 +109,17 @@ func NewClient(o ClientOptions) *Client {
 func (c *Client) Run(ctx context.Context) error {
 	opts := c.o.DialOptions
 	if opts == nil {
-		opts = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+		opts = []grpc.DialOption{
+			grpc.WithTransportCredentials(insecure.NewCredentials()),
+			// gRPC redials on its own schedule (1s to 120s by default), and
+			// the stream below cannot open before it has: keep it to ours.
+			grpc.WithConnectParams(grpc.ConnectParams{
+				Backoff: grpcbackoff.Config{
+					BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 30 * time.Second,
+				},
+				MinConnectTimeout: 20 * time.Second, // gRPC's default; 0 would cut each dial to the backoff delay
+			}),
+		}
 	}
 	conn, err := grpc.NewClient(c.o.Address, opts...)
 	if err != nil {
@@ -279,6 +291,16 @@ func (c *Client) tryApply(ts *typeState, msgs []proto.Message) error {
 			complete = false
 		}
 	}
+	// A control plane removing an upstream sends the clusters without it
+	// before the route configs that stop referring to it (go-control-plane's
+	// snapshot cache sends clusters first, and Envoy takes that). Until
+	// those route configs come the set is warming, not wrong. Route configs
+	// that themselves refer to a missing cluster are wrong: when they are
+	// what this response brings, the model refuses them below.
+	if missing := missingClusters(res, ts.url); len(missing) > 0 {
+		c.log.Info("route configs still refer to clusters that are gone; waiting for new route configs", "clusters", missing)
+		complete = false
+	}
 	if !complete {
 		// Warming, as Envoy says: take what is valid, apply when whole.
 		return res.Validate()
@@ -291,7 +313,69 @@ func (c *Client) tryApply(ts *typeState, msgs []proto.Message) error {
 		return err
 	}
 	if err := c.o.Apply(cfg); err != nil {
-		return fmt.Errorf("applying: %w", err)
+		return err // the sidecar's error says what it was applying
+	}
+	return nil
+}
+
+// missingClusters are the clusters that route configs send to (the first
+// route to a cluster of each virtual host, the one the model takes) and that
+// are not among the clusters, sorted. The route configs are those over RDS
+// and those inline in socket listeners, but not those of the type of the
+// response being judged (typeURL).
+func missingClusters(res *Resources, typeURL string) []string {
+	have := map[string]bool{}
+	for _, cl := range res.Clusters {
+		have[cl.GetName()] = true
+	}
+	var rcs []*routev3.RouteConfiguration
+	if typeURL != resourcev3.RouteType {
+		rcs = append(rcs, res.Routes...)
+	}
+	if typeURL != resourcev3.ListenerType {
+		for _, l := range res.Listeners {
+			if rc := inlineRouteConfig(l); rc != nil {
+				rcs = append(rcs, rc)
+			}
+		}
+	}
+	var missing []string
+	for _, rc := range rcs {
+		for _, vh := range rc.GetVirtualHosts() {
+			for _, r := range vh.GetRoutes() {
+				if name := r.GetRoute().GetCluster(); name != "" {
+					if !have[name] {
+						missing = append(missing, name)
+					}
+					break
+				}
+			}
+		}
+	}
+	slices.Sort(missing)
+	return slices.Compact(missing)
+}
+
+// inlineRouteConfig is the route_config of a socket listener's
+// HttpConnectionManager, the first one as the model finds it (nil: none).
+func inlineRouteConfig(l *listenerv3.Listener) *routev3.RouteConfiguration {
+	if l.GetApiListener() != nil {
+		return nil
+	}
+	chains := l.GetFilterChains()
+	if d := l.GetDefaultFilterChain(); d != nil {
+		chains = append(slices.Clip(chains), d)
+	}
+	for _, fc := range chains {
+		for _, f := range fc.GetFilters() {
+			h := &hcmv3.HttpConnectionManager{}
+			if f.GetTypedConfig().MessageIs(h) {
+				if f.GetTypedConfig().UnmarshalTo(h) != nil {
+					return nil
+				}
+				return h.GetRouteConfig()
+			}
+		}
 	}
 	return nil
 }

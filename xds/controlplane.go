@@ -13,6 +13,8 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	sotwv3 "github.com/envoyproxy/go-control-plane/pkg/server/sotw/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/fsnotify/fsnotify"
 	"github.com/prometheus/client_golang/prometheus"
@@ -38,19 +40,27 @@ type ControlPlaneOptions struct {
 type ControlPlane struct {
 	o       ControlPlaneOptions
 	log     *slog.Logger
-	cache   cachev3.SnapshotCache
+	cache   cachev3.SnapshotCache // ADS: for nodes that take every listener and cluster (the sidecar, Envoy)
+	named   cachev3.SnapshotCache // for nodes that name the listeners they want (gRPC); see cacheFor
 	metrics *cpMetrics
 	ln      net.Listener
 	grpc    *grpc.Server
+	// stopStreams ends every ADS stream (see Run).
+	stopStreams context.CancelFunc
 
 	mu       sync.Mutex
 	dir      *dirState
 	nodes    map[string]bool   // every node that has connected
 	versions map[string]string // node → version of its snapshot
 	sent     map[sentKey]sent  // the last response per node and type, to hold NACKed ones
+	namers   map[namer]bool    // clients that name the listeners or clusters they want
 }
 
 type sentKey struct{ node, typeURL string }
+
+// namer is a client: its node ID and user agent (a pod's sidecar and its
+// gRPC clients may share a node ID).
+type namer struct{ node, userAgent string }
 type sent struct{ nonce, version string }
 
 // NewControlPlane reads the config directory and binds the ADS port. A
@@ -62,9 +72,10 @@ func NewControlPlane(o ControlPlaneOptions) (*ControlPlane, error) {
 	}
 	cp := &ControlPlane{
 		o: o, log: o.Logger, metrics: newCPMetrics(o.Registerer),
-		nodes: map[string]bool{}, versions: map[string]string{}, sent: map[sentKey]sent{},
+		nodes: map[string]bool{}, versions: map[string]string{}, sent: map[sentKey]sent{}, namers: map[namer]bool{},
 	}
 	cp.cache = cachev3.NewSnapshotCache(true, cachev3.IDHash{}, goControlPlaneLog{o.Logger})
+	cp.named = cachev3.NewSnapshotCache(false, cachev3.IDHash{}, goControlPlaneLog{o.Logger})
 	cp.dir = ConfigDir{o.ConfigDir}.read()
 	if cp.dir.baseError != nil {
 		return nil, fmt.Errorf("control plane: %w", cp.dir.baseError)
@@ -80,7 +91,16 @@ func NewControlPlane(o ControlPlaneOptions) (*ControlPlane, error) {
 		return nil, fmt.Errorf("control plane: listening on %q: %w", o.Listen, err)
 	}
 	cp.ln = ln
-	srv := serverv3.NewServer(context.Background(), holdNACKed{cp.cache, cp}, serverv3.CallbackFuncs{
+	// Ordered: responses leave in the order the cache answers, clusters and
+	// their endpoints before the listeners and route configs that use them,
+	// as the xDS protocol asks ("eventual consistency considerations").
+	// Without it the server picks among pending responses at random, and a
+	// client can get a route to a cluster it has not been sent yet.
+	// The server's context ends its streams: Run cancels it so that a stop
+	// does not wait for nodes that never hang up.
+	var serverCtx context.Context
+	serverCtx, cp.stopStreams = context.WithCancel(context.Background())
+	srv := serverv3.NewServer(serverCtx, holdNACKed{cp.cache, cp}, serverv3.CallbackFuncs{
 		StreamOpenFunc:          cp.onOpen,
 		StreamClosedFunc:        cp.onClosed,
 		StreamRequestFunc:       cp.onRequest,
@@ -89,7 +109,7 @@ func NewControlPlane(o ControlPlaneOptions) (*ControlPlane, error) {
 		DeltaStreamClosedFunc:   cp.onClosed,
 		StreamDeltaRequestFunc:  cp.onDeltaRequest,
 		StreamDeltaResponseFunc: cp.onDeltaResponse,
-	})
+	}, sotwv3.WithOrderedADS())
 	cp.grpc = grpc.NewServer(
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
@@ -116,6 +136,7 @@ func (cp *ControlPlane) Run(ctx context.Context) error {
 	case <-ctx.Done():
 	case err = <-served:
 	}
+	cp.stopStreams()
 	stopped := make(chan struct{})
 	go func() { cp.grpc.GracefulStop(); close(stopped) }()
 	select {
@@ -167,13 +188,41 @@ func (cp *ControlPlane) push(id string) {
 		cp.log.Error("config does not translate to a valid snapshot; the node keeps its last good one", "node", id, "error", err)
 		return
 	}
-	if err := cp.cache.SetSnapshot(context.Background(), id, snap); err != nil {
+	if err := cp.setSnapshot(id, snap); err != nil {
 		cp.log.Error("setting snapshot", "node", id, "error", err)
 		return
 	}
 	cp.versions[id] = version
 	cp.metrics.snapshots.Inc()
 	cp.log.Info("snapshot pushed", "node", id, "version", version)
+}
+
+// setSnapshot gives a node its snapshot in both caches; it reads from one.
+func (cp *ControlPlane) setSnapshot(id string, snap *cachev3.Snapshot) error {
+	return errors.Join(cp.cache.SetSnapshot(context.Background(), id, snap),
+		cp.named.SetSnapshot(context.Background(), id, snap))
+}
+
+// cacheFor picks the cache that serves a request's node. go-control-plane's
+// ADS cache answers a request that names resources only if it names every
+// resource of that type in the snapshot: right for Envoy and the sidecar,
+// which take every listener and cluster and then name exactly the route
+// configs and load assignments those use; never right for gRPC-Go, which
+// names the listener it dials and what that one uses. A node that names
+// listeners or clusters is served from the cache without that rule (and
+// without ADS's ordering of responses, which gRPC does not need). gRPC asks
+// for its listener first, before anything that could go to the wrong cache.
+func (cp *ControlPlane) cacheFor(req *cachev3.Request) cachev3.SnapshotCache {
+	who := namer{req.GetNode().GetId(), req.GetNode().GetUserAgentName()}
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+	if t := req.GetTypeUrl(); (t == resourcev3.ListenerType || t == resourcev3.ClusterType) && len(req.GetResourceNames()) > 0 {
+		cp.namers[who] = true
+	}
+	if cp.namers[who] {
+		return cp.named
+	}
+	return cp.cache
 }
 
 func (cp *ControlPlane) watch(ctx context.Context) {
@@ -234,7 +283,7 @@ func (cp *ControlPlane) seen(node *corev3.Node) {
 			// Its own file is bad: serve it the default meanwhile.
 			if cfg, err := cp.dir.forNode(cp.o.ConfigDir, ""); err == nil {
 				if res, err := FromConfig(cfg); err == nil {
-					if snap, err := res.Snapshot(cfg.Version()); err == nil && cp.cache.SetSnapshot(context.Background(), id, snap) == nil {
+					if snap, err := res.Snapshot(cfg.Version()); err == nil && cp.setSnapshot(id, snap) == nil {
 						cp.versions[id] = cfg.Version()
 					}
 				}
@@ -301,7 +350,7 @@ func (h holdNACKed) CreateWatch(req *cachev3.Request, sub cachev3.Subscription, 
 			req = held
 		}
 	}
-	return h.SnapshotCache.CreateWatch(req, sub, ch)
+	return h.cp.cacheFor(req).CreateWatch(req, sub, ch)
 }
 
 func typeLabel(typeURL string) string {
