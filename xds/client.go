@@ -71,8 +71,9 @@ type Client struct {
 	log     *slog.Logger
 	metrics *clientMetrics
 
-	mu    sync.Mutex
-	types map[string]*typeState // by type URL; kept across reconnects
+	mu     sync.Mutex
+	types  map[string]*typeState // by type URL; kept across reconnects
+	warned map[string]bool       // unsupported fields already logged
 }
 
 // typeState is what the client knows of one resource type.
@@ -92,7 +93,8 @@ func NewClient(o ClientOptions) *Client {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	c := &Client{o: o, log: o.Logger.With("xds", o.Address), metrics: newClientMetrics(o.Registerer), types: map[string]*typeState{}}
+	c := &Client{o: o, log: o.Logger.With("xds", o.Address), metrics: newClientMetrics(o.Registerer),
+		types: map[string]*typeState{}, warned: map[string]bool{}}
 	for _, s := range subscribed {
 		ts := &typeState{url: s.url, label: s.label, all: s.all}
 		if s.url == resourcev3.RuntimeType {
@@ -244,6 +246,16 @@ func (c *Client) handle(resp *discoveryv3.DiscoveryResponse) ([]*discoveryv3.Dis
 	ts.version, ts.resources, ts.received = resp.GetVersionInfo(), msgs, true
 	c.metrics.updates.WithLabelValues(ts.label, "ack").Inc()
 	reqs := []*discoveryv3.DiscoveryRequest{ts.request()}
+	// A NACK blames the response that completed a set, which may not be
+	// the one at fault (a listener that cannot bind arrives by LDS, but
+	// its set may be completed by RDS). Now that something else changed,
+	// ask again for what was rejected: a control plane holding it (as
+	// ours does) sends it again, to be judged with the new company.
+	for _, s := range subscribed {
+		if other := c.types[s.url]; other != ts && other.nacks > 0 && (other.all || len(other.names) > 0) {
+			reqs = append(reqs, other.request())
+		}
+	}
 	// New listeners or clusters may want route configs or load
 	// assignments the client has not asked for yet.
 	routes, endpoints := dependencies(c.types[resourcev3.ListenerType].resources, c.types[resourcev3.ClusterType].resources)
@@ -307,7 +319,10 @@ func (c *Client) tryApply(ts *typeState, msgs []proto.Message) error {
 	}
 	cfg, warnings, err := Model(res)
 	for _, w := range warnings {
-		c.log.Warn("xDS field not supported, ignored", "detail", w)
+		if !c.warned[w] { // one line per field, not one per update
+			c.warned[w] = true
+			c.log.Warn("xDS field not supported, ignored", "detail", w)
+		}
 	}
 	if err != nil {
 		return err

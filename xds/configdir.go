@@ -26,6 +26,12 @@ type dirState struct {
 	nodes     map[string]*config.Config // nodes/<id>.yaml, decoded
 	nodeErrs  map[string]error          // nodes whose file is bad
 	baseError error                     // default.yaml is bad
+
+	// The config of nodes without a file of their own, built once: with
+	// many nodes most of them have none.
+	shared        *config.Config
+	sharedVersion string
+	sharedErr     error
 }
 
 // read decodes every file of the directory. A bad file is reported in the
@@ -68,15 +74,33 @@ func decodeFile(path string, missingOK bool) (*config.Config, error) {
 	return c, nil
 }
 
-// forNode is the whole config of one node: default.yaml merged with the
-// node's file, defaults set and validated. The error names the file(s).
-func (st *dirState) forNode(dir, id string) (*config.Config, error) {
+// forNode is the whole config of one node, not to be modified, and its
+// version: default.yaml merged with the node's file, defaults set and
+// validated. The error names the file(s).
+func (st *dirState) forNode(dir, id string) (*config.Config, string, error) {
 	if st.baseError != nil {
-		return nil, st.baseError
+		return nil, "", st.baseError
 	}
 	if err := st.nodeErrs[id]; err != nil {
-		return nil, err
+		return nil, "", err
 	}
+	if st.nodes[id] == nil {
+		if st.shared == nil && st.sharedErr == nil {
+			st.shared, st.sharedErr = st.build(dir, "")
+			if st.sharedErr == nil {
+				st.sharedVersion = st.shared.Version()
+			}
+		}
+		return st.shared, st.sharedVersion, st.sharedErr
+	}
+	cfg, err := st.build(dir, id)
+	if err != nil {
+		return nil, "", err
+	}
+	return cfg, cfg.Version(), nil
+}
+
+func (st *dirState) build(dir, id string) (*config.Config, error) {
 	cfg := merge(st.base, st.nodes[id])
 	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {

@@ -2,16 +2,21 @@ package xds
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	sotwv3 "github.com/envoyproxy/go-control-plane/pkg/server/sotw/v3"
@@ -21,6 +26,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/watertight/watertight/config"
 )
 
 // ControlPlaneOptions configure a control plane.
@@ -50,10 +57,11 @@ type ControlPlane struct {
 
 	mu       sync.Mutex
 	dir      *dirState
-	nodes    map[string]bool   // every node that has connected
-	versions map[string]string // node → version of its snapshot
-	sent     map[sentKey]sent  // the last response per node and type, to hold NACKed ones
-	namers   map[namer]bool    // clients that name the listeners or clusters they want
+	nodes    map[string]bool              // every node that has connected
+	versions map[string]string            // node → version of its snapshot
+	built    map[string]*cachev3.Snapshot // by version: nodes with one config share one snapshot
+	sent     map[sentKey]sent             // the last response per node and type, to hold NACKed ones
+	namers   map[namer]bool               // clients that name the listeners or clusters they want
 }
 
 type sentKey struct{ node, typeURL string }
@@ -73,6 +81,7 @@ func NewControlPlane(o ControlPlaneOptions) (*ControlPlane, error) {
 	cp := &ControlPlane{
 		o: o, log: o.Logger, metrics: newCPMetrics(o.Registerer),
 		nodes: map[string]bool{}, versions: map[string]string{}, sent: map[sentKey]sent{}, namers: map[namer]bool{},
+		built: map[string]*cachev3.Snapshot{},
 	}
 	cp.cache = cachev3.NewSnapshotCache(true, cachev3.IDHash{}, goControlPlaneLog{o.Logger})
 	cp.named = cachev3.NewSnapshotCache(false, cachev3.IDHash{}, goControlPlaneLog{o.Logger})
@@ -80,7 +89,7 @@ func NewControlPlane(o ControlPlaneOptions) (*ControlPlane, error) {
 	if cp.dir.baseError != nil {
 		return nil, fmt.Errorf("control plane: %w", cp.dir.baseError)
 	}
-	if _, err := cp.dir.forNode(o.ConfigDir, ""); err != nil {
+	if _, _, err := cp.dir.forNode(o.ConfigDir, ""); err != nil {
 		return nil, fmt.Errorf("control plane: %w", err)
 	}
 	for id, err := range cp.dir.nodeErrs {
@@ -161,6 +170,7 @@ func (cp *ControlPlane) Reload() {
 		return
 	}
 	cp.dir = st
+	clear(cp.built)
 	cp.metrics.loads.WithLabelValues("success").Inc()
 	for id := range cp.nodes {
 		cp.push(id)
@@ -170,20 +180,15 @@ func (cp *ControlPlane) Reload() {
 // push sets the node's snapshot from the current directory, if it changed.
 // Called with mu held.
 func (cp *ControlPlane) push(id string) {
-	cfg, err := cp.dir.forNode(cp.o.ConfigDir, id)
+	cfg, version, err := cp.dir.forNode(cp.o.ConfigDir, id)
 	if err != nil {
 		cp.log.Error("node config does not load; the node keeps its last good snapshot", "node", id, "error", err)
 		return
 	}
-	version := cfg.Version()
 	if cp.versions[id] == version {
 		return
 	}
-	res, err := FromConfig(cfg)
-	var snap *cachev3.Snapshot
-	if err == nil {
-		snap, err = res.Snapshot(version)
-	}
+	snap, err := cp.snapshot(cfg, version)
 	if err != nil {
 		cp.log.Error("config does not translate to a valid snapshot; the node keeps its last good one", "node", id, "error", err)
 		return
@@ -192,9 +197,54 @@ func (cp *ControlPlane) push(id string) {
 		cp.log.Error("setting snapshot", "node", id, "error", err)
 		return
 	}
+	if old := cp.versions[id]; old != "" {
+		cp.metrics.snapshotInfo.DeleteLabelValues(id, old)
+	}
 	cp.versions[id] = version
+	cp.metrics.snapshotInfo.WithLabelValues(id, version).Set(1)
 	cp.metrics.snapshots.Inc()
 	cp.log.Info("snapshot pushed", "node", id, "version", version)
+}
+
+// snapshot translates and checks cfg once per version. Called with mu held.
+func (cp *ControlPlane) snapshot(cfg *config.Config, version string) (*cachev3.Snapshot, error) {
+	if snap := cp.built[version]; snap != nil {
+		return snap, nil
+	}
+	res, err := FromConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	snap, err := res.Snapshot(version)
+	if err != nil {
+		return nil, err
+	}
+	// Each type gets a version of its own content, so a change resends only
+	// the types it touched: a weight change is one CDS response, not five
+	// responses that each make every node rebuild its whole config.
+	for t := range snap.Resources {
+		if v, err := contentVersion(snap.Resources[t].Items); err == nil {
+			snap.Resources[t].Version = v
+		}
+	}
+	cp.built[version] = snap
+	return snap, nil
+}
+
+// contentVersion is a short hash of a type's resources (deterministic
+// encoding, in name order).
+func contentVersion(items map[string]types.ResourceWithTTL) (string, error) {
+	h := sha256.New()
+	opts := proto.MarshalOptions{Deterministic: true}
+	for _, name := range slices.Sorted(maps.Keys(items)) {
+		b, err := opts.Marshal(items[name].Resource)
+		if err != nil {
+			return "", err
+		}
+		fmt.Fprintf(h, "%s\x00%d\x00", name, len(b))
+		h.Write(b)
+	}
+	return hex.EncodeToString(h.Sum(nil)[:6]), nil
 }
 
 // setSnapshot gives a node its snapshot in both caches; it reads from one.
@@ -281,11 +331,10 @@ func (cp *ControlPlane) seen(node *corev3.Node) {
 		cp.push(id)
 		if cp.versions[id] == "" {
 			// Its own file is bad: serve it the default meanwhile.
-			if cfg, err := cp.dir.forNode(cp.o.ConfigDir, ""); err == nil {
-				if res, err := FromConfig(cfg); err == nil {
-					if snap, err := res.Snapshot(cfg.Version()); err == nil && cp.setSnapshot(id, snap) == nil {
-						cp.versions[id] = cfg.Version()
-					}
+			if cfg, version, err := cp.dir.forNode(cp.o.ConfigDir, ""); err == nil {
+				if snap, err := cp.snapshot(cfg, version); err == nil && cp.setSnapshot(id, snap) == nil {
+					cp.versions[id] = version
+					cp.metrics.snapshotInfo.WithLabelValues(id, version).Set(1)
 				}
 			}
 		}
@@ -364,11 +413,12 @@ func typeLabel(typeURL string) string {
 
 // cpMetrics are the control plane's own metrics.
 type cpMetrics struct {
-	streams   prometheus.Gauge
-	pushes    *prometheus.CounterVec
-	replies   *prometheus.CounterVec
-	snapshots prometheus.Counter
-	loads     *prometheus.CounterVec
+	streams      prometheus.Gauge
+	pushes       *prometheus.CounterVec
+	replies      *prometheus.CounterVec
+	snapshots    prometheus.Counter
+	snapshotInfo *prometheus.GaugeVec
+	loads        *prometheus.CounterVec
 }
 
 func newCPMetrics(reg prometheus.Registerer) *cpMetrics {
@@ -389,6 +439,10 @@ func newCPMetrics(reg prometheus.Registerer) *cpMetrics {
 			Name: "watertight_controlplane_snapshots_total",
 			Help: "Snapshots set for nodes (one per node whose config changed).",
 		}),
+		snapshotInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "watertight_controlplane_snapshot_info",
+			Help: "1 for the snapshot version each connected node is served (the content hash of its config).",
+		}, []string{"node", "version"}),
 		loads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "watertight_controlplane_config_loads_total",
 			Help: "Readings of the config directory, by result (success, failure).",
@@ -396,7 +450,7 @@ func newCPMetrics(reg prometheus.Registerer) *cpMetrics {
 	}
 	if reg != nil {
 		if err := errors.Join(reg.Register(m.streams), reg.Register(m.pushes), reg.Register(m.replies),
-			reg.Register(m.snapshots), reg.Register(m.loads)); err != nil {
+			reg.Register(m.snapshots), reg.Register(m.snapshotInfo), reg.Register(m.loads)); err != nil {
 			slog.Warn("control plane metrics not registered", "error", err)
 		}
 	}
