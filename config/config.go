@@ -24,9 +24,13 @@ type Config struct {
 	// Isolation is "per-upstream" (the default: a pool per upstream) or
 	// "shared" (one pool of the whole budget for every upstream). Shared exists
 	// to show, in the demo and the benchmarks, what compartments prevent.
-	Isolation string     `yaml:"isolation,omitempty" json:"isolation,omitempty"`
-	Listeners []Listener `yaml:"listeners" json:"listeners"`
-	Upstreams []Upstream `yaml:"upstreams" json:"upstreams"`
+	Isolation string `yaml:"isolation,omitempty" json:"isolation,omitempty"`
+	// PassthroughConnections bounds the connections a transparent listener
+	// passes through untouched to any one destination (unknownHosts:
+	// passthrough), so an app cannot exhaust the sidecar through it.
+	PassthroughConnections int        `yaml:"passthroughConnections,omitempty" json:"passthroughConnections,omitempty"`
+	Listeners              []Listener `yaml:"listeners" json:"listeners"`
+	Upstreams              []Upstream `yaml:"upstreams" json:"upstreams"`
 }
 
 // Admin is the admin HTTP server (/metrics /ready /healthz /config_dump).
@@ -68,6 +72,10 @@ const (
 type Upstream struct {
 	Name  string   `yaml:"name" json:"name"`
 	Hosts []string `yaml:"hosts,omitempty" json:"hosts,omitempty"`
+	// Addresses are the IP:port the app dials for this upstream besides its
+	// endpoints (its Service's cluster IP): a transparent listener maps a
+	// redirected connection's original destination to the upstream by them.
+	Addresses []string `yaml:"addresses,omitempty" json:"addresses,omitempty"`
 	// Protocol to the endpoints: http1, http2 (h2c with prior knowledge, or
 	// h2 over TLS) or auto (the protocol the app used; gRPC always HTTP/2).
 	Protocol     string     `yaml:"protocol" json:"protocol"`

@@ -12,10 +12,12 @@ const (
 	DefaultTimeout       = 15 * time.Second
 	DefaultWeight        = 1
 	DefaultMinConcurrent = 1
-	UnknownHostsReject   = "reject"
-	UnknownHostsPass     = "passthrough"
-	IsolationPerUpstream = "per-upstream"
-	IsolationShared      = "shared"
+	// DefaultPassthroughConnections per destination.
+	DefaultPassthroughConnections = 256
+	UnknownHostsReject            = "reject"
+	UnknownHostsPass              = "passthrough"
+	IsolationPerUpstream          = "per-upstream"
+	IsolationShared               = "shared"
 )
 
 // SetDefaults fills every field the config left out. It is idempotent.
@@ -31,6 +33,9 @@ func (c *Config) SetDefaults() {
 	}
 	if c.Isolation == "" {
 		c.Isolation = IsolationPerUpstream
+	}
+	if c.PassthroughConnections == 0 {
+		c.PassthroughConnections = DefaultPassthroughConnections
 	}
 	for i := range c.Listeners {
 		l := &c.Listeners[i]

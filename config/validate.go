@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"net"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -83,6 +84,7 @@ func (c *Config) Validate() error {
 	}
 	oneOf(v, "unknownHosts", c.UnknownHosts, UnknownHostsReject, UnknownHostsPass)
 	oneOf(v, "isolation", c.Isolation, IsolationPerUpstream, IsolationShared)
+	atLeast(v, "passthroughConnections", c.PassthroughConnections, 1)
 	c.validateListeners(v)
 	c.validateUpstreams(v)
 	return v.err()
@@ -120,7 +122,9 @@ func (c *Config) validateListeners(v *validator) {
 				v.add(p+".upstream", "%q is only allowed in mode %q (mode %q routes by Host)", l.Upstream, ModeUpstream, l.Mode)
 			}
 		case ModeTransparent:
-			v.add(p+".mode", "%q is not supported by this build yet (use %q or %q)", l.Mode, ModeUpstream, ModeProxy)
+			if l.Upstream != "" {
+				v.add(p+".upstream", "%q is only allowed in mode %q (mode %q maps the original destination)", l.Upstream, ModeUpstream, l.Mode)
+			}
 		default:
 			v.add(p+".mode", "%q is not one of %s, %s, %s", l.Mode, ModeUpstream, ModeProxy, ModeTransparent)
 		}
@@ -156,6 +160,11 @@ func (c *Config) validateUpstreams(v *validator) {
 				continue
 			}
 			hosts[key] = hp
+		}
+		for j, a := range u.Addresses {
+			if _, err := netip.ParseAddrPort(a); err != nil {
+				v.add(fmt.Sprintf("%s.addresses[%d]", p, j), "%q is not an IP:port (the address the app dials, such as a Service's cluster IP)", a)
+			}
 		}
 		oneOf(v, p+".protocol", u.Protocol, ProtocolHTTP1, ProtocolHTTP2, ProtocolAuto)
 		// No endpoints is allowed: EDS sends none during a rollout or a scale

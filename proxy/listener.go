@@ -28,6 +28,7 @@ type listener struct {
 	srv    *http.Server
 	routes atomic.Pointer[routes]
 	pass   http.Handler // unknownHosts: passthrough
+	acc    *acceptor
 	done   chan struct{}
 }
 
@@ -46,14 +47,22 @@ func newListener(name string, ln net.Listener, pass http.Handler, errorLog *log.
 		IdleTimeout:       idleTimeout,
 		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: maxStreams},
 		ErrorLog:          errorLog,
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			if sc, ok := c.(*sortedConn); ok {
+				return context.WithValue(ctx, origDstKey{}, sc.dst)
+			}
+			return ctx
+		},
 	}
+	l.acc = newAcceptor(ln, l)
 	return l
 }
 
-func (l *listener) start(ln net.Listener) {
+func (l *listener) start() {
+	go l.acc.run()
 	go func() {
 		defer close(l.done)
-		if err := l.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := l.srv.Serve(l.acc); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			slog.Error("listener stopped", "listener", l.name, "address", l.addr.String(), "error", err)
 		}
 	}()
@@ -92,7 +101,7 @@ func (l *listener) shutdown(ctx context.Context) error {
 		_ = l.srv.Close()
 	}
 	<-l.done
-	return err
+	return errors.Join(err, l.acc.closeTunnels(ctx))
 }
 
 func quoteHost(h string) string {

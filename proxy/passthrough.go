@@ -4,6 +4,7 @@ import (
 	"log"
 	"net/http"
 	"net/http/httputil"
+	"net/netip"
 	"time"
 )
 
@@ -34,6 +35,9 @@ func newPassthrough(errorLog *log.Logger) http.Handler {
 			}
 			pr.Out.URL.Scheme = "http"
 			pr.Out.URL.Host = pr.In.Host
+			if dst, ok := pr.In.Context().Value(origDstKey{}).(netip.AddrPort); ok {
+				pr.Out.URL.Host = dst.String() // where the app was going, whatever its Host says
+			}
 			pr.Out.Header.Set(headerPassthrough, "1")
 		},
 		Transport:  t,
@@ -48,7 +52,7 @@ func newPassthrough(errorLog *log.Logger) http.Handler {
 			writeLocalReply(w, r, reasonLoop, "passthrough request came back to the sidecar: host "+quoteHost(r.Host)+" points at it")
 			return
 		}
-		if r.Host == "" {
+		if _, redirected := r.Context().Value(origDstKey{}).(netip.AddrPort); r.Host == "" && !redirected {
 			writeLocalReply(w, r, reasonNoRoute, "request has no Host to pass through to")
 			return
 		}

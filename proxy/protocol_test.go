@@ -384,3 +384,36 @@ func mustURL(t testing.TB, s string) *url.URL {
 	}
 	return u
 }
+
+// TestTransparentListenerServesDirectConnections: a connection that was not
+// redirected (its original destination is the listener) is routed by Host,
+// as in mode proxy. Redirected connections are tested with real iptables in
+// network namespaces (see the iptables package's tests).
+func TestTransparentListenerServesDirectConnections(t *testing.T) {
+	u := upstreamCfg("inventory", startUpstream(t, echoProto), config.Bulkhead{})
+	p := startProxy(t, &config.Config{
+		Listeners: []config.Listener{{Name: "tp", Address: "127.0.0.1:0", Mode: config.ModeTransparent}},
+		Upstreams: []config.Upstream{u},
+	})
+	for _, h2c := range []bool{false, true} {
+		if resp, body := get(t, client(h2c), p.url(t, "tp"), "inventory", "/"); resp.StatusCode != 200 || body != "ok" {
+			t.Fatalf("h2c=%v: %d %q", h2c, resp.StatusCode, body)
+		}
+	}
+	if resp, _ := get(t, client(false), p.url(t, "tp"), "nobody", "/"); resp.StatusCode != 404 {
+		t.Fatalf("unknown host on a transparent listener: %d", resp.StatusCode)
+	}
+}
+
+func TestLooksLikeHTTP(t *testing.T) {
+	for in, want := range map[string]bool{
+		"GET ": true, "POST": true, "PRI ": true, "OPTI": true, "HEAD": true,
+		"\x16\x03\x01\x02": false, // TLS ClientHello
+		"\x00\x00\x00\x08": false, // PostgreSQL startup
+		"get ": false, "G": false, "": false, " GET": false,
+	} {
+		if got := looksLikeHTTP([]byte(in)); got != want {
+			t.Errorf("looksLikeHTTP(%q) = %v, want %v", in, got, want)
+		}
+	}
+}

@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"net/http"
+	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/watertight/watertight/config"
@@ -9,16 +11,33 @@ import (
 
 // routes is one listener's view of a snapshot: what a request on it goes to.
 type routes struct {
-	mode        string
-	upstream    *compartment            // mode upstream
-	hosts       map[string]*compartment // mode proxy: HostKey → compartment
-	passthrough bool                    // unknownHosts: passthrough
+	mode             string
+	upstream         *compartment                      // mode upstream
+	hosts            map[string]*compartment           // modes proxy and transparent: HostKey → compartment
+	addrs            map[netip.AddrPort][]*compartment // mode transparent: the addresses the app dials
+	passthrough      bool                              // unknownHosts: passthrough
+	passthroughLimit int                               // connections per destination
 }
 
-// route finds the compartment for r, or nil.
+// route finds the compartment for r, or nil. A transparent listener's
+// request goes by its original destination when an upstream has that
+// address, the Host choosing between upstreams that share it; otherwise,
+// and in mode proxy, by Host.
 func (rt *routes) route(r *http.Request) *compartment {
 	if rt.mode == config.ModeUpstream {
 		return rt.upstream
+	}
+	if dst, ok := r.Context().Value(origDstKey{}).(netip.AddrPort); ok {
+		switch cands := rt.addrs[dst]; len(cands) {
+		case 0:
+		case 1:
+			return cands[0]
+		default:
+			if c := lookupHost(rt.hosts, r.Host); c != nil && slices.Contains(cands, c) {
+				return c
+			}
+			return cands[0]
+		}
 	}
 	return lookupHost(rt.hosts, r.Host)
 }

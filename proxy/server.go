@@ -15,6 +15,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -135,6 +137,7 @@ func (s *Server) Apply(cfg *config.Config) error {
 	comps := make(map[string]*compartment, len(cfg.Upstreams))
 	order := make([]*compartment, 0, len(cfg.Upstreams))
 	hosts := map[string]*compartment{}
+	addrs := map[netip.AddrPort][]*compartment{} // for transparent listeners
 	for i := range cfg.Upstreams {
 		u := &cfg.Upstreams[i]
 		up, ok := s.upstreams[u.Name]
@@ -159,10 +162,22 @@ func (s *Server) Apply(cfg *config.Config) error {
 				hosts[k] = c
 			}
 		}
+		for _, a := range u.Addresses {
+			if ap, err := netip.ParseAddrPort(a); err == nil {
+				addrs[ap] = append(addrs[ap], c)
+			}
+		}
+		for _, e := range u.Endpoints {
+			// The app may dial an endpoint itself (a headless Service).
+			if ap, err := netip.ParseAddrPort(e.Address); err == nil && !slices.Contains(addrs[ap], c) {
+				addrs[ap] = append(addrs[ap], c)
+			}
+		}
 	}
 	live := map[string]bool{}
 	for _, lc := range cfg.Listeners {
-		rt := &routes{mode: lc.Mode, hosts: hosts, passthrough: cfg.UnknownHosts == config.UnknownHostsPass}
+		rt := &routes{mode: lc.Mode, hosts: hosts, addrs: addrs,
+			passthrough: cfg.UnknownHosts == config.UnknownHostsPass, passthroughLimit: cfg.PassthroughConnections}
 		if lc.Mode == config.ModeUpstream {
 			rt.upstream = comps[lc.Upstream]
 		}
@@ -174,7 +189,7 @@ func (s *Server) Apply(cfg *config.Config) error {
 		l.name = lc.Name
 		l.routes.Store(rt)
 		if !ok {
-			l.start(opened[lc.Address])
+			l.start()
 			s.log.Info("listening", "listener", lc.Name, "address", l.addr.String(), "mode", lc.Mode)
 		}
 		live[lc.Address] = true

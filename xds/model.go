@@ -233,6 +233,7 @@ func (m *modeler) runtime(cfg *config.Config) {
 		Budget:       &cfg.Budget,
 		UnknownHosts: &cfg.UnknownHosts,
 		Isolation:    &cfg.Isolation,
+		Passthrough:  &cfg.PassthroughConnections,
 		Order:        &m.order,
 	}
 	m.overlay(at{res: fmt.Sprintf("runtime %q", RuntimeName), path: "layer"}, found, &layer)
@@ -939,6 +940,7 @@ func (m *modeler) clusterMetadata(st *upstreamState) {
 	}
 	if s := st.c.GetMetadata().GetFilterMetadata()[Namespace]; s != nil {
 		meta := clusterMeta{
+			Addresses:        u.Addresses,
 			Weight:           &u.Bulkhead.Weight,
 			MinConcurrent:    &u.Bulkhead.MinConcurrent,
 			MaxWait:          &u.Bulkhead.MaxWait,
@@ -953,6 +955,7 @@ func (m *modeler) clusterMetadata(st *upstreamState) {
 		}
 		where := at{res: fmt.Sprintf("cluster %q", u.Name), path: `metadata.filter_metadata["watertight"]`}
 		if m.overlay(where, s, &meta) {
+			u.Addresses = meta.Addresses
 			u.FailureStatuses, u.Hedge, u.CircuitBreaker = meta.FailureStatuses, meta.Hedge, meta.CircuitBreaker
 			u.OutlierDetection, u.RateLimit, u.Fallback = meta.OutlierDetection, meta.RateLimit, meta.Fallback
 			if meta.Retry != nil && u.Retry == nil && st.hasBudget {

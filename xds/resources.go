@@ -644,6 +644,7 @@ func u32(n int, field string) (uint32, error) {
 // outlierDetection carry only the parts Envoy's fields cannot; the rest
 // carry whole sections.
 type clusterMeta struct {
+	Addresses        []string                 `json:"addresses,omitempty"`
 	Weight           *int                     `json:"weight,omitempty"`
 	MinConcurrent    *int                     `json:"minConcurrent,omitempty"`
 	MaxWait          *config.Duration         `json:"maxWait,omitempty"`
@@ -673,6 +674,7 @@ type runtimeLayer struct {
 	Budget       *int          `json:"budget,omitempty"`
 	UnknownHosts *string       `json:"unknownHosts,omitempty"`
 	Isolation    *string       `json:"isolation,omitempty"`
+	Passthrough  *int          `json:"passthroughConnections,omitempty"`
 	Order        *order        `json:"order,omitempty"`
 }
 
@@ -694,6 +696,7 @@ func runtimeResource(cfg *config.Config) (*runtimev3.Runtime, error) {
 		Budget:       &cfg.Budget,
 		UnknownHosts: &cfg.UnknownHosts,
 		Isolation:    &cfg.Isolation,
+		Passthrough:  &cfg.PassthroughConnections,
 		Order:        o,
 	})
 	if err != nil {
@@ -704,6 +707,7 @@ func runtimeResource(cfg *config.Config) (*runtimev3.Runtime, error) {
 
 func clusterMetadata(u *config.Upstream) (*corev3.Metadata, error) {
 	m := clusterMeta{
+		Addresses:       u.Addresses,
 		Weight:          &u.Bulkhead.Weight,
 		MinConcurrent:   &u.Bulkhead.MinConcurrent,
 		MaxWait:         &u.Bulkhead.MaxWait,

@@ -43,6 +43,7 @@ admin: {address: 127.0.0.1:15999}
 budget: 500
 unknownHosts: passthrough
 isolation: shared
+passthroughConnections: 77
 listeners:
   - {name: outbound, address: 127.0.0.1:15001, mode: proxy}
   - {name: payments, address: 127.0.0.1:9002, mode: upstream, upstream: payments}
@@ -50,6 +51,7 @@ listeners:
 upstreams:
   - name: payments
     hosts: [pay.shop.svc, "Pay.Example.com:8443"]
+    addresses: ["10.96.0.12:443", "[fd00::12]:443"]
     protocol: http2
     tls: {sni: pay.shop.svc, caFile: /etc/watertight/ca.pem}
     endpoints: ["10.0.0.1:8443", {address: "pay-1.internal:08443", weight: 7}]
