@@ -410,7 +410,7 @@ func TestLooksLikeHTTP(t *testing.T) {
 		"GET ": true, "POST": true, "PRI ": true, "OPTI": true, "HEAD": true,
 		"\x16\x03\x01\x02": false, // TLS ClientHello
 		"\x00\x00\x00\x08": false, // PostgreSQL startup
-		"get ": false, "G": false, "": false, " GET": false,
+		"get ":             false, "G": false, "": false, " GET": false,
 	} {
 		if got := looksLikeHTTP([]byte(in)); got != want {
 			t.Errorf("looksLikeHTTP(%q) = %v, want %v", in, got, want)
