@@ -52,6 +52,14 @@ type Listener struct {
 	Mode    string `yaml:"mode" json:"mode"`
 	// Upstream is the target of every request in mode "upstream".
 	Upstream string `yaml:"upstream,omitempty" json:"upstream,omitempty"`
+	// AccessLog, when set, writes one JSON line per request to stdout.
+	AccessLog *AccessLog `yaml:"accessLog,omitempty" json:"accessLog,omitempty"`
+}
+
+// AccessLog of a listener.
+type AccessLog struct {
+	// Sample is the share of requests logged, from 0 to 1 (default 1).
+	Sample float64 `yaml:"sample,omitempty" json:"sample,omitempty"`
 }
 
 // Upstream protocols.

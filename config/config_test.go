@@ -161,6 +161,7 @@ func TestValidationRules(t *testing.T) {
 		{"listener port out of range", `listeners: [{name: a, address: "127.0.0.1:70000"}]`, "listeners[0].address", `port "70000"`},
 		{"listener mode", `listeners: [{name: a, address: "127.0.0.1:1", mode: sideways}]`, "listeners[0].mode", `"sideways" is not one of`},
 		{"transparent with an upstream", `listeners: [{name: a, address: "127.0.0.1:1", mode: transparent, upstream: x}]`, "listeners[0].upstream", "only allowed in mode"},
+		{"access log sample", `listeners: [{name: a, address: "127.0.0.1:1", accessLog: {sample: 2}}]`, "listeners[0].accessLog.sample", "2 must be between 0 and 1"},
 		{"upstream address", `upstreams: [{name: a, addresses: ["svc:80"], endpoints: ["h:1"]}]`, "upstreams[0].addresses[0]", `"svc:80" is not an IP:port`},
 		{"passthrough connections", `passthroughConnections: -1`, "passthroughConnections", "-1 must be at least 1"},
 		{"upstream mode without upstream", `listeners: [{name: a, address: "127.0.0.1:1", mode: upstream}]`, "listeners[0].upstream", "is required in mode"},

@@ -45,6 +45,9 @@ func (c *Config) SetDefaults() {
 				l.Mode = ModeUpstream
 			}
 		}
+		if l.AccessLog != nil && l.AccessLog.Sample == 0 {
+			l.AccessLog.Sample = 1
+		}
 	}
 	for i := range c.Upstreams {
 		c.Upstreams[i].setDefaults()

@@ -110,6 +110,9 @@ func (c *Config) validateListeners(v *validator) {
 		} else {
 			addrs[l.Address] = i + 1
 		}
+		if l.AccessLog != nil {
+			ratio(v, p+".accessLog.sample", l.AccessLog.Sample)
+		}
 		switch l.Mode {
 		case ModeUpstream:
 			if l.Upstream == "" {

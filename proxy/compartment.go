@@ -46,6 +46,7 @@ type compartment struct {
 	fallbacks   config.Fallbacks
 	failures    *statusSet // HTTP statuses that are failures; nil: 5xx
 	warmup      time.Duration
+	accessLog   bool   // some listener logs requests: look for their records
 	hostRewrite string // Host for requests addressed to the listener itself
 	proxy       *httputil.ReverseProxy
 }
@@ -136,6 +137,9 @@ func (c *compartment) RoundTrip(req *http.Request) (*http.Response, error) {
 // attempt come out of it.
 func (c *compartment) begin(req *http.Request) *request {
 	r := &request{c: c, start: time.Now(), parent: req.Context(), grpc: isGRPC(req)}
+	if c.accessLog {
+		r.rec = accessRecordOf(r.parent)
+	}
 	d := c.timeout
 	if t, ok := callerTimeout(req, r.grpc); ok && (d == 0 || t < d) {
 		d = t
@@ -207,6 +211,9 @@ func (c *compartment) attempt(r *request, ctx context.Context, cancel context.Ca
 	waited, err := c.pool.Acquire(ctx)
 	if waited > 0 {
 		c.metrics.QueueWait(waited)
+		if r.rec != nil {
+			r.rec.waited(waited)
+		}
 	}
 	if err != nil {
 		res := metrics.BulkheadFull
@@ -252,6 +259,9 @@ func (c *compartment) attempt(r *request, ctx context.Context, cancel context.Ca
 		return nil, &localReply{result: metrics.UpstreamUnavailable, upstream: c.name, err: errNoEndpoint}
 	}
 	x.ep.active.Add(1)
+	if r.rec != nil {
+		r.rec.attempt(x.ep.addr)
+	}
 
 	// Forward. req is the ReverseProxy's own copy (or the retry's), so it is
 	// ours to address.
@@ -345,6 +355,11 @@ func (c *compartment) serveError(w http.ResponseWriter, r *http.Request, err err
 	rs := reasonFor[lr.result]
 	if fb := c.fallbacks.For(rs.name); fb != nil && writeFallback(w, r, fb, rs.name) {
 		c.metrics.Fallback(lr.result)
+		if rec := accessRecordOf(r.Context()); rec != nil {
+			rec.mu.Lock()
+			rec.fallback = rs.name
+			rec.mu.Unlock()
+		}
 		return
 	}
 	writeLocalReply(w, r, rs, lr.Error())

@@ -36,6 +36,7 @@ type request struct {
 	ctx    context.Context // with the request's deadline
 	cancel context.CancelFunc
 	grpc   bool
+	rec    *accessRecord // nil unless this request is access-logged
 	done   atomic.Bool
 	first  exchange // the first attempt's, allocated with the request
 }
@@ -50,6 +51,9 @@ func (r *request) finish(res metrics.Result) {
 		r.c.budget.ReleaseExecution()
 	}
 	r.c.metrics.Request(res, time.Since(r.start))
+	if r.rec != nil {
+		r.rec.finish(r.c.name, res.String())
+	}
 }
 
 // exchange is one attempt's hold on its compartment, from the slot it took

@@ -28,14 +28,15 @@ type listener struct {
 	srv    *http.Server
 	routes atomic.Pointer[routes]
 	pass   http.Handler // unknownHosts: passthrough
+	log    *accessLogger
 	acc    *acceptor
 	done   chan struct{}
 }
 
 // newListener prepares a listener on ln; it serves once start is called
 // (after its routes are set).
-func newListener(name string, ln net.Listener, pass http.Handler, errorLog *log.Logger) *listener {
-	l := &listener{name: name, addr: ln.Addr(), pass: pass, done: make(chan struct{})}
+func newListener(name string, ln net.Listener, pass http.Handler, accessLog *accessLogger, errorLog *log.Logger) *listener {
+	l := &listener{name: name, addr: ln.Addr(), pass: pass, log: accessLog, done: make(chan struct{})}
 	var protocols http.Protocols
 	protocols.SetHTTP1(true)
 	protocols.SetUnencryptedHTTP2(true)
@@ -71,11 +72,25 @@ func (l *listener) start() {
 // ServeHTTP is the start of the request path: route, then the upstream's
 // compartment does the rest.
 func (l *listener) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	rt := l.routes.Load()
+	if rt.accessLog != nil && sampled(rt.accessLog.Sample) {
+		rec := &accessRecord{start: time.Now(), listener: l.name}
+		r = r.WithContext(context.WithValue(r.Context(), accessKey{}, rec))
+		if r.Body != nil && r.Body != http.NoBody {
+			r.Body = &countingBody{ReadCloser: r.Body, rec: rec}
+		}
+		w = &loggingWriter{ResponseWriter: w, rec: rec}
+		defer l.log.write(rec, r)
+		defer func() { rec.completed = true }() // not reached when the copy aborts
+	}
+	l.serve(w, r, rt)
+}
+
+func (l *listener) serve(w http.ResponseWriter, r *http.Request, rt *routes) {
 	if r.Method == http.MethodConnect {
 		writeLocalReply(w, r, reasonConnect, "CONNECT is not supported: send plain HTTP requests (the sidecar is not a tunnel)")
 		return
 	}
-	rt := l.routes.Load()
 	c := rt.route(r)
 	if c == nil {
 		if rt.passthrough && rt.mode != "upstream" {

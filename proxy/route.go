@@ -17,6 +17,7 @@ type routes struct {
 	addrs            map[netip.AddrPort][]*compartment // mode transparent: the addresses the app dials
 	passthrough      bool                              // unknownHosts: passthrough
 	passthroughLimit int                               // connections per destination
+	accessLog        *config.AccessLog                 // nil: no access log
 }
 
 // route finds the compartment for r, or nil. A transparent listener's

@@ -11,11 +11,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"slices"
 	"sync"
 	"time"
@@ -32,12 +34,15 @@ type Options struct {
 	// DrainTimeout bounds how long a listener removed by a config change
 	// keeps serving its in-flight requests.
 	DrainTimeout time.Duration
+	// AccessLog receives the listeners' access logs (default: stdout).
+	AccessLog io.Writer
 }
 
 // Server runs the listeners and compartments of the config in force.
 // Apply swaps in a new config without dropping a request.
 type Server struct {
 	log      *slog.Logger
+	access   *accessLogger
 	metrics  *metrics.Registry
 	errorLog *log.Logger
 	drain    time.Duration
@@ -67,8 +72,12 @@ func NewServer(o Options) *Server {
 		o.DrainTimeout = 15 * time.Second
 	}
 	errorLog := slog.NewLogLogger(o.Logger.Handler(), slog.LevelWarn)
+	if o.AccessLog == nil {
+		o.AccessLog = os.Stdout
+	}
 	s := &Server{
 		log:       o.Logger,
+		access:    newAccessLogger(o.AccessLog),
 		metrics:   o.Metrics,
 		errorLog:  errorLog,
 		drain:     o.DrainTimeout,
@@ -133,6 +142,7 @@ func (s *Server) Apply(cfg *config.Config) error {
 
 	// Commit: nothing below fails.
 	pools, limits := s.resizePools(cfg)
+	logging := slices.ContainsFunc(cfg.Listeners, func(l config.Listener) bool { return l.AccessLog != nil })
 	ups := make(map[string]*upstream, len(cfg.Upstreams))
 	comps := make(map[string]*compartment, len(cfg.Upstreams))
 	order := make([]*compartment, 0, len(cfg.Upstreams))
@@ -155,6 +165,7 @@ func (s *Server) Apply(cfg *config.Config) error {
 			pool, shared = pools[sharedPool], true
 		}
 		c := newCompartment(u, up, pool, limits[u.Name], shared, s.errorLog)
+		c.accessLog = logging
 		comps[u.Name] = c
 		order = append(order, c)
 		for _, h := range u.Hosts {
@@ -176,14 +187,14 @@ func (s *Server) Apply(cfg *config.Config) error {
 	}
 	live := map[string]bool{}
 	for _, lc := range cfg.Listeners {
-		rt := &routes{mode: lc.Mode, hosts: hosts, addrs: addrs,
+		rt := &routes{mode: lc.Mode, hosts: hosts, addrs: addrs, accessLog: lc.AccessLog,
 			passthrough: cfg.UnknownHosts == config.UnknownHostsPass, passthroughLimit: cfg.PassthroughConnections}
 		if lc.Mode == config.ModeUpstream {
 			rt.upstream = comps[lc.Upstream]
 		}
 		l, ok := s.listeners[lc.Address]
 		if !ok {
-			l = newListener(lc.Name, opened[lc.Address], s.pass, s.errorLog)
+			l = newListener(lc.Name, opened[lc.Address], s.pass, s.access, s.errorLog)
 			s.listeners[lc.Address] = l
 		}
 		l.name = lc.Name

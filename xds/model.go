@@ -1079,8 +1079,11 @@ func (m *modeler) listener(sl *socketListener) (config.Listener, bool) {
 	addr, ok := m.address(sl.where.field("address"), l.GetAddress())
 	var meta listenerMeta
 	if s := l.GetMetadata().GetFilterMetadata()[Namespace]; s != nil &&
-		m.overlay(sl.where.field(`metadata.filter_metadata["watertight"]`), s, &meta) && meta.Address != nil {
-		addr, ok = *meta.Address, true
+		m.overlay(sl.where.field(`metadata.filter_metadata["watertight"]`), s, &meta) {
+		if meta.Address != nil {
+			addr, ok = *meta.Address, true
+		}
+		out.AccessLog = meta.AccessLog
 	}
 	if !ok || sl.rc == nil {
 		return out, false

@@ -194,8 +194,11 @@ func (b *builder) socketListener(l config.Listener) (*listenerv3.Listener, error
 	if l.Mode == config.ModeTransparent {
 		out.UseOriginalDst = wrapperspb.Bool(true)
 	}
-	if !exact {
-		md, err := metadata(listenerMeta{Address: &l.Address})
+	if meta := (listenerMeta{AccessLog: l.AccessLog}); !exact || meta.AccessLog != nil {
+		if !exact {
+			meta.Address = &l.Address
+		}
+		md, err := metadata(meta)
 		if err != nil {
 			return nil, err
 		}
@@ -661,7 +664,8 @@ type clusterMeta struct {
 // listenerMeta and endpointMeta carry an address as written when Envoy's
 // socket address cannot.
 type listenerMeta struct {
-	Address *string `json:"address,omitempty"`
+	Address   *string           `json:"address,omitempty"`
+	AccessLog *config.AccessLog `json:"accessLog,omitempty"`
 }
 
 type endpointMeta struct {

@@ -45,7 +45,7 @@ unknownHosts: passthrough
 isolation: shared
 passthroughConnections: 77
 listeners:
-  - {name: outbound, address: 127.0.0.1:15001, mode: proxy}
+  - {name: outbound, address: 127.0.0.1:15001, mode: proxy, accessLog: {sample: 0.25}}
   - {name: payments, address: 127.0.0.1:9002, mode: upstream, upstream: payments}
   - {name: all, address: ":9003", mode: proxy}
 upstreams:
