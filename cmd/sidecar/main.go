@@ -36,6 +36,7 @@ Usage:
   sidecar run --config FILE [--admin ADDR] [--drain-timeout 15s]
   sidecar run --xds HOST:PORT --node-id ID [--admin ADDR]
   sidecar controlplane --listen ADDR --config-dir DIR [--admin ADDR]
+  sidecar inject-webhook --tls-cert FILE --tls-key FILE --image IMAGE --xds-address HOST:PORT [--listen ADDR]
   sidecar demo [--duration 30s]
   sidecar version
 
@@ -43,6 +44,7 @@ Commands:
   run       run the proxy on a YAML config file (reloaded on change and on SIGHUP),
             or on the config an xDS control plane serves
   controlplane  serve the configs of DIR to sidecars (and gRPC xDS clients) over ADS
+  inject-webhook  the Kubernetes admission webhook that injects the sidecar into pods
   demo      run a self-contained demonstration of isolation, about 30 seconds
   version   print the version
 
@@ -66,6 +68,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runDemo(rest, stdout, stderr)
 	case "controlplane":
 		err = runControlPlane(rest, stderr)
+	case "inject-webhook":
+		err = runInjectWebhook(rest, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "watertight sidecar", buildVersion())
 	case "help", "--help", "-help", "-h":
