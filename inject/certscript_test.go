@@ -23,6 +23,9 @@ func needTools(t *testing.T, tools ...string) {
 	t.Helper()
 	for _, tool := range tools {
 		if _, err := exec.LookPath(tool); err != nil {
+			if os.Getenv("CI") == "true" {
+				t.Fatalf("%s not installed: .ci/run must install it", tool)
+			}
 			t.Skipf("%s not installed", tool)
 		}
 	}
