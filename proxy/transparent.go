@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/watertight/watertight/config"
+	"github.com/watertight/watertight/iptables"
 )
 
 // Sniffing a connection of unknown destination: how long to wait for its
@@ -134,7 +135,7 @@ func (a *acceptor) sort(c net.Conn, rt *routes) {
 		a.hand(c)
 		return
 	}
-	dst, err := originalDst(tc)
+	dst, err := iptables.OriginalDst(tc)
 	dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
 	local := addrPort(c.LocalAddr())
 	if err != nil || dst == local {

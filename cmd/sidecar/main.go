@@ -37,6 +37,7 @@ Usage:
   sidecar run --xds HOST:PORT --node-id ID [--admin ADDR]
   sidecar controlplane --listen ADDR --config-dir DIR [--admin ADDR]
   sidecar inject-webhook --tls-cert FILE --tls-key FILE --image IMAGE --xds-address HOST:PORT [--listen ADDR]
+  sidecar iptables --proxy-port 15001 --proxy-uid 15337 [--exclude-ports 22,9090] [--exclude-cidrs 10.0.0.0/8] [--cleanup] [--dry-run]
   sidecar demo [--duration 30s]
   sidecar version
 
@@ -45,6 +46,7 @@ Commands:
             or on the config an xDS control plane serves
   controlplane  serve the configs of DIR to sidecars (and gRPC xDS clients) over ADS
   inject-webhook  the Kubernetes admission webhook that injects the sidecar into pods
+  iptables  the init container's step: redirect the pod's outbound TCP to the proxy (or --cleanup)
   demo      run a self-contained demonstration of isolation, about 30 seconds
   version   print the version
 
@@ -64,6 +66,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch cmd, rest := args[0], args[1:]; cmd {
 	case "run":
 		err = runProxy(rest, stderr)
+	case "iptables":
+		err = runIptables(rest, stdout, stderr)
 	case "demo":
 		err = runDemo(rest, stdout, stderr)
 	case "controlplane":
