@@ -884,18 +884,7 @@ func TestGRPCUpstreamUnavailable(t *testing.T) {
 }
 
 // grpcDeadAddress is a local address nothing listens on.
-func grpcDeadAddress(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	if err := ln.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return addr
-}
+func grpcDeadAddress(t *testing.T) string { return deadAddress(t) }
 
 // --- 5. A stream holds its slot for as long as it lasts. ---
 

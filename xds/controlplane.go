@@ -448,6 +448,14 @@ func newCPMetrics(reg prometheus.Registerer) *cpMetrics {
 			Help: "Readings of the config directory, by result (success, failure).",
 		}, []string{"result"}),
 	}
+	// Every series from the start, so that the first failure is an increase.
+	m.loads.WithLabelValues("success")
+	m.loads.WithLabelValues("failure")
+	for _, s := range subscribed {
+		m.pushes.WithLabelValues(s.label)
+		m.replies.WithLabelValues(s.label, "ack")
+		m.replies.WithLabelValues(s.label, "nack")
+	}
 	if reg != nil {
 		if err := errors.Join(reg.Register(m.streams), reg.Register(m.pushes), reg.Register(m.replies),
 			reg.Register(m.snapshots), reg.Register(m.snapshotInfo), reg.Register(m.loads)); err != nil {
