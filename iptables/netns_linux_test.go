@@ -6,14 +6,9 @@ package iptables
 // outside it). The rules are installed in app by Runner with Wrap {"ip",
 // "netns", "exec", app}, the code path of `sidecar iptables` (whose own test
 // runs the command itself). Listeners and dialers of this process live in a
-// namespace because their socket was created there: inNetns runs a function
-// on a goroutine locked to an OS thread that has entered the namespace, and
-// a socket keeps the namespace it was created in, whatever thread uses it
-// later. Goroutines started from that goroutine do NOT inherit its namespace
-// (they run on other threads), so only the socket() calls themselves (Listen,
-// Dial) and process starts happen inside. A process started from that
-// thread is forked from it and so starts inside the namespace: that is how
-// the helper runs as the proxy's UID there.
+// namespace because their socket was created there (netnstest.In, see
+// package internal/netnstest); the helper runs as the proxy's UID there
+// because it is started from a thread inside the namespace.
 
 import (
 	"context"
@@ -24,85 +19,23 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/watertight/watertight/internal/netnstest"
 )
 
 // requireNetns skips (or, with CI=true, fails) the test unless it can make
 // namespaces and run the iptables tools.
 func requireNetns(t *testing.T) {
 	t.Helper()
-	var missing []string
-	if os.Geteuid() != 0 {
-		missing = append(missing, "root")
-	}
-	for _, tool := range []string{"ip", "iptables-save", "iptables-restore", "ip6tables-save", "ip6tables-restore"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			missing = append(missing, tool)
-		}
-	}
-	if len(missing) == 0 {
-		return
-	}
-	msg := "kernel test needs root, iproute2 and iptables (apt-get install -y iptables); missing: " + strings.Join(missing, ", ")
-	if os.Getenv("CI") == "true" {
-		t.Fatal(msg)
-	}
-	t.Skip(msg)
-}
-
-var netnsSeq atomic.Int64
-
-// newNetns makes a network namespace with lo up, deleted when t ends.
-func newNetns(t *testing.T, role string) string {
-	t.Helper()
-	name := fmt.Sprintf("wt-%s-%d-%d", role, os.Getpid(), netnsSeq.Add(1))
-	ipCmd(t, "netns", "add", name)
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-			t.Errorf("ip netns del %s: %v: %s", name, err, out)
-		}
-	})
-	ipCmd(t, "-n", name, "link", "set", "lo", "up")
-	return name
-}
-
-func ipCmd(t *testing.T, args ...string) {
-	t.Helper()
-	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-		t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
-	}
-}
-
-// inNetns runs fn on an OS thread inside the named namespace. The thread is
-// locked and never unlocked: when the goroutine ends, the runtime ends the
-// thread, so no other goroutine ever runs in the namespace by accident.
-func inNetns(ns string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		f, err := os.Open(filepath.Join("/run/netns", ns))
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer f.Close()
-		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("setns %s: %w", ns, err)
-			return
-		}
-		errc <- fn()
-	}()
-	return <-errc
+	netnstest.Require(t, "ip", "iptables-save", "iptables-restore", "ip6tables-save", "ip6tables-restore")
 }
 
 // serve listens on addr in ns and answers every connection with one line,
@@ -110,7 +43,7 @@ func inNetns(ns string, fn func() error) error {
 func serve(t *testing.T, ns, network, addr string, reply func(*net.TCPConn) string) {
 	t.Helper()
 	var ln net.Listener
-	if err := inNetns(ns, func() (err error) {
+	if err := netnstest.In(ns, func() (err error) {
 		ln, err = net.Listen(network, addr)
 		return err
 	}); err != nil {
@@ -153,7 +86,7 @@ func proxyReply(name string) func(*net.TCPConn) string {
 func dial(t *testing.T, ns string, addr netip.AddrPort) string {
 	t.Helper()
 	var reply string
-	if err := inNetns(ns, func() (err error) {
+	if err := netnstest.In(ns, func() (err error) {
 		reply, err = dialAndRead(addr.String())
 		return err
 	}); err != nil {
@@ -167,7 +100,7 @@ func dial(t *testing.T, ns string, addr netip.AddrPort) string {
 func dialAs(t *testing.T, ns, exe string, uid uint32, addr netip.AddrPort) string {
 	t.Helper()
 	var out []byte
-	if err := inNetns(ns, func() (err error) {
+	if err := netnstest.In(ns, func() (err error) {
 		cmd := exec.Command(exe, addr.String())
 		// Race-enabled binaries sleep 1 s at exit unless told otherwise.
 		cmd.Env = append(os.Environ(), helperEnv+"=dial", "GORACE="+os.Getenv("GORACE")+" atexit_sleep_ms=0")
@@ -181,33 +114,6 @@ func dialAs(t *testing.T, ns, exe string, uid uint32, addr netip.AddrPort) strin
 		t.Fatalf("dial %s from %s as UID %d: %v", addr, ns, uid, err)
 	}
 	return strings.TrimSpace(string(out))
-}
-
-// helperBinary is a copy of the test binary that any UID can execute (the
-// go tool builds it in a directory only its owner may enter).
-func helperBinary(t *testing.T) string {
-	t.Helper()
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir, err := os.MkdirTemp("", "watertight-iptables-helper-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	exe := filepath.Join(dir, "helper")
-	b, err := os.ReadFile(self)
-	if err == nil {
-		err = os.WriteFile(exe, b, 0o755)
-	}
-	if err == nil {
-		err = os.Chmod(dir, 0o755)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	return exe
 }
 
 var counters = regexp.MustCompile(`\[\d+:\d+\]`)
@@ -277,31 +183,15 @@ const (
 // topology makes the app and upstream namespaces, their veth link and
 // addresses (IPv6 too when the kernel has it), and the listeners.
 func topology(t *testing.T) (app string, ipv6 bool) {
-	app, up := newNetns(t, "app"), newNetns(t, "up")
-	_, err := os.Stat("/proc/sys/net/ipv6")
-	ipv6 = err == nil
-	ipCmd(t, "link", "add", "eth0", "netns", app, "type", "veth", "peer", "name", "eth0", "netns", up)
-	ipCmd(t, "-n", app, "addr", "add", "10.77.0.1/24", "dev", "eth0")
-	ipCmd(t, "-n", up, "addr", "add", "10.77.0.2/24", "dev", "eth0")
-	ipCmd(t, "-n", up, "addr", "add", "10.77.0.200/24", "dev", "eth0")
-	if ipv6 { // nodad: usable at once, no duplicate address detection to wait for
-		ipCmd(t, "-n", app, "addr", "add", "fd77::1/64", "dev", "eth0", "nodad")
-		ipCmd(t, "-n", up, "addr", "add", "fd77::2/64", "dev", "eth0", "nodad")
-		ipCmd(t, "-n", up, "addr", "add", "fd77::c8/64", "dev", "eth0", "nodad")
-	}
-	ipCmd(t, "-n", app, "link", "set", "eth0", "up")
-	ipCmd(t, "-n", up, "link", "set", "eth0", "up")
+	app, up := netnstest.New(t, "app"), netnstest.New(t, "up")
+	ipv6 = netnstest.HasIPv6()
+	appAddrs := []netip.Prefix{netip.MustParsePrefix("10.77.0.1/24")}
+	upAddrs := []netip.Prefix{netip.MustParsePrefix("10.77.0.2/24"), netip.MustParsePrefix("10.77.0.200/24")}
 	if ipv6 {
-		// Neighbour discovery right after the link comes up loses the
-		// first solicitation (the peer has not joined the solicited-node
-		// group yet), and the first IPv6 connection would wait 1 s for a
-		// retransmission: static neighbours instead.
-		appMAC, upMAC := macOf(t, app), macOf(t, up)
-		for _, a := range []string{"fd77::2", "fd77::c8"} {
-			ipCmd(t, "-n", app, "neigh", "replace", a, "lladdr", upMAC, "dev", "eth0", "nud", "permanent")
-		}
-		ipCmd(t, "-n", up, "neigh", "replace", "fd77::1", "lladdr", appMAC, "dev", "eth0", "nud", "permanent")
+		appAddrs = append(appAddrs, netip.MustParsePrefix("fd77::1/64"))
+		upAddrs = append(upAddrs, netip.MustParsePrefix("fd77::2/64"), netip.MustParsePrefix("fd77::c8/64"))
 	}
+	netnstest.Link(t, app, up, appAddrs, upAddrs)
 
 	wild := ":" // dual-stack where IPv6 exists
 	serve(t, up, "tcp", fmt.Sprint(wild, upstreamPort), fixed("upstream"))
@@ -318,25 +208,10 @@ func topology(t *testing.T) (app string, ipv6 bool) {
 	return app, ipv6
 }
 
-func macOf(t *testing.T, ns string) string {
-	t.Helper()
-	var mac string
-	if err := inNetns(ns, func() error {
-		ifc, err := net.InterfaceByName("eth0")
-		if err == nil {
-			mac = ifc.HardwareAddr.String()
-		}
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	return mac
-}
-
 func TestRedirectInNetns(t *testing.T) {
 	requireNetns(t)
 	app, ipv6 := topology(t)
-	exe := helperBinary(t)
+	exe := netnstest.PublicExecutable(t)
 	r := Runner{Wrap: []string{"ip", "netns", "exec", app}}
 	ctx := context.Background()
 	if has, err := hasIPv6In(app); err != nil || has != ipv6 {
@@ -444,10 +319,10 @@ func TestRedirectInNetns(t *testing.T) {
 // (no nat rules, ever) fails with ENOENT, as documented.
 func TestOriginalDstWithoutConntrack(t *testing.T) {
 	requireNetns(t)
-	ns := newNetns(t, "noct")
+	ns := netnstest.New(t, "noct")
 	var ln net.Listener
 	var c net.Conn
-	if err := inNetns(ns, func() (err error) {
+	if err := netnstest.In(ns, func() (err error) {
 		if ln, err = net.Listen("tcp4", "127.0.0.1:0"); err != nil {
 			return err
 		}
@@ -469,7 +344,7 @@ func TestOriginalDstWithoutConntrack(t *testing.T) {
 }
 
 func hasIPv6In(ns string) (has bool, err error) {
-	err = inNetns(ns, func() (err error) {
+	err = netnstest.In(ns, func() (err error) {
 		has, err = HasIPv6()
 		return err
 	})
@@ -479,14 +354,14 @@ func hasIPv6In(ns string) (has bool, err error) {
 // Loopback and link-local addresses are not IPv6 enough.
 func TestHasIPv6LinkLocalOnly(t *testing.T) {
 	requireNetns(t)
-	ns := newNetns(t, "ll")
-	ipCmd(t, "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1")
-	ipCmd(t, "-n", ns, "addr", "add", "fe80::1/64", "dev", "eth0", "nodad")
-	ipCmd(t, "-n", ns, "link", "set", "eth0", "up")
+	ns := netnstest.New(t, "ll")
+	netnstest.IP(t, "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1")
+	netnstest.IP(t, "-n", ns, "addr", "add", "fe80::1/64", "dev", "eth0", "nodad")
+	netnstest.IP(t, "-n", ns, "link", "set", "eth0", "up")
 	if has, err := hasIPv6In(ns); err != nil || has {
 		t.Errorf("HasIPv6 with ::1 and fe80::1 = %v, %v; want false", has, err)
 	}
-	ipCmd(t, "-n", ns, "addr", "add", "2001:db8::1/64", "dev", "eth0", "nodad")
+	netnstest.IP(t, "-n", ns, "addr", "add", "2001:db8::1/64", "dev", "eth0", "nodad")
 	if has, err := hasIPv6In(ns); err != nil || !has {
 		t.Errorf("HasIPv6 with 2001:db8::1 = %v, %v; want true", has, err)
 	}

@@ -60,7 +60,7 @@ func newListener(name string, ln net.Listener, pass http.Handler, accessLog *acc
 }
 
 func (l *listener) start() {
-	go l.acc.run()
+	l.acc.start()
 	go func() {
 		defer close(l.done)
 		if err := l.srv.Serve(l.acc); err != nil && !errors.Is(err, http.ErrServerClosed) {

@@ -417,3 +417,25 @@ func TestLooksLikeHTTP(t *testing.T) {
 		}
 	}
 }
+
+// TestTransparentLoopbackListensOnBothFamilies: REDIRECT sends IPv6 to ::1,
+// so a transparent listener on 127.0.0.1 also takes [::1] on its port.
+func TestTransparentLoopbackListensOnBothFamilies(t *testing.T) {
+	if ln, err := net.Listen("tcp6", "[::1]:0"); err != nil {
+		t.Skipf("no IPv6 loopback here: %v", err)
+	} else {
+		ln.Close()
+	}
+	u := upstreamCfg("inventory", startUpstream(t, echoProto), config.Bulkhead{})
+	p := startProxy(t, &config.Config{
+		Listeners: []config.Listener{{Name: "tp", Address: "127.0.0.1:0", Mode: config.ModeTransparent}},
+		Upstreams: []config.Upstream{u},
+	})
+	a, _ := p.Addr("tp")
+	port := a.(*net.TCPAddr).Port
+	for _, base := range []string{fmt.Sprintf("http://127.0.0.1:%d", port), fmt.Sprintf("http://[::1]:%d", port)} {
+		if resp, body := get(t, client(false), base, "inventory", "/"); resp.StatusCode != 200 || body != "ok" {
+			t.Fatalf("%s: %d %q", base, resp.StatusCode, body)
+		}
+	}
+}

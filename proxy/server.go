@@ -137,6 +137,9 @@ func (s *Server) Apply(cfg *config.Config) error {
 			undo()
 			return fmt.Errorf("applying config: listeners[%d].address: %w", i, err)
 		}
+		if l.Mode == config.ModeTransparent && !hasListenerOn(cfg, "::1", l.Address) {
+			ln = withLoopback6(ln)
+		}
 		opened[l.Address] = ln
 	}
 
@@ -219,6 +222,19 @@ func (s *Server) Apply(cfg *config.Config) error {
 	}
 	s.upstreams, s.compartments, s.cfg = ups, order, cfg
 	return nil
+}
+
+// hasListenerOn says whether cfg has a listener on host at addr's port (a
+// configured [::1] twin of a transparent 127.0.0.1 listener).
+func hasListenerOn(cfg *config.Config, host, addr string) bool {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil || port == "0" {
+		return false
+	}
+	return slices.ContainsFunc(cfg.Listeners, func(l config.Listener) bool {
+		h, p, err := net.SplitHostPort(l.Address)
+		return err == nil && h == host && p == port
+	})
 }
 
 // resizePools sizes every pool from the budget and weights, resizing the

@@ -44,7 +44,7 @@ type acceptor struct {
 	mu      sync.Mutex
 	tunnels map[net.Conn]struct{} // both ends of every passthrough tunnel
 	perDst  map[netip.AddrPort]int
-	wg      sync.WaitGroup // sorting and tunnelling goroutines
+	wg      sync.WaitGroup // the accept loop, sorting and tunnelling goroutines
 }
 
 func newAcceptor(sock net.Listener, l *listener) *acceptor {
@@ -69,6 +69,15 @@ func (a *acceptor) Close() error {
 }
 
 func (a *acceptor) Addr() net.Addr { return a.sock.Addr() }
+
+// start runs the accept loop on a goroutine counted in wg, like the sorting
+// goroutines it starts: so their wg.Add never happens with the counter at
+// zero (which would race with closeTunnels' Wait, and could start a sorting
+// goroutine after closeTunnels returned), and closeTunnels waits for the
+// loop too. The loop ends once the socket is closed, which the HTTP server
+// does (Serve closes its listener on the way out) before shutdown gets to
+// closeTunnels.
+func (a *acceptor) start() { a.wg.Go(a.run) }
 
 // run accepts from the socket until it is closed.
 func (a *acceptor) run() {

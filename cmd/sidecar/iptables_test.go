@@ -2,15 +2,14 @@ package main
 
 import (
 	"bytes"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync/atomic"
 	"testing"
 
+	"github.com/watertight/watertight/internal/netnstest"
 	"github.com/watertight/watertight/iptables"
 )
 
@@ -206,40 +205,13 @@ func TestIptablesCommandInNetns(t *testing.T) {
 // network namespaces and run the iptables tools.
 func requireNetnsTools(t *testing.T) {
 	t.Helper()
-	var missing []string
-	if os.Geteuid() != 0 {
-		missing = append(missing, "root")
-	}
-	for _, tool := range []string{"ip", "iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save", "ip6tables-restore"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			missing = append(missing, tool)
-		}
-	}
-	if len(missing) == 0 {
-		return
-	}
-	msg := "needs root, iproute2 and iptables (apt-get install -y iptables); missing: " + strings.Join(missing, ", ")
-	if os.Getenv("CI") == "true" {
-		t.Fatal(msg)
-	}
-	t.Skip(msg)
+	netnstest.Require(t, "ip", "iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save", "ip6tables-restore")
 }
-
-var netnsSeq atomic.Int64
 
 // newTestNetns makes a network namespace, deleted when t ends.
 func newTestNetns(t *testing.T) string {
 	t.Helper()
-	name := fmt.Sprintf("wt-cmd-%d-%d", os.Getpid(), netnsSeq.Add(1))
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add: %v: %s", err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-			t.Errorf("ip netns del %s: %v: %s", name, err, out)
-		}
-	})
-	return name
+	return netnstest.New(t, "cmd")
 }
 
 // sidecarInCmd is the command `sidecar ARGS...` inside the namespace: this

@@ -13,18 +13,21 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"go.uber.org/goleak"
 )
 
 // The test binary doubles as the sidecar binary: re-executed with
 // WATERTIGHT_TEST_MAIN=1 it runs main() with the remaining arguments, so the
-// process-level behaviour (exit codes, signals) is tested for real.
+// process-level behaviour (exit codes, signals) is tested for real. Only the
+// test run itself checks for leaked goroutines (main() exits on its own).
 func TestMain(m *testing.M) {
 	if os.Getenv("WATERTIGHT_TEST_MAIN") == "1" {
 		os.Args = append([]string{"sidecar"}, os.Args[1:]...)
 		main()
 		return
 	}
-	os.Exit(m.Run())
+	goleak.VerifyTestMain(m)
 }
 
 func sidecarCmd(t *testing.T, args ...string) *exec.Cmd {
