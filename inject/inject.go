@@ -131,6 +131,7 @@ func (n Namespace) Enabled() bool { return n.Labels[LabelInject] == LabelInjectE
 // PatchOp is one RFC 6902 JSON Patch operation.
 type PatchOp struct {
 	Op    string `json:"op"`
+	From  string `json:"from,omitempty"` // "move" only
 	Path  string `json:"path"`
 	Value any    `json:"value,omitempty"`
 }
@@ -156,6 +157,12 @@ type Result struct {
 func Mutate(pod *corev1.Pod, ns Namespace, o Options) Result {
 	ann := pod.Annotations
 	if reason, done := alreadyInjected(pod); done {
+		// Reinvoked (reinvocationPolicy: IfNeeded) after a later webhook
+		// changed the pod: the only thing of ours it can have spoiled is
+		// the order of the init containers.
+		if ops := reorder(pod); len(ops) > 0 {
+			return Result{Reason: reason + "; init containers put back in front", Patch: ops}
+		}
 		return Result{Reason: reason}
 	}
 	want, explicit := ns.Enabled(), false
@@ -235,6 +242,33 @@ func alreadyInjected(pod *corev1.Pod) (string, bool) {
 		}
 	}
 	return "", false
+}
+
+// reorder returns the patch that puts our two init containers back at the
+// front of an injected pod's initContainers, iptables first, when a webhook
+// called after ours inserted init containers ahead of them: those would run
+// before the REDIRECT rules exist and before the proxy is up, so their
+// traffic would silently bypass the compartments. A pod that has only one
+// of ours (a user's own edit) is left alone: guessing is worse than nothing.
+func reorder(pod *corev1.Pod) []PatchOp {
+	ipt := slices.IndexFunc(pod.Spec.InitContainers, func(c corev1.Container) bool { return c.Name == IptablesContainerName })
+	prx := slices.IndexFunc(pod.Spec.InitContainers, func(c corev1.Container) bool { return c.Name == ProxyContainerName })
+	if ipt < 0 || prx < 0 || (ipt == 0 && prx == 1) {
+		return nil
+	}
+	// JSON Patch move: removes then adds, so each index is read against the
+	// array as the previous op left it.
+	var ops []PatchOp
+	if ipt != 0 {
+		ops = append(ops, PatchOp{Op: "move", From: fmt.Sprintf("/spec/initContainers/%d", ipt), Path: "/spec/initContainers/0"})
+		if prx < ipt {
+			prx++
+		}
+	}
+	if prx != 1 {
+		ops = append(ops, PatchOp{Op: "move", From: fmt.Sprintf("/spec/initContainers/%d", prx), Path: "/spec/initContainers/1"})
+	}
+	return ops
 }
 
 // portClash finds a container of the pod that declares a port the proxy

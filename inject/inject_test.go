@@ -422,3 +422,74 @@ func TestOptionsValidate(t *testing.T) {
 		t.Errorf("port 0: %v", err)
 	}
 }
+
+// reinvocationPolicy: IfNeeded calls the webhook again after a later
+// webhook changed the pod. Whatever it inserted, ours end up first again,
+// everybody else's keep their relative order, and a third call is a no-op.
+func TestReinvocationPutsOurInitContainersBackInFront(t *testing.T) {
+	names := func(p *corev1.Pod) []string {
+		var n []string
+		for _, c := range p.Spec.InitContainers {
+			n = append(n, c.Name)
+		}
+		return n
+	}
+	injected := func(t *testing.T, initNames ...string) *corev1.Pod {
+		pod := appPod(nil)
+		for _, n := range initNames {
+			pod.Spec.InitContainers = append(pod.Spec.InitContainers, corev1.Container{Name: n, Image: n})
+		}
+		res := Mutate(pod, enabledNS, testOptions())
+		if !res.Injected {
+			t.Fatalf("not injected: %s", res.Reason)
+		}
+		return applyPatch(t, pod, res.Patch)
+	}
+	for _, tc := range []struct {
+		name  string
+		edit  func(p *corev1.Pod) // what the later webhook did
+		want  []string
+		moved bool
+	}{
+		{name: "nothing changed", edit: func(*corev1.Pod) {}, want: []string{IptablesContainerName, ProxyContainerName, "app-init"}},
+		{name: "one prepended", edit: func(p *corev1.Pod) {
+			p.Spec.InitContainers = slices.Insert(p.Spec.InitContainers, 0, corev1.Container{Name: "vault", Image: "v"})
+		}, want: []string{IptablesContainerName, ProxyContainerName, "vault", "app-init"}, moved: true},
+		{name: "two prepended", edit: func(p *corev1.Pod) {
+			p.Spec.InitContainers = slices.Insert(p.Spec.InitContainers, 0, corev1.Container{Name: "a", Image: "a"}, corev1.Container{Name: "b", Image: "b"})
+		}, want: []string{IptablesContainerName, ProxyContainerName, "a", "b", "app-init"}, moved: true},
+		{name: "one between ours", edit: func(p *corev1.Pod) {
+			p.Spec.InitContainers = slices.Insert(p.Spec.InitContainers, 1, corev1.Container{Name: "x", Image: "x"})
+		}, want: []string{IptablesContainerName, ProxyContainerName, "x", "app-init"}, moved: true},
+		{name: "ours swapped", edit: func(p *corev1.Pod) {
+			ic := p.Spec.InitContainers
+			ic[0], ic[1] = ic[1], ic[0]
+		}, want: []string{IptablesContainerName, ProxyContainerName, "app-init"}, moved: true},
+		{name: "ours at the end", edit: func(p *corev1.Pod) {
+			ic := p.Spec.InitContainers
+			p.Spec.InitContainers = append([]corev1.Container{ic[2], {Name: "z", Image: "z"}}, ic[0], ic[1])
+		}, want: []string{IptablesContainerName, ProxyContainerName, "app-init", "z"}, moved: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pod := injected(t, "app-init")
+			tc.edit(pod)
+			res := Mutate(pod, enabledNS, testOptions())
+			if res.Injected || len(res.Warnings) > 0 {
+				t.Fatalf("reinvocation injected again or warned: %+v", res)
+			}
+			if got := len(res.Patch) > 0; got != tc.moved {
+				t.Fatalf("patch %s, want a move: %v", mustJSON(t, res.Patch), tc.moved)
+			}
+			got := pod
+			if tc.moved {
+				got = applyPatch(t, pod, res.Patch)
+			}
+			if !slices.Equal(names(got), tc.want) {
+				t.Fatalf("init containers %v, want %v (patch %s)", names(got), tc.want, mustJSON(t, res.Patch))
+			}
+			if again := Mutate(got, enabledNS, testOptions()); len(again.Patch) > 0 {
+				t.Fatalf("third call patched again: %s", mustJSON(t, again.Patch))
+			}
+		})
+	}
+}

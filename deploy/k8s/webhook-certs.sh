@@ -6,7 +6,7 @@
 #   deploy/k8s/webhook-certs.sh             # generate, create/replace the Secret, patch the caBundle
 #   deploy/k8s/webhook-certs.sh --out DIR   # only generate: DIR/ca.crt, DIR/tls.crt, DIR/tls.key
 #
-# Run it after `kubectl apply -f deploy/k8s/`, and again before the
+# Run it after `kubectl apply -k deploy/k8s/`, and again before the
 # certificate expires (DAYS, default 825). The webhook picks up the renewed
 # Secret without a restart once the kubelet has updated the volume (up to
 # about a minute); the caBundle keeps the previous CA next to the new one, so
