@@ -21,8 +21,10 @@ import (
 	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime/serializer"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/yaml"
 
 	"github.com/watertight/watertight/config"
@@ -78,40 +80,31 @@ func loadManifests(t *testing.T) *manifests {
 			if tm.Kind == "" && strings.TrimSpace(stripComments(doc)) == "" {
 				continue
 			}
-			var obj metav1.Object
-			switch tm.APIVersion + "/" + tm.Kind {
-			case "v1/Namespace":
-				o := &corev1.Namespace{}
-				m.namespaces, obj = append(m.namespaces, o), o
-			case "v1/ServiceAccount":
-				o := &corev1.ServiceAccount{}
-				obj = o
-				defer func() { m.serviceAccounts[o.Name] = o }()
-			case "v1/ConfigMap":
-				o := &corev1.ConfigMap{}
-				obj = o
-				defer func() { m.configMaps[o.Name] = o }()
-			case "v1/Service":
-				o := &corev1.Service{}
-				obj = o
-				defer func() { m.services[o.Name] = o }()
-			case "apps/v1/Deployment":
-				o := &appsv1.Deployment{}
-				obj = o
-				defer func() { m.deployments[o.Name] = o }()
-			case "policy/v1/PodDisruptionBudget":
-				o := &policyv1.PodDisruptionBudget{}
-				obj = o
-				defer func() { m.pdbs[o.Name] = o }()
-			case "admissionregistration.k8s.io/v1/MutatingWebhookConfiguration":
-				o := &admissionregistrationv1.MutatingWebhookConfiguration{}
-				obj = o
-				defer func() { m.webhookConfigs[o.Name] = o }()
-			default:
-				t.Fatalf("%s: apiVersion %q kind %q: no type for it in this test (RBAC objects are not expected either)", where, tm.APIVersion, tm.Kind)
-			}
-			if err := yaml.UnmarshalStrict([]byte(doc), obj); err != nil {
+			// The Kubernetes scheme's strict decoder (what `kubectl apply
+			// --validate=strict` and the API server's field validation use):
+			// unknown and duplicate fields are errors.
+			decoded, _, err := strictDecoder.Decode([]byte(doc), nil, nil)
+			if err != nil {
 				t.Fatalf("%s (%s): %v", where, tm.Kind, err)
+			}
+			var obj metav1.Object
+			switch o := decoded.(type) {
+			case *corev1.Namespace:
+				m.namespaces, obj = append(m.namespaces, o), o
+			case *corev1.ServiceAccount:
+				m.serviceAccounts[o.Name], obj = o, o
+			case *corev1.ConfigMap:
+				m.configMaps[o.Name], obj = o, o
+			case *corev1.Service:
+				m.services[o.Name], obj = o, o
+			case *appsv1.Deployment:
+				m.deployments[o.Name], obj = o, o
+			case *policyv1.PodDisruptionBudget:
+				m.pdbs[o.Name], obj = o, o
+			case *admissionregistrationv1.MutatingWebhookConfiguration:
+				m.webhookConfigs[o.Name], obj = o, o
+			default:
+				t.Fatalf("%s: apiVersion %q kind %q: no check for it in this test (RBAC objects are not expected either: nothing calls the API)", where, tm.APIVersion, tm.Kind)
 			}
 			if obj.GetName() == "" {
 				t.Fatalf("%s: no name", where)
@@ -128,6 +121,10 @@ func loadManifests(t *testing.T) *manifests {
 	}
 	return m
 }
+
+// strictDecoder decodes any object of client-go's scheme (every built-in
+// kind), strictly.
+var strictDecoder = serializer.NewCodecFactory(scheme.Scheme, serializer.EnableStrict).UniversalDeserializer()
 
 func stripComments(doc string) string {
 	var b strings.Builder
