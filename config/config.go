@@ -31,6 +31,9 @@ type Config struct {
 	PassthroughConnections int        `yaml:"passthroughConnections,omitempty" json:"passthroughConnections,omitempty"`
 	Listeners              []Listener `yaml:"listeners" json:"listeners"`
 	Upstreams              []Upstream `yaml:"upstreams" json:"upstreams"`
+	// Composites are composite calls the sidecar answers itself by calling
+	// several upstreams (docs/composite.md).
+	Composites []Composite `yaml:"composites,omitempty" json:"composites,omitempty"`
 }
 
 // Admin is the admin HTTP server (/metrics /ready /healthz /config_dump).

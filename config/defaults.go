@@ -52,6 +52,9 @@ func (c *Config) SetDefaults() {
 	for i := range c.Upstreams {
 		c.Upstreams[i].setDefaults()
 	}
+	for i := range c.Composites {
+		c.Composites[i].setDefaults()
+	}
 }
 
 func (u *Upstream) setDefaults() {

@@ -87,6 +87,7 @@ func (c *Config) Validate() error {
 	atLeast(v, "passthroughConnections", c.PassthroughConnections, 1)
 	c.validateListeners(v)
 	c.validateUpstreams(v)
+	c.validateComposites(v)
 	return v.err()
 }
 

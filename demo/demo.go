@@ -205,6 +205,11 @@ loop:
 	<-loadDone
 	rr = newRunReport(name, isolation, run, elapsed, d.load.workers, a.rec)
 	rr.Interrupted = interrupted
+	if !interrupted {
+		// The load has stopped (so it is not counted); recommendations
+		// still hangs.
+		rr.Composite = probeComposite(ctx, addr.String())
+	}
 	return rr, nil
 }
 

@@ -91,6 +91,13 @@ func checkMechanics(t *testing.T, rep *Report, text string) {
 		if rr.Interrupted {
 			t.Errorf("%s run reported as interrupted", rr.Name)
 		}
+		// The composite's core comes first; the hung recommendations
+		// arrive when the deadline cuts them off, failed.
+		if c := rr.Composite; !strings.Contains(c, "multi-segment: core (item, price) after") ||
+			!strings.Contains(c, "recs after") || !strings.Contains(c, "(failed") || !strings.Contains(c, "3 segments") ||
+			!strings.Contains(text, c) {
+			t.Errorf("%s run: composite probe %q", rr.Name, c)
+		}
 		for _, u := range rr.Upstreams {
 			// Calls are due by the clock, busy machine or not; at most
 			// workers + backlog (72) are cut off by the end of the run.

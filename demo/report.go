@@ -27,6 +27,9 @@ type RunReport struct {
 	// Workers is the size of the app's worker pool; PeakBusy the most of
 	// them ever busy at once.
 	Workers, PeakBusy int
+	// Composite says how one call of the demo's composite went at the end
+	// of the run ("" when the run was interrupted).
+	Composite string
 }
 
 // UpstreamReport is one upstream's calls over a run, as the app saw them.
@@ -118,6 +121,9 @@ func writeSummary(w io.Writer, rr RunReport) {
 			u.Refused, u.Failed, u.Dropped, u.PeakWorkers)
 	}
 	fmt.Fprintf(w, "  app workers: at most %d of %d busy at once\n", rr.PeakBusy, rr.Workers)
+	if rr.Composite != "" {
+		fmt.Fprintf(w, "  %s\n", rr.Composite)
+	}
 }
 
 // writeContrast prints the comparison of the two runs. The story is told

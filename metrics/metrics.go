@@ -66,6 +66,7 @@ type Registry struct {
 	configInfo *prometheus.GaugeVec
 	retries    *prometheus.CounterVec
 	fallbacks  *prometheus.CounterVec
+	composite  *compositeMetrics
 
 	mu        sync.Mutex
 	upstreams map[string]*Upstream
@@ -126,7 +127,9 @@ func New() *Registry {
 			Help: "Requests answered with the upstream's configured fallback instead of a local reply, by cause.",
 		}, []string{"upstream", "cause"}),
 		upstreams: map[string]*Upstream{},
+		composite: newCompositeMetrics(),
 	}
+	r.reg.MustRegister(r.composite.collectors()...)
 	r.reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),

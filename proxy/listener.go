@@ -91,6 +91,16 @@ func (l *listener) serve(w http.ResponseWriter, r *http.Request, rt *routes) {
 		writeLocalReply(w, r, reasonConnect, "CONNECT is not supported: send plain HTTP requests (the sidecar is not a tunnel)")
 		return
 	}
+	if h := rt.composites.Handler(r); h != nil {
+		// A composite's path wins over the upstream the Host names. Its
+		// node calls go through the compartments as requests of their
+		// own, so they must not write into this request's access record.
+		if accessRecordOf(r.Context()) != nil {
+			r = r.WithContext(context.WithValue(r.Context(), accessKey{}, (*accessRecord)(nil)))
+		}
+		h.ServeHTTP(w, r)
+		return
+	}
 	c := rt.route(r)
 	if c == nil {
 		if rt.passthrough && rt.mode != "upstream" {

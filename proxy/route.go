@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/watertight/watertight/composite"
 	"github.com/watertight/watertight/config"
 )
 
@@ -18,6 +19,7 @@ type routes struct {
 	passthrough      bool                              // unknownHosts: passthrough
 	passthroughLimit int                               // connections per destination
 	accessLog        *config.AccessLog                 // nil: no access log
+	composites       *composite.Router                 // nil: no composite on this listener
 }
 
 // route finds the compartment for r, or nil. A transparent listener's

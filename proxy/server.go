@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/watertight/watertight/bulkhead"
+	"github.com/watertight/watertight/composite"
 	"github.com/watertight/watertight/config"
 	"github.com/watertight/watertight/metrics"
 )
@@ -143,6 +144,24 @@ func (s *Server) Apply(cfg *config.Config) error {
 		opened[l.Address] = ln
 	}
 
+	// Composites compile against the new upstreams (validation has checked
+	// them; this only makes sure the commit below cannot fail on them).
+	for i := range cfg.Composites {
+		exists := func(name string) http.Handler {
+			if cfg.Upstream(name) == nil {
+				return nil
+			}
+			return http.NotFoundHandler()
+		}
+		if _, err := composite.Compile(&cfg.Composites[i], exists, s.metrics); err != nil {
+			for _, o := range opened {
+				_ = o.Close()
+			}
+			undo()
+			return fmt.Errorf("applying config: composites[%d]: %w", i, err)
+		}
+	}
+
 	// Commit: nothing below fails.
 	pools, limits := s.resizePools(cfg)
 	logging := slices.ContainsFunc(cfg.Listeners, func(l config.Listener) bool { return l.AccessLog != nil })
@@ -188,10 +207,12 @@ func (s *Server) Apply(cfg *config.Config) error {
 			}
 		}
 	}
+	plans := s.compilePlans(cfg, comps)
 	live := map[string]bool{}
 	for _, lc := range cfg.Listeners {
 		rt := &routes{mode: lc.Mode, hosts: hosts, addrs: addrs, accessLog: lc.AccessLog,
-			passthrough: cfg.UnknownHosts == config.UnknownHostsPass, passthroughLimit: cfg.PassthroughConnections}
+			passthrough: cfg.UnknownHosts == config.UnknownHostsPass, passthroughLimit: cfg.PassthroughConnections,
+			composites: composite.NewRouter(plans[lc.Name])}
 		if lc.Mode == config.ModeUpstream {
 			rt.upstream = comps[lc.Upstream]
 		}
@@ -220,8 +241,40 @@ func (s *Server) Apply(cfg *config.Config) error {
 			s.metrics.ForgetUpstream(name)
 		}
 	}
+	if s.cfg != nil {
+		for _, old := range s.cfg.Composites {
+			if !slices.ContainsFunc(cfg.Composites, func(c config.Composite) bool { return c.Name == old.Name }) {
+				s.metrics.ForgetComposite(old.Name)
+			}
+		}
+	}
 	s.upstreams, s.compartments, s.cfg = ups, order, cfg
 	return nil
+}
+
+// compilePlans builds the snapshot's composites, by listener name. Each
+// node call goes through its upstream's compartment of this snapshot, by the
+// same handler the listener uses for the app's own requests.
+func (s *Server) compilePlans(cfg *config.Config, comps map[string]*compartment) map[string][]*composite.Plan {
+	if len(cfg.Composites) == 0 {
+		return nil
+	}
+	handler := func(name string) http.Handler {
+		if c := comps[name]; c != nil {
+			return c.proxy
+		}
+		return nil
+	}
+	plans := map[string][]*composite.Plan{}
+	for i := range cfg.Composites {
+		p, err := composite.Compile(&cfg.Composites[i], handler, s.metrics)
+		if err != nil { // checked before the commit: cannot happen
+			s.log.Error("composite left out", "composite", cfg.Composites[i].Name, "error", err)
+			continue
+		}
+		plans[p.Listener()] = append(plans[p.Listener()], p)
+	}
+	return plans
 }
 
 // hasListenerOn says whether cfg has a listener on host at addr's port (a

@@ -113,8 +113,8 @@ func (st *dirState) build(dir, id string) (*config.Config, error) {
 	return cfg, nil
 }
 
-// merge overlays a node's file on the default: listeners and upstreams by
-// name (the node's replace, new ones are added), top-level settings where
+// merge overlays a node's file on the default: listeners, upstreams and
+// composites by name (the node's replace, new ones are added), top-level settings where
 // the node sets them. Neither input is modified.
 func merge(base, node *config.Config) *config.Config {
 	out := base.Clone()
@@ -136,6 +136,7 @@ func merge(base, node *config.Config) *config.Config {
 	}
 	out.Listeners = mergeByName(out.Listeners, node.Listeners, func(l config.Listener) string { return l.Name })
 	out.Upstreams = mergeByName(out.Upstreams, node.Upstreams, func(u config.Upstream) string { return u.Name })
+	out.Composites = mergeByName(out.Composites, node.Composites, func(c config.Composite) string { return c.Name })
 	return out
 }
 

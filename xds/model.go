@@ -99,6 +99,7 @@ type modeler struct {
 	xdsListener map[string]string // config listener name → xDS name
 	budgetSet   bool
 	order       order
+	composites  []config.Composite // from the listeners' metadata
 }
 
 type upstreamState struct {
@@ -193,7 +194,9 @@ func (m *modeler) model() *config.Config {
 			cfg.Listeners = append(cfg.Listeners, l)
 		}
 	}
+	cfg.Composites = m.composites
 	sortBy(cfg.Listeners, m.order.Listeners, func(l config.Listener) string { return l.Name })
+	sortBy(cfg.Composites, m.order.Composites, func(c config.Composite) string { return c.Name })
 	sortBy(cfg.Upstreams, m.order.Upstreams, func(u config.Upstream) string { return u.Name })
 	return cfg
 }
@@ -1086,7 +1089,14 @@ func (m *modeler) listener(sl *socketListener) (config.Listener, bool) {
 		out.AccessLog = meta.AccessLog
 	}
 	if !ok || sl.rc == nil {
+		if len(meta.Composites) > 0 {
+			m.warn(sl.where.field(`metadata.filter_metadata["watertight"].composites`), "the listener is left out, and so are its composites")
+		}
 		return out, false
+	}
+	for _, c := range meta.Composites {
+		c.Listener = name // the listener that carries it serves it
+		m.composites = append(m.composites, c)
 	}
 	out.Address = addr
 	switch {
@@ -1101,7 +1111,7 @@ func (m *modeler) listener(sl *socketListener) (config.Listener, bool) {
 	return out, true
 }
 
-var fieldPath = regexp.MustCompile(`^(upstreams|listeners)\[(\d+)\](?:\.(.*))?$`)
+var fieldPath = regexp.MustCompile(`^(upstreams|listeners|composites)\[(\d+)\](?:\.(.*))?$`)
 
 // validationError names, for each of the config's problems, the resource it
 // came from.
@@ -1121,6 +1131,13 @@ func (m *modeler) validationError(cfg *config.Config, err error) error {
 			case "listeners":
 				name := cmp.Or(m.xdsListener[cfg.Listeners[i].Name], cfg.Listeners[i].Name)
 				where = at{res: fmt.Sprintf("listener %q", name), path: g[3]}
+			case "composites":
+				c := cfg.Composites[i]
+				name := cmp.Or(m.xdsListener[c.Listener], c.Listener)
+				where = at{res: fmt.Sprintf("listener %q", name), path: fmt.Sprintf(`metadata.filter_metadata["watertight"].composites[name=%q]`, c.Name)}
+				if g[3] != "" {
+					where = where.field(g[3])
+				}
 			}
 		} else if fe.Path == "upstreams" {
 			where = at{res: "clusters"}

@@ -42,7 +42,8 @@
 // minConcurrent, maxWait, failureStatuses, hedge, circuitBreaker, warmup,
 // rateLimit, fallback, and of retry and outlierDetection the parts Envoy
 // cannot express; on a Listener or an endpoint, the address when
-// Envoy's socket address would not give it back as written.
+// Envoy's socket address would not give it back as written; on a Listener,
+// its access log and the composites it serves.
 package xds
 
 import (
@@ -194,7 +195,9 @@ func (b *builder) socketListener(l config.Listener) (*listenerv3.Listener, error
 	if l.Mode == config.ModeTransparent {
 		out.UseOriginalDst = wrapperspb.Bool(true)
 	}
-	if meta := (listenerMeta{AccessLog: l.AccessLog}); !exact || meta.AccessLog != nil {
+	meta := listenerMeta{AccessLog: l.AccessLog}
+	meta.Composites = b.compositesOf(l.Name)
+	if !exact || meta.AccessLog != nil || len(meta.Composites) > 0 {
 		if !exact {
 			meta.Address = &l.Address
 		}
@@ -205,6 +208,20 @@ func (b *builder) socketListener(l config.Listener) (*listenerv3.Listener, error
 		out.Metadata = md
 	}
 	return out, nil
+}
+
+// compositesOf are the composites the named listener serves.
+func (b *builder) compositesOf(listener string) []config.Composite {
+	if b.cfg == nil {
+		return nil
+	}
+	var out []config.Composite
+	for _, c := range b.cfg.Composites {
+		if c.Listener == listener {
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 // apiListeners adds gRPC-Go's listeners: hosts first, so that a host keeps
@@ -663,9 +680,14 @@ type clusterMeta struct {
 
 // listenerMeta and endpointMeta carry an address as written when Envoy's
 // socket address cannot.
+//
+// A listener's metadata also carries the composites it serves, whole and
+// written as in the YAML (docs/composite.md): a composite is the listener's
+// own answer, not a route to a cluster, and Envoy has no field for it.
 type listenerMeta struct {
-	Address   *string           `json:"address,omitempty"`
-	AccessLog *config.AccessLog `json:"accessLog,omitempty"`
+	Address    *string            `json:"address,omitempty"`
+	AccessLog  *config.AccessLog  `json:"accessLog,omitempty"`
+	Composites []config.Composite `json:"composites,omitempty"`
 }
 
 type endpointMeta struct {
@@ -683,8 +705,9 @@ type runtimeLayer struct {
 }
 
 type order struct {
-	Listeners []string `json:"listeners,omitempty"`
-	Upstreams []string `json:"upstreams,omitempty"`
+	Listeners  []string `json:"listeners,omitempty"`
+	Upstreams  []string `json:"upstreams,omitempty"`
+	Composites []string `json:"composites,omitempty"`
 }
 
 func runtimeResource(cfg *config.Config) (*runtimev3.Runtime, error) {
@@ -694,6 +717,9 @@ func runtimeResource(cfg *config.Config) (*runtimev3.Runtime, error) {
 	}
 	for _, u := range cfg.Upstreams {
 		o.Upstreams = append(o.Upstreams, u.Name)
+	}
+	for _, c := range cfg.Composites {
+		o.Composites = append(o.Composites, c.Name)
 	}
 	layer, err := toStruct(runtimeLayer{
 		Admin:        &cfg.Admin,

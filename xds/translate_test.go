@@ -90,6 +90,20 @@ upstreams:
     endpoints: ["[::1]:8082"]
     loadBalancer: least_request
     retry: {attempts: 1, perTryTimeout: 0s, on: ["503", "504", reset]}
+composites:
+  - name: checkout
+    listener: payments
+    path: /checkout/{uid}
+    deadline: 800ms
+    nodes:
+      - {name: pay, upstream: payments, method: PUT, path: "/pay/{{request.path.uid}}", critical: true,
+         headers: {x-user: "{{request.header.x-user}}"}, body: '{"sku": {{nodes.stock.body.items[0].sku}}}', timeout: 300ms}
+      - {name: stock, upstream: inventory, path: /stock, onMissingInput: "null"}
+  - name: home
+    listener: outbound
+    path: /home
+    nodes:
+      - {name: s, upstream: search, path: "/q?u={{request.query.uid}}"}
 `
 
 // TestEveryFieldIsSet keeps the round trip honest: a field added to the
