@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -240,8 +241,8 @@ func (c *Config) validateNodes(v *validator, p string, cp *Composite, params []s
 		if n.Body != "" {
 			check(np+".body", n.Body, template.Body)
 		}
-		if n.Name == "" {
-			continue
+		if n.Name == "" || index[n.Name] != j+1 {
+			continue // no name, or a bad one: already refused
 		}
 		order = append(order, n.Name)
 		for _, r := range refs {
@@ -250,7 +251,49 @@ func (c *Config) validateNodes(v *validator, p string, cp *Composite, params []s
 			}
 		}
 	}
-	if cyc := template.Cycle(order, deps); cyc != nil {
-		v.add(fmt.Sprintf("%s.nodes[%d]", p, index[cyc[0]]-1), "node %q is in a dependency cycle: %s", cyc[0], strings.Join(cyc, " → "))
+	at := func(name string) string { return fmt.Sprintf("%s.nodes[%d]", p, index[name]-1) }
+	cycles, blocked := template.Cycles(order, deps)
+	for _, cyc := range cycles {
+		v.add(at(cyc[0]), "node %q is in a dependency cycle: %s", cyc[0], strings.Join(cyc, " → "))
+	}
+	for _, b := range blocked {
+		v.add(at(b.Node), "node %q is unreachable: it depends on node %q (%s), which is in the dependency cycle %s",
+			b.Node, b.Path[len(b.Path)-1], strings.Join(b.Path, " → "), strings.Join(b.Cycle, " → "))
+	}
+	validateWeakInputs(v, p, cp, order, deps, index)
+}
+
+// validateWeakInputs refuses a critical node that would fail the composite
+// because a weak node failed. A node whose input failed or was skipped is
+// skipped unless it takes onMissingInput: "null", and a skipped critical
+// node fails the composite; so a weak node's failure reaches the composite
+// exactly when a chain of skips leads from it to a critical node. On every
+// such chain, the first critical node after the last weak one is a critical
+// node that skips and takes a weak node as a direct input: that node is
+// refused (a critical node further up the chain depends on a critical one,
+// whose failure fails the composite anyway, and is not).
+func validateWeakInputs(v *validator, p string, cp *Composite, order []string, deps map[string][]string, index map[string]int) {
+	node := func(name string) *CompositeNode { return &cp.Nodes[index[name]-1] }
+	for _, name := range order {
+		n := node(name)
+		if !n.Critical || (n.OnMissingInput != "" && n.OnMissingInput != OnMissingSkip) {
+			continue
+		}
+		var weak []string
+		for _, d := range deps[name] {
+			if !node(d).Critical {
+				weak = append(weak, strconv.Quote(d))
+			}
+		}
+		if len(weak) == 0 {
+			continue
+		}
+		what, which, fix := "weak node "+weak[0], weak[0], weak[0]
+		if len(weak) > 1 {
+			what, which, fix = "weak nodes "+strings.Join(weak, ", "), "one of them", "them"
+		}
+		v.add(fmt.Sprintf("%s.nodes[%d].critical", p, index[name]-1),
+			"critical node %q takes %s as input with onMissingInput: skip: if %s failed, %q would be skipped and fail the composite; "+
+				"make %s critical, or set onMissingInput: \"null\" on %q", name, what, which, name, fix, name)
 	}
 }

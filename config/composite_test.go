@@ -126,3 +126,119 @@ func TestBadCompositesNameTheNodeAndField(t *testing.T) {
 		})
 	}
 }
+
+// errorsOf parses a composite of compositeBase and gives its validation
+// errors.
+func errorsOf(t *testing.T, composites string) []*FieldError {
+	t.Helper()
+	_, err := Parse([]byte(compositeBase + composites))
+	var ve *ValidationError
+	if err != nil && !errors.As(err, &ve) {
+		t.Fatalf("err = %v, want a ValidationError", err)
+	}
+	if ve == nil {
+		return nil
+	}
+	return ve.Errors
+}
+
+// A node in no cycle that depends on one, directly or through other nodes,
+// can never run: it is refused as unreachable, naming itself, the path to
+// the cycle and the cycle, besides the cycle's own error. Nodes that do not
+// depend on the cycle are not named, and each cycle is reported once.
+func TestNodeDependingOnACycleIsUnreachable(t *testing.T) {
+	errs := errorsOf(t, `
+  - name: c
+    listener: app
+    path: /c
+    nodes:
+      - {name: ok, upstream: users, path: /ok}
+      - {name: a, upstream: users, path: "/a/{{nodes.b.status}}"}
+      - {name: b, upstream: users, path: "/b/{{nodes.a.status}}/{{nodes.ok.status}}"}
+      - {name: d, upstream: carts, path: "/d/{{nodes.b.status}}"}
+      - {name: e, upstream: carts, path: "/e/{{nodes.ok.status}}", body: '{{nodes.d.body}}'}
+      - {name: x, upstream: users, path: "/x/{{nodes.y.status}}"}
+      - {name: y, upstream: users, path: "/y/{{nodes.x.status}}"}
+`)
+	want := map[string]string{
+		"composites[0].nodes[1]": `node "a" is in a dependency cycle: a → b → a`,
+		"composites[0].nodes[3]": `node "d" is unreachable: it depends on node "b" (d → b), which is in the dependency cycle a → b → a`,
+		"composites[0].nodes[4]": `node "e" is unreachable: it depends on node "b" (e → d → b), which is in the dependency cycle a → b → a`,
+		"composites[0].nodes[5]": `node "x" is in a dependency cycle: x → y → x`,
+	}
+	got := map[string]string{}
+	for _, e := range errs {
+		if _, dup := got[e.Path]; dup {
+			t.Errorf("%s reported twice: %q and %q", e.Path, got[e.Path], e.Msg)
+		}
+		got[e.Path] = e.Msg
+	}
+	for path, msg := range want {
+		if got[path] != msg {
+			t.Errorf("%s: %q\nwant %q", path, got[path], msg)
+		}
+	}
+	for path, msg := range got {
+		if _, ok := want[path]; !ok {
+			t.Errorf("unexpected %s: %s", path, msg)
+		}
+	}
+}
+
+// A critical node with onMissingInput: skip (the default) that takes a weak
+// node as input is refused: the weak node's failure would skip it and so
+// fail the composite. onMissingInput is the dependent's own setting, so the
+// error lands on the critical node that skips, whether the weak node is its
+// direct input or further down a chain of skipping weak nodes; a critical
+// node that depends on the weak one only through another critical node is
+// not named (that one's failure fails the composite anyway). With
+// onMissingInput: "null", or with every input critical, it is accepted.
+func TestCriticalNodeSkippingOnAWeakInputIsRefused(t *testing.T) {
+	errs := errorsOf(t, `
+  - name: c
+    listener: app
+    path: /c
+    nodes:
+      - {name: w, upstream: users, path: /w}
+      - {name: x, upstream: users, path: "/x/{{nodes.w.status}}"}
+      - {name: core, upstream: users, critical: true, path: /core}
+      - {name: k, upstream: carts, critical: true, path: "/k/{{nodes.x.status}}/{{nodes.core.status}}"}
+      - {name: top, upstream: carts, critical: true, path: "/top/{{nodes.k.status}}"}
+      - {name: both, upstream: carts, critical: true, onMissingInput: skip, path: "/b/{{nodes.w.status}}/{{nodes.x.status}}"}
+      - {name: tolerant, upstream: carts, critical: true, onMissingInput: "null", path: "/t/{{nodes.w.status}}"}
+`)
+	want := map[string]string{
+		"composites[0].nodes[3].critical": `critical node "k" takes weak node "x" as input with onMissingInput: skip: if "x" failed, "k" would be skipped and fail the composite; make "x" critical, or set onMissingInput: "null" on "k"`,
+		"composites[0].nodes[5].critical": `critical node "both" takes weak nodes "w", "x" as input with onMissingInput: skip: if one of them failed, "both" would be skipped and fail the composite; make them critical, or set onMissingInput: "null" on "both"`,
+	}
+	got := map[string]string{}
+	for _, e := range errs {
+		got[e.Path] = e.Msg
+	}
+	for path, msg := range want {
+		if got[path] != msg {
+			t.Errorf("%s: %q\nwant %q", path, got[path], msg)
+		}
+	}
+	for path, msg := range got {
+		if _, ok := want[path]; !ok {
+			t.Errorf("unexpected %s: %s", path, msg)
+		}
+	}
+
+	// Fixed either way, it is accepted.
+	for _, fix := range []string{
+		`{name: x, upstream: users, critical: true, path: "/x/{{nodes.w.status}}", onMissingInput: "null"}`,
+		`{name: x, upstream: users, path: "/x/{{nodes.w.status}}"}, {name: k, upstream: carts, critical: true, onMissingInput: "null", path: "/k/{{nodes.x.status}}"}`,
+	} {
+		doc := `
+  - name: c
+    listener: app
+    path: /c
+    nodes: [{name: w, upstream: users, path: /w}, ` + fix + `]
+`
+		if errs := errorsOf(t, doc); len(errs) != 0 {
+			t.Errorf("%s: %v", fix, errs)
+		}
+	}
+}

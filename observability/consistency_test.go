@@ -2,6 +2,7 @@ package observability
 
 import (
 	"encoding/json"
+	"fmt"
 	"regexp"
 	"slices"
 	"sort"
@@ -97,6 +98,7 @@ type panel struct {
 	Type       string      `json:"type"`
 	Title      string      `json:"title"`
 	Repeat     string      `json:"repeat"`
+	Collapsed  bool        `json:"collapsed"`
 	Datasource *datasource `json:"datasource"`
 	Panels     []panel     `json:"panels"` // a collapsed row's
 	Targets    []struct {
@@ -259,10 +261,11 @@ func TestDashboardAndRulesUseExportedMetrics(t *testing.T) {
 }
 
 // TestDashboardShape: the datasource is a variable that every query uses;
-// namespace, pod and upstream are variables every sidecar query filters on;
-// a top row answers "which dependency is hurting us", a row repeated per
-// upstream shows its traffic, latency, pool, queue, refusals, breaker and
-// endpoints, and a row shows xDS health and the config version.
+// namespace, pod and upstream are variables every sidecar query filters on
+// (composite, every composite query); a top row answers "which dependency is
+// hurting us", a row repeated per upstream shows its traffic, latency, pool,
+// queue, refusals, breaker and endpoints, a row shows xDS health and the
+// config version, and a collapsed row shows the composite calls.
 func TestDashboardShape(t *testing.T) {
 	d := loadDashboard(t)
 	vars := map[string]string{}
@@ -277,7 +280,7 @@ func TestDashboardShape(t *testing.T) {
 			}
 		}
 	}
-	want := map[string]string{"datasource": "datasource", "namespace": "query", "pod": "query", "upstream": "query"}
+	want := map[string]string{"datasource": "datasource", "namespace": "query", "pod": "query", "upstream": "query", "composite": "query"}
 	for name, typ := range want {
 		if vars[name] != typ {
 			t.Errorf("variable %s: type %q, want %q", name, vars[name], typ)
@@ -296,7 +299,8 @@ func TestDashboardShape(t *testing.T) {
 		}
 		return out
 	}
-	var top, perUpstream, xdsRow string
+	var top, perUpstream, xdsRow, compositeRow string
+	compositeCollapsed := false
 	for _, p := range d.Panels {
 		if p.Type != "row" {
 			continue
@@ -308,6 +312,8 @@ func TestDashboardShape(t *testing.T) {
 			perUpstream = p.Title
 		case strings.Contains(p.Title, "xDS"):
 			xdsRow = p.Title
+		case strings.Contains(strings.ToLower(p.Title), "composite"):
+			compositeRow, compositeCollapsed = p.Title, p.Collapsed
 		}
 	}
 	if !strings.Contains(strings.ToLower(top), "hurting") {
@@ -336,6 +342,7 @@ func TestDashboardShape(t *testing.T) {
 			t.Errorf("the xDS row %q does not show %s", xdsRow, m)
 		}
 	}
+	checkCompositeRow(t, d, compositeRow, compositeCollapsed, rows[compositeRow])
 
 	for row, ps := range rows {
 		for _, p := range ps {
@@ -355,6 +362,9 @@ func TestDashboardShape(t *testing.T) {
 					if c, ok := contract[name]; ok && slices.Contains(c.labels, "upstream") && name != "ALERTS" {
 						need = append(need, `upstream=~"$upstream"`)
 					}
+					if c, ok := contract[name]; ok && slices.Contains(c.labels, "composite") {
+						need = append(need, `composite=~"$composite"`)
+					}
 					for _, n := range need {
 						if !strings.Contains(body, n) {
 							t.Errorf("row %q panel %q: %s{%s} does not filter on %s", row, p.Title, s[1], body, n)
@@ -366,6 +376,89 @@ func TestDashboardShape(t *testing.T) {
 						!regexp.MustCompile(regexp.QuoteMeta(n)+`\s*\{`).MatchString(tg.Expr) {
 						t.Errorf("panel %q: %s is selected without the namespace/pod filters", p.Title, n)
 					}
+				}
+			}
+		}
+	}
+}
+
+// checkCompositeRow: the collapsed "Composite calls" row has a panel for
+// each thing the composite metrics are for: calls by result, p50/p99
+// duration, p50/p99 time to the first (core) segment, the share of later
+// segments within 1 s, 3 s and 5 s, node results by node and result, and
+// p99 node duration; and the composite variable lists the composites
+// (label_values over a composite metric, filtered like the upstream one).
+func checkCompositeRow(t *testing.T, d *dashboard, title string, collapsed bool, ps []panel) {
+	t.Helper()
+	if title == "" {
+		t.Fatal("no composite calls row")
+	}
+	if !collapsed {
+		t.Errorf("the row %q is not collapsed", title)
+	}
+	for _, v := range d.Templating.List {
+		if v.Name != "composite" {
+			continue
+		}
+		q := variableQuery(t, v.Query)
+		m := labelValuesRe.FindStringSubmatch(q)
+		if m == nil || m[2] != "composite" || !slices.ContainsFunc(metricNames(m[1]), func(n string) bool {
+			return strings.HasPrefix(n, "watertight_composite_")
+		}) || !strings.Contains(m[1], `namespace=~"$namespace"`) || !strings.Contains(m[1], `pod=~"$pod"`) {
+			t.Errorf("variable composite: query %q, want label_values(watertight_composite_...{namespace=~\"$namespace\", pod=~\"$pod\"}, composite)", q)
+		}
+	}
+	// A panel answers a question when one of its queries matches every
+	// pattern.
+	type question struct {
+		what     string
+		patterns []string
+	}
+	quantile := func(q, metric, by string) question {
+		return question{fmt.Sprintf("p%s of %s by %s", strings.TrimPrefix(q, "0."), metric, by), []string{
+			`histogram_quantile\(` + regexp.QuoteMeta(q) + `, sum by \(` + by + `, le\) \(rate\(` + metric + `_bucket\{`,
+			`or\s+histogram_quantile\(` + regexp.QuoteMeta(q) + `, sum by \(` + by + `\) \(rate\(` + metric + `\{`, // native histograms
+		}}
+	}
+	within := func(s string) question {
+		return question{"later segments within " + s + "s", []string{
+			`sum by \(composite\) \(rate\(watertight_composite_segment_arrival_seconds_bucket\{[^}]*le=~"` + s + `\|` + s + `\.0"\}`,
+			`/\s*sum by \(composite\) \(rate\(watertight_composite_segment_arrival_seconds_count\{`,
+		}}
+	}
+	questions := []question{
+		{"composite calls by result", []string{`sum by \(composite, result\) \(rate\(watertight_composite_requests_total\{`}},
+		quantile("0.5", "watertight_composite_duration_seconds", "composite"),
+		quantile("0.99", "watertight_composite_duration_seconds", "composite"),
+		quantile("0.5", "watertight_composite_first_segment_seconds", "composite"),
+		quantile("0.99", "watertight_composite_first_segment_seconds", "composite"),
+		within("1"), within("3"), within("5"),
+		{"node results by node and result", []string{`sum by \(composite, node, result\) \(rate\(watertight_composite_node_results_total\{`}},
+		quantile("0.99", "watertight_composite_node_duration_seconds", "composite, node"),
+	}
+	for _, q := range questions {
+		found := false
+		for _, p := range ps {
+			for _, tg := range p.Targets {
+				all := true
+				for _, pat := range q.patterns {
+					all = all && regexp.MustCompile(pat).MatchString(tg.Expr)
+				}
+				found = found || all
+			}
+		}
+		if !found {
+			t.Errorf("the row %q has no panel showing %s", title, q.what)
+		}
+	}
+	// And nothing but composites: every query of the row is over the
+	// composite metrics, filtered on the composite variable (checked for
+	// every selector above).
+	for _, p := range ps {
+		for _, tg := range p.Targets {
+			for _, n := range metricNames(tg.Expr) {
+				if !strings.HasPrefix(n, "watertight_composite_") {
+					t.Errorf("row %q panel %q: %s is not a composite metric", title, p.Title, n)
 				}
 			}
 		}

@@ -25,7 +25,8 @@ import (
 // busy is a sidecar whose upstreams cover every kind of ending: healthy
 // answers, a pool and queue too small for its traffic (with a fallback), an
 // upstream that fails and is broken off by its breaker and outlier
-// detection, a rate limit and timeouts. Its config is every label value the
+// detection, a rate limit and timeouts; and a composite call over two of
+// them, one of its weak nodes failing. Its config is every label value the
 // metrics may carry.
 type busy struct {
 	*sidecar.Sidecar
@@ -36,6 +37,17 @@ type busy struct {
 
 // upstreamNames are the busy sidecar's upstreams.
 var upstreamNames = []string{"healthy", "slow", "flaky", "limited", "timeouts"}
+
+// The busy sidecar's composite and its nodes: user is critical; recs and ads
+// are weak and start once user is done, so each comes in a segment of its
+// own after the core one; ads calls flaky, whose breaker drive() opens
+// first, so it fails and the composite ends degraded.
+const (
+	compositeName = "page"
+	compositePath = "/page/42"
+)
+
+var compositeNodes = []string{"user", "recs", "ads"}
 
 func startBusy(t *testing.T, log *slog.Logger) *busy {
 	t.Helper()
@@ -75,6 +87,15 @@ upstreams:
   - name: timeouts
     endpoints: [%[3]q]
     timeout: 20ms
+composites:
+  - name: page
+    listener: out
+    path: /page/{id}
+    deadline: 2s
+    nodes:
+      - {name: user, upstream: healthy, critical: true, path: "/users/{{request.path.id}}"}
+      - {name: recs, upstream: healthy, path: "/recs/{{request.path.id}}?user={{nodes.user.status}}"}
+      - {name: ads, upstream: flaky, path: "/ads?user={{nodes.user.status}}"}
 `, ok1, ok2, slow, failing, dead)
 	s := startSidecar(t, doc, log)
 	return &busy{
@@ -121,7 +142,37 @@ func (b *busy) drive(t *testing.T) {
 		})
 	}
 	wg.Wait()
+	// The composite, once as one JSON answer and once core first
+	// (multi-segment), after flaky's breaker opened: every composite series
+	// exists, the later segments' included.
+	for _, accept := range []string{"application/json", "application/x-ndjson"} {
+		code, reason, err := do(c, http.MethodGet, "http://"+b.out+compositePath, "", http.Header{"Accept": {accept}})
+		if err != nil || code != http.StatusOK {
+			t.Fatalf("composite %s (Accept %s): %d %s %v", compositePath, accept, code, reason, err)
+		}
+	}
 	fams := families(t, metricsURL(b.Sidecar))
+	if n := counter(fams, "watertight_composite_requests_total", "composite", compositeName, "result", "degraded"); n != 2 {
+		t.Errorf("watertight_composite_requests_total{composite=%q,result=\"degraded\"} = %v, want 2", compositeName, n)
+	}
+	for _, want := range []struct{ node, result string }{{"user", "ok"}, {"recs", "ok"}, {"ads", "failed"}} {
+		if n := counter(fams, "watertight_composite_node_results_total", "composite", compositeName, "node", want.node, "result", want.result); n != 2 {
+			t.Errorf("watertight_composite_node_results_total{node=%q,result=%q} = %v, want 2", want.node, want.result, n)
+		}
+	}
+	for _, want := range []struct {
+		name  string
+		count uint64
+	}{
+		{"watertight_composite_duration_seconds", 2},
+		{"watertight_composite_first_segment_seconds", 2},
+		{"watertight_composite_segment_arrival_seconds", 2}, // recs and ads, after the core
+		{"watertight_composite_node_duration_seconds", 6},
+	} {
+		if n := observations(fams, want.name, "composite", compositeName); n != want.count {
+			t.Errorf("%s{composite=%q}: %d observations, want %d", want.name, compositeName, n, want.count)
+		}
+	}
 	for _, want := range []struct{ upstream, result string }{
 		{"healthy", "ok"}, {"slow", "ok"}, {"flaky", "circuit_open"}, {"limited", "rate_limited"}, {"timeouts", "timeout"},
 	} {
@@ -172,6 +223,22 @@ series:
 		sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
 	}
 	return sum
+}
+
+// observations sums the sample counts of the histogram series of name whose
+// labels include the given pairs.
+func observations(fams map[string]*dto.MetricFamily, name string, labels ...string) uint64 {
+	var n uint64
+series:
+	for _, m := range fams[name].GetMetric() {
+		for i := 0; i+1 < len(labels); i += 2 {
+			if labelValue(m, labels[i]) != labels[i+1] {
+				continue series
+			}
+		}
+		n += m.GetHistogram().GetSampleCount()
+	}
+	return n
 }
 
 // deadAddr is a loopback address that refuses connections for the whole

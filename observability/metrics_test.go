@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os/exec"
 	"slices"
+	"sort"
 	"strings"
 	"testing"
 
@@ -16,33 +17,50 @@ import (
 )
 
 // contract is DESIGN.md's "Metrics" section (and README's reload counter,
-// and the control plane's own metrics): name → type and label names.
+// the composite calls' metrics, and the control plane's own metrics): name →
+// type and label names, and for the composite metrics the exact help text
+// of metrics/composite.go. TestMetricsContract checks it against what is
+// exported and against docs/observability.md's tables.
 var contract = map[string]struct {
 	typ    dto.MetricType
 	labels []string
+	help   string // "": any, as long as there is one
 }{
-	"watertight_requests_total":              {dto.MetricType_COUNTER, []string{"result", "upstream"}},
-	"watertight_request_duration_seconds":    {dto.MetricType_HISTOGRAM, []string{"upstream"}},
-	"watertight_bulkhead_active":             {dto.MetricType_GAUGE, []string{"upstream"}},
-	"watertight_bulkhead_queued":             {dto.MetricType_GAUGE, []string{"upstream"}},
-	"watertight_bulkhead_limit":              {dto.MetricType_GAUGE, []string{"upstream"}},
-	"watertight_bulkhead_queue_capacity":     {dto.MetricType_GAUGE, []string{"upstream"}},
-	"watertight_bulkhead_queue_wait_seconds": {dto.MetricType_HISTOGRAM, []string{"upstream"}},
-	"watertight_circuit_state":               {dto.MetricType_GAUGE, []string{"state", "upstream"}},
-	"watertight_fallbacks_total":             {dto.MetricType_COUNTER, []string{"cause", "upstream"}},
-	"watertight_retries_total":               {dto.MetricType_COUNTER, []string{"upstream"}},
-	"watertight_endpoint_ejected":            {dto.MetricType_GAUGE, []string{"endpoint", "upstream"}},
-	"watertight_xds_connected":               {dto.MetricType_GAUGE, nil},
-	"watertight_xds_updates_total":           {dto.MetricType_COUNTER, []string{"result", "type"}},
-	"watertight_config_info":                 {dto.MetricType_GAUGE, []string{"source", "version"}},
-	"watertight_config_reloads_total":        {dto.MetricType_COUNTER, []string{"result"}},
+	"watertight_requests_total":              {dto.MetricType_COUNTER, []string{"result", "upstream"}, ""},
+	"watertight_request_duration_seconds":    {dto.MetricType_HISTOGRAM, []string{"upstream"}, ""},
+	"watertight_bulkhead_active":             {dto.MetricType_GAUGE, []string{"upstream"}, ""},
+	"watertight_bulkhead_queued":             {dto.MetricType_GAUGE, []string{"upstream"}, ""},
+	"watertight_bulkhead_limit":              {dto.MetricType_GAUGE, []string{"upstream"}, ""},
+	"watertight_bulkhead_queue_capacity":     {dto.MetricType_GAUGE, []string{"upstream"}, ""},
+	"watertight_bulkhead_queue_wait_seconds": {dto.MetricType_HISTOGRAM, []string{"upstream"}, ""},
+	"watertight_circuit_state":               {dto.MetricType_GAUGE, []string{"state", "upstream"}, ""},
+	"watertight_fallbacks_total":             {dto.MetricType_COUNTER, []string{"cause", "upstream"}, ""},
+	"watertight_retries_total":               {dto.MetricType_COUNTER, []string{"upstream"}, ""},
+	"watertight_endpoint_ejected":            {dto.MetricType_GAUGE, []string{"endpoint", "upstream"}, ""},
+	"watertight_xds_connected":               {dto.MetricType_GAUGE, nil, ""},
+	"watertight_xds_updates_total":           {dto.MetricType_COUNTER, []string{"result", "type"}, ""},
+	"watertight_config_info":                 {dto.MetricType_GAUGE, []string{"source", "version"}, ""},
+	"watertight_config_reloads_total":        {dto.MetricType_COUNTER, []string{"result"}, ""},
 
-	"watertight_controlplane_connected_streams":  {dto.MetricType_GAUGE, nil},
-	"watertight_controlplane_pushes_total":       {dto.MetricType_COUNTER, []string{"type"}},
-	"watertight_controlplane_replies_total":      {dto.MetricType_COUNTER, []string{"result", "type"}},
-	"watertight_controlplane_snapshots_total":    {dto.MetricType_COUNTER, nil},
-	"watertight_controlplane_snapshot_info":      {dto.MetricType_GAUGE, []string{"node", "version"}},
-	"watertight_controlplane_config_loads_total": {dto.MetricType_COUNTER, []string{"result"}},
+	"watertight_composite_requests_total": {dto.MetricType_COUNTER, []string{"composite", "result"},
+		"Composite calls by how they ended (ok, degraded, failed, canceled)."},
+	"watertight_composite_duration_seconds": {dto.MetricType_HISTOGRAM, []string{"composite"},
+		"Time from a composite call's arrival to its last node's end (or its failure)."},
+	"watertight_composite_node_results_total": {dto.MetricType_COUNTER, []string{"composite", "node", "result"},
+		"Nodes of composite calls by how they ended (ok, degraded, failed, skipped, canceled)."},
+	"watertight_composite_node_duration_seconds": {dto.MetricType_HISTOGRAM, []string{"composite", "node"},
+		"Time a composite's node took, from its start (all its inputs done) to its answer."},
+	"watertight_composite_first_segment_seconds": {dto.MetricType_HISTOGRAM, []string{"composite"},
+		"Time from a composite call's arrival to its first (core) segment or single answer."},
+	"watertight_composite_segment_arrival_seconds": {dto.MetricType_HISTOGRAM, []string{"composite"},
+		"Time from a composite call's arrival to each later (weak node) segment of a multi-segment answer; buckets 1, 3 and 5 s."},
+
+	"watertight_controlplane_connected_streams":  {dto.MetricType_GAUGE, nil, ""},
+	"watertight_controlplane_pushes_total":       {dto.MetricType_COUNTER, []string{"type"}, ""},
+	"watertight_controlplane_replies_total":      {dto.MetricType_COUNTER, []string{"result", "type"}, ""},
+	"watertight_controlplane_snapshots_total":    {dto.MetricType_COUNTER, nil, ""},
+	"watertight_controlplane_snapshot_info":      {dto.MetricType_GAUGE, []string{"node", "version"}, ""},
+	"watertight_controlplane_config_loads_total": {dto.MetricType_COUNTER, []string{"result"}, ""},
 }
 
 // The fixed enumerations label values may come from, besides config names.
@@ -96,6 +114,25 @@ func TestMetricsContract(t *testing.T) {
 		if got := labelNames(mf); !slices.Equal(got, want.labels) {
 			t.Errorf("%s has labels %v, the contract says %v", name, got, want.labels)
 		}
+		if want.help != "" && mf.GetHelp() != want.help {
+			t.Errorf("%s has help %q, the contract (metrics/composite.go) says %q", name, mf.GetHelp(), want.help)
+		}
+	}
+	// docs/observability.md's tables are the contract as users read it.
+	documented := documentedMetrics(t)
+	for name, want := range contract {
+		doc, ok := documented[name]
+		switch {
+		case !ok:
+			t.Errorf("%s is not in a table of %s", name, docFile)
+		case doc.typ != strings.ToLower(want.typ.String()) || !slices.Equal(doc.labels, want.labels):
+			t.Errorf("%s: %s says %s %v, the contract %v %v", name, docFile, doc.typ, doc.labels, want.typ, want.labels)
+		}
+	}
+	for name := range documented {
+		if _, ok := contract[name]; !ok {
+			t.Errorf("%s is in %s but not in the contract", name, docFile)
+		}
 	}
 	for name, mf := range fams {
 		if strings.TrimSpace(mf.GetHelp()) == "" {
@@ -105,15 +142,41 @@ func TestMetricsContract(t *testing.T) {
 			t.Errorf("%s is exported but not in the contract (add it to DESIGN.md/docs/observability.md and to this test)", name)
 		}
 	}
-	for _, name := range []string{"watertight_request_duration_seconds", "watertight_bulkhead_queue_wait_seconds"} {
+	for _, name := range []string{
+		"watertight_request_duration_seconds", "watertight_bulkhead_queue_wait_seconds",
+		"watertight_composite_duration_seconds", "watertight_composite_node_duration_seconds",
+		"watertight_composite_first_segment_seconds",
+	} {
+		if len(fams[name].GetMetric()) == 0 {
+			t.Errorf("%s has no series", name)
+		}
 		for _, m := range fams[name].GetMetric() {
 			var bounds []float64
 			for _, bk := range m.GetHistogram().GetBucket() {
 				bounds = append(bounds, bk.GetUpperBound())
 			}
 			if !slices.Equal(bounds, metrics.LatencyBuckets) || bounds[0] != 0.0001 || bounds[len(bounds)-1] != 10 {
-				t.Errorf("%s{upstream=%q} buckets %v, want %v (100µs to 10s)", name, labelValue(m, "upstream"), bounds, metrics.LatencyBuckets)
+				t.Errorf("%s{%s} buckets %v, want %v (100µs to 10s)", name, m.GetLabel(), bounds, metrics.LatencyBuckets)
 			}
+		}
+	}
+	// The later segments' histogram has the background's marks only, so
+	// that the dashboard's within-1s/3s/5s ratios are exact.
+	for _, m := range fams["watertight_composite_segment_arrival_seconds"].GetMetric() {
+		var bounds []float64
+		for _, bk := range m.GetHistogram().GetBucket() {
+			bounds = append(bounds, bk.GetUpperBound())
+		}
+		if !slices.Equal(bounds, []float64{1, 3, 5}) || !slices.Equal(bounds, metrics.SegmentArrivalBuckets) {
+			t.Errorf("watertight_composite_segment_arrival_seconds{%s} buckets %v, want [1 3 5]", m.GetLabel(), bounds)
+		}
+	}
+	// Every node of the composite has its series, labelled with the
+	// composite's and the node's names from the config.
+	for _, n := range compositeNodes {
+		if !hasSeries(fams["watertight_composite_node_results_total"], "composite", compositeName, "node", n) ||
+			!hasSeries(fams["watertight_composite_node_duration_seconds"], "composite", compositeName, "node", n) {
+			t.Errorf("no watertight_composite_node_* series for node %q of composite %q", n, compositeName)
 		}
 	}
 	// Every upstream has its series from the start, with every result, so
@@ -130,6 +193,42 @@ func TestMetricsContract(t *testing.T) {
 			}
 		}
 	}
+}
+
+// docMetric is a row of one of docs/observability.md's metric tables.
+type docMetric struct {
+	typ    string
+	labels []string // sorted
+}
+
+// documentedMetrics reads the metric tables of docs/observability.md: rows
+// "| `name` | type | `label`, `label` | meaning |".
+func documentedMetrics(t *testing.T) map[string]docMetric {
+	t.Helper()
+	out := map[string]docMetric{}
+	for _, line := range strings.Split(string(readFile(t, docFile)), "\n") {
+		if !strings.HasPrefix(line, "| `watertight_") {
+			continue
+		}
+		cells := strings.Split(line, "|")
+		if len(cells) < 5 {
+			t.Errorf("%s: a metric row with fewer than 4 cells: %s", docFile, line)
+			continue
+		}
+		name := strings.Trim(strings.TrimSpace(cells[1]), "`")
+		var labels []string
+		for _, l := range strings.Split(cells[3], ",") {
+			if l = strings.Trim(strings.TrimSpace(l), "`"); l != "" {
+				labels = append(labels, l)
+			}
+		}
+		sort.Strings(labels)
+		if _, dup := out[name]; dup {
+			t.Errorf("%s: %s has two rows", docFile, name)
+		}
+		out[name] = docMetric{typ: strings.TrimSpace(cells[2]), labels: labels}
+	}
+	return out
 }
 
 func hasSeries(mf *dto.MetricFamily, labels ...string) bool {
@@ -257,10 +356,15 @@ func TestLabelValuesComeFromConfig(t *testing.T) {
 
 	allowed := map[string][]string{
 		"upstream": append(slices.Clone(upstreamNames), "inventory"),
-		"result":   slices.Concat(results, ackNack, successFail),
-		"cause":    causes,
-		"state":    states,
-		"type":     xdsTypes,
+		"result": slices.Concat(results, ackNack, successFail, []string{
+			metrics.CompositeOK, metrics.CompositeDegraded, metrics.CompositeFailed, metrics.CompositeCanceled,
+			metrics.NodeOK, metrics.NodeDegraded, metrics.NodeFailed, metrics.NodeSkipped, metrics.NodeCanceled,
+		}),
+		"cause":     causes,
+		"state":     states,
+		"type":      xdsTypes,
+		"composite": {compositeName},
+		"node":      compositeNodes,
 	}
 	for _, eps := range b.endpoints {
 		allowed["endpoint"] = append(allowed["endpoint"], eps...)
@@ -273,11 +377,13 @@ func TestLabelValuesComeFromConfig(t *testing.T) {
 		for _, m := range mf.GetMetric() {
 			for _, lp := range m.GetLabel() {
 				k, v := lp.GetName(), lp.GetValue()
-				switch k {
-				case "version", "source", "node":
+				switch {
+				case k == "version" || k == "source":
 					// config_info: one series, the config in force (checked
 					// below); snapshot_info: one per node id.
 					continue
+				case k == "node" && name == "watertight_controlplane_snapshot_info":
+					continue // an xDS node id, not a composite's node
 				}
 				if !slices.Contains(allowed[k], v) {
 					t.Errorf("%s{%s=%q}: not a value from the config or a fixed enumeration", name, k, v)

@@ -40,8 +40,10 @@ import (
 //
 // Meanwhile no alert may name the healthy upstream, in any state, in either
 // file, and no alert other than those three may appear at all. Then every
-// query of the dashboard must be valid PromQL on this Prometheus, and the
-// dashboard's top panel must name the slow upstream first.
+// query of the dashboard must be valid PromQL on this Prometheus, every
+// query of its composite row must have data for the composite the test
+// calls all along, and the dashboard's top panel must name the slow
+// upstream first.
 func TestPrometheusEndToEnd(t *testing.T) {
 	promBin := requireTool(t, "prometheus")
 	log := testLog(t, "sidecar")
@@ -60,9 +62,19 @@ upstreams:
     endpoints: [%q]
     timeout: 5s
     bulkhead: {maxConcurrent: 8}
+composites:
+  - name: page
+    listener: out
+    path: /page/{id}
+    nodes:
+      - {name: user, upstream: healthy, critical: true, path: "/users/{{request.path.id}}"}
+      - {name: recs, upstream: healthy, path: "/recs?user={{nodes.user.status}}"}
 `, slow, healthy), log)
 	prom := startPrometheus(t, promBin, s.AdminAddr().String())
-	load(t, "http://"+listenerAddr(t, s, "out")+"/", map[string]int{"slow": 6, "healthy": 2})
+	out := "http://" + listenerAddr(t, s, "out")
+	load(t, out+"/", map[string]int{"slow": 6, "healthy": 2}, nil)
+	// The composite, core first: recs comes in a later segment.
+	load(t, out+"/page/1", map[string]int{"any": 1}, http.Header{"Accept": {"application/x-ndjson"}})
 
 	const saturated = "WatertightBulkheadSaturated"
 	fastFiring := []string{saturated, "WatertightHighRejectionRatio", "WatertightQueueWaitHigh"}
@@ -119,7 +131,7 @@ upstreams:
 		t.Log("classic buckets not stored (native histograms only): the queue-wait alert fired from its native-histogram branch")
 	}
 	// The dashboard's queries, with its variables set to this pod.
-	vars := strings.NewReplacer(`$namespace`, "e2e", `$pod`, "e2e-pod-1", `$upstream`, "slow|healthy", `$__rate_interval`, "1m")
+	vars := strings.NewReplacer(`$namespace`, "e2e", `$pod`, "e2e-pod-1", `$upstream`, "slow|healthy", `$composite`, "page", `$__rate_interval`, "1m")
 	d := loadDashboard(t)
 	for row, ps := range d.rows() {
 		for _, p := range ps {
@@ -140,10 +152,37 @@ upstreams:
 			continue // reported by TestDashboardAndRulesUseExportedMetrics
 		}
 		got := prom.labelValues(t, m[2], vars.Replace(m[1]))
-		want := map[string][]string{"namespace": {"e2e"}, "pod": {"e2e-pod-1"}, "upstream": {"healthy", "slow"}}[v.Name]
+		want := map[string][]string{"namespace": {"e2e"}, "pod": {"e2e-pod-1"}, "upstream": {"healthy", "slow"}, "composite": {"page"}}[v.Name]
 		if !slices.Equal(got, want) {
 			t.Errorf("variable %s: %v, want %v", v.Name, got, want)
 		}
+	}
+	// The composite row's queries have data: the composite was called all
+	// along, core first, and its later segment went out within 1 s.
+	for row, ps := range d.rows() {
+		if !strings.Contains(strings.ToLower(row), "composite") {
+			continue
+		}
+		for _, p := range ps {
+			for _, tg := range p.Targets {
+				expr := vars.Replace(tg.Expr)
+				res, err := prom.try(expr)
+				if err != nil {
+					continue // reported above
+				}
+				if len(res) == 0 {
+					t.Errorf("row %q panel %q: no data\n%s", row, p.Title, expr)
+				}
+				for _, r := range res {
+					if r.Metric["composite"] != "page" {
+						t.Errorf("row %q panel %q: a series without composite=\"page\": %+v", row, p.Title, r)
+					}
+				}
+			}
+		}
+	}
+	if r := prom.query(t, vars.Replace(`sum by (composite) (rate(watertight_composite_segment_arrival_seconds_bucket{composite="page", le=~"1|1.0"}[1m])) / sum by (composite) (rate(watertight_composite_segment_arrival_seconds_count{composite="page"}[1m]))`)); len(r) != 1 || r[0].Value[1] != "1" {
+		t.Errorf("share of later segments within 1s: %+v, want 1", r)
 	}
 	top := d.rows()[d.Panels[0].Title][0]
 	res := prom.query(t, vars.Replace(top.Targets[0].Expr))
@@ -153,8 +192,9 @@ upstreams:
 }
 
 // load sends requests to each upstream (by Host) from the given number of
-// workers, each at most 10 a second, until the test ends.
-func load(t *testing.T, url string, workers map[string]int) {
+// workers, each at most 10 a second, with the given headers, until the test
+// ends.
+func load(t *testing.T, url string, workers map[string]int, hdr http.Header) {
 	t.Helper()
 	c := newClient(t)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -168,6 +208,9 @@ func load(t *testing.T, url string, workers map[string]int) {
 				for {
 					req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 					req.Host = host
+					for k, v := range hdr {
+						req.Header[k] = v
+					}
 					if resp, err := c.Do(req); err == nil {
 						_, _ = io.Copy(io.Discard, resp.Body)
 						resp.Body.Close()

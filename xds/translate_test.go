@@ -97,8 +97,9 @@ composites:
     deadline: 800ms
     nodes:
       - {name: pay, upstream: payments, method: PUT, path: "/pay/{{request.path.uid}}", critical: true,
-         headers: {x-user: "{{request.header.x-user}}"}, body: '{"sku": {{nodes.stock.body.items[0].sku}}}', timeout: 300ms}
-      - {name: stock, upstream: inventory, path: /stock, onMissingInput: "null"}
+         headers: {x-user: "{{request.header.x-user}}"}, body: '{"sku": {{nodes.stock.body.items[0].sku}}}', timeout: 300ms,
+         onMissingInput: "null"}
+      - {name: stock, upstream: inventory, path: /stock}
   - name: home
     listener: outbound
     path: /home

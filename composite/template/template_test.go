@@ -3,6 +3,7 @@ package template
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -138,5 +139,26 @@ func TestCycle(t *testing.T) {
 	}
 	if c := Cycle([]string{"a", "b", "c"}, map[string][]string{"a": {"b"}, "b": {"c"}, "c": {"b"}}); strings.Join(c, ",") != "b,c,b" {
 		t.Errorf("cycle %v", c)
+	}
+}
+
+func TestCycles(t *testing.T) {
+	// Two cycles (b ⇄ c, and f → g → h → f), a node that depends on the
+	// first through another (a → d → b), one that depends on the second
+	// directly (e), and nodes that depend on no cycle (d is blocked, x is not).
+	nodes := []string{"a", "b", "c", "d", "e", "f", "g", "h", "x"}
+	deps := map[string][]string{
+		"a": {"x", "d"}, "b": {"c"}, "c": {"b"}, "d": {"b"}, "e": {"h"},
+		"f": {"g"}, "g": {"h"}, "h": {"f"},
+	}
+	cycles, blocked := Cycles(nodes, deps)
+	if got := fmt.Sprint(cycles); got != "[[b c b] [f g h f]]" {
+		t.Errorf("cycles %s", got)
+	}
+	if got := fmt.Sprint(blocked); got != "[{a [a d b] [b c b]} {d [d b] [b c b]} {e [e h] [f g h f]}]" {
+		t.Errorf("blocked %s", got)
+	}
+	if c, b := Cycles([]string{"a", "b", "c", "d", "e"}, map[string][]string{"d": {"a", "b"}, "e": {"c", "d"}}); c != nil || b != nil {
+		t.Errorf("the background's graph: cycles %v, blocked %v", c, b)
 	}
 }
