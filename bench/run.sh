@@ -1,26 +1,41 @@
 #!/usr/bin/env bash
 # bench/run.sh: the whole-process benchmark. In one run on this machine it
-# measures the same tiny upstream reached
-#   direct             (no proxy: the baseline for added latency),
-#   watertight         (the sidecar, listener mode "upstream"),
-#   watertight-proxy   (the sidecar, listener mode "proxy", routed by Host),
-#   revproxy           (a bare net/http/httputil.ReverseProxy: the floor any Go proxy pays),
-#   haproxy            (Debian's HAProxy package: the bar to close on),
-# with standard load tools (fortio, h2load), over HTTP/1.1 and h2c, at max
-# throughput and at a fixed rate. Every measurement is repeated and the
-# report quotes medians and ratios taken inside the same run.
+# measures, side by side and as ratios taken inside the same run:
 #
-# Usage (from the repo root):
-#   bench/run.sh                 full run: 3 repetitions of 10 s per measurement (~15 min)
-#   bench/run.sh --quick         1 repetition of 3 s (~2 min), to check the harness works
+#  1. Overhead: the same tiny upstream reached
+#       direct             (no proxy: the baseline for added latency),
+#       watertight         (the sidecar, listener mode "upstream"),
+#       revproxy           (a bare net/http/httputil.ReverseProxy: the floor any Go proxy pays),
+#       caddy              (Caddy's reverse_proxy, installed with go install),
+#       haproxy            (Debian's HAProxy),
+#       nginx              (Debian's nginx, one worker),
+#       [watertight-proxy] (the sidecar, listener mode "proxy"; with --targets)
+#     with fortio and h2load over HTTP/1.1 keep-alive and h2c: max throughput,
+#     p50/p90/p99 at 500 and 2000 req/s, CPU seconds per 1000 requests of the
+#     proxy process and its peak RSS.
+#  2. Isolation: three upstreams, one of which hangs midway while the load
+#     stays constant, behind Watertight (per-upstream compartments and one
+#     shared pool), HAProxy (per-server maxconn + timeout queue) and the bare
+#     ReverseProxy, driven by bench/isolation (an app with a fixed worker pool).
+#  3. Weights: a 50 ms and a 500 ms upstream behind weighted vs equal pools of
+#     the same budget.
+# Every measurement is repeated (interleaved, rotated order) and the reports
+# quote medians. Pictures go to docs/img/.
+#
+# Usage (from the repo root, or `make bench`):
+#   bench/run.sh                 full run: 3 repetitions of everything (~35 min on 2 cores)
+#   bench/run.sh --quick         1 repetition, short runs (~6 min), to check the harness works
 #   bench/run.sh --profile       CPU and allocation profiles of the sidecar and of the
 #                                bare ReverseProxy under max load (bench/out/profile/)
-# Options: --reps N, --duration SECONDS, --only SCENARIO[,SCENARIO...]
+# Options: --reps N, --duration SECONDS (overhead), --iso-duration SECONDS,
+#          --only SCENARIO[,SCENARIO...], --parts overhead,isolation,weights,
+#          --targets T[,T...] (overhead targets), --no-img (leave docs/img alone)
 # Environment: BENCH_PORT_BASE (default 18080), BENCH_LOAD_CPUS (default 0),
-#              BENCH_SERVER_CPUS (default 1)
+#              BENCH_SERVER_CPUS (default 1), CADDY_VERSIONS (tried in order)
 #
 # Outputs (bench/out/, gitignored): runs/ (raw tool outputs and manifest.tsv),
-# logs/, results.md (the tables), results.json, results.csv, meta.json.
+# iso-runs/ (one JSON per isolation/weights run), logs/, results.md (overhead
+# tables), isolation.md, results.json, results.csv, meta.json; SVGs in docs/img/.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -33,14 +48,18 @@ COMMAND_LINE="bench/run.sh${*:+ $*}"
 # --- Settings: identical for every target ---------------------------------
 MODE=bench          # bench | profile
 REPS=3
-DURATION=10         # seconds per measurement
+DURATION=8          # seconds per overhead measurement
 CONNS=32            # client connections (HTTP/1.1 and h2c with one stream each)
 MUX_CONNS=4         # h2c multiplexed: connections ...
 MUX_STREAMS=8       # ... times concurrent streams each (= 32 in flight, like CONNS)
-RATE=2000           # req/s for the fixed-rate latency scenarios
 PAYLOAD=64          # response body bytes
 ONLY=""
+PARTS=overhead,isolation,weights
+IMG=1               # write the pictures into docs/img/
 FORTIO_VERSION=v1.68.2  # the newest whose dependencies the Go module proxy serves
+# Caddy: newest first; the first that the Go module proxy serves is used. See
+# docs/benchmarks.md for what the proxy here allowed.
+CADDY_VERSIONS=${CADDY_VERSIONS:-v2.11.9 v2.10.2 v2.9.1 v2.8.4}
 PORT_BASE=${BENCH_PORT_BASE:-18080}
 LOAD_CPUS=${BENCH_LOAD_CPUS:-0}
 SERVER_CPUS=${BENCH_SERVER_CPUS:-1}
@@ -51,22 +70,56 @@ PORT_REVPROXY=$((PORT_BASE + 2))
 PORT_HAPROXY=$((PORT_BASE + 3))
 PORT_WATERTIGHT_PROXY=$((PORT_BASE + 4))
 PORT_ADMIN=$((PORT_BASE + 5))
+PORT_NGINX=$((PORT_BASE + 6))     # HTTP/1.1
+PORT_NGINX_H2C=$((PORT_BASE + 7)) # h2c prior knowledge (nginx 1.22 cannot serve both on one cleartext port)
+PORT_CADDY=$((PORT_BASE + 8))
 PORT_PPROF_WATERTIGHT=$((PORT_BASE + 10))
 PORT_PPROF_REVPROXY=$((PORT_BASE + 11))
+# Isolation and weights experiments.
+PORT_ISO_UP=$((PORT_BASE + 120))     # +0 +1 +2: upstreams a, b, c
+PORT_ISO_WT=$((PORT_BASE + 130))     # +0..+2 listeners, +3 admin
+PORT_ISO_WTS=$((PORT_BASE + 140))    # the same, isolation: shared
+PORT_ISO_HAP=$((PORT_BASE + 150))    # +0..+2
+PORT_ISO_RP=$((PORT_BASE + 160))     # +0..+2, one bare ReverseProxy each
+PORT_W_UP=$((PORT_BASE + 170))       # +0 fast, +1 slow
+PORT_W_WEIGHTED=$((PORT_BASE + 180)) # +0 +1 listeners, +2 admin
+PORT_W_EQUAL=$((PORT_BASE + 185))    # +0 +1 listeners, +2 admin
 
-TARGETS=(direct watertight watertight-proxy revproxy haproxy)
+TARGETS=(direct watertight revproxy caddy haproxy nginx)
 
 # Scenarios: name|kind|description. kind "max" = throughput with no rate
 # limit, "rate" = latency at a fixed rate.
 SCENARIOS=(
 	"h1-max|max|HTTP/1.1 keep-alive, max throughput (fortio -qps 0 -c $CONNS)"
 	"h2c-max|max|h2c, max throughput, one stream per connection (h2load -c $CONNS -m 1)"
+	"h1-rate500|rate|HTTP/1.1 keep-alive at 500 req/s (fortio -qps 500 -uniform -c $CONNS)"
+	"h1-rate2000|rate|HTTP/1.1 keep-alive at 2000 req/s (fortio -qps 2000 -uniform -c $CONNS)"
+	"h2c-rate500|rate|h2c at 500 req/s (fortio -h2 -qps 500 -uniform -c $CONNS)"
+	"h2c-rate2000|rate|h2c at 2000 req/s (fortio -h2 -qps 2000 -uniform -c $CONNS)"
 	"h2c-mux-max|max|h2c multiplexed, max throughput (h2load -c $MUX_CONNS -m $MUX_STREAMS)"
-	"h1-rate|rate|HTTP/1.1 keep-alive at $RATE req/s (fortio -qps $RATE -uniform -c $CONNS)"
-	"h2c-rate|rate|h2c at $RATE req/s (fortio -h2 -qps $RATE -uniform -c $CONNS)"
 )
 
+# Isolation settings (see docs/benchmarks.md for why these numbers).
+ISO_DURATION=20     # seconds per run
+ISO_SLOW_AT=5       # upstream c hangs from here to the end
+ISO_RATE=300        # calls/s in total, 100 per upstream
+ISO_WORKERS=60      # the app's worker pool
+ISO_DELAY=10ms      # healthy upstreams' answer time
+ISO_TIMEOUT=500ms   # the proxies' upstream timeout
+ISO_BUDGET=30       # Watertight budget: by weight 2:2:1 = 12, 12, 6; or 30 shared
+ISO_WEIGHTS=(2 2 1) # a, b, c: c is the weak dependency (recommendations-like)
+ISO_MAXCONN=(12 12 6) # HAProxy per-server maxconn = Watertight's per-upstream limits
+ISO_QUEUE=50ms      # HAProxy timeout queue
+ISO_CLIENT_TIMEOUT=1s
+ISO_TARGET=100ms    # a healthy call succeeds when answered 200 within this
+ISO_TARGETS=(watertight watertight-shared haproxy revproxy)
+# Weights settings.
+W_DURATION=15
+W_RATE=80           # 40/s to each upstream
+W_BUDGET=30         # weighted 1:5 -> 5 and 25; equal -> 15 and 15
+
 PIDS=()
+declare -A PID_OF # server name -> pid (taskset execs the server, so $! is the server)
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -74,11 +127,15 @@ die() { log "error: $*"; exit 1; }
 parse_args() {
 	while (($#)); do
 		case $1 in
-		--quick) REPS=1 DURATION=3 ;;
+		--quick) REPS=1 DURATION=3 ISO_DURATION=12 ISO_SLOW_AT=4 W_DURATION=8 ;;
 		--profile) MODE=profile ;;
 		--reps) REPS=$2; shift ;;
 		--duration) DURATION=$2; shift ;;
+		--iso-duration) ISO_DURATION=$2; shift ;;
 		--only) ONLY=$2; shift ;;
+		--parts) PARTS=$2; shift ;;
+		--targets) IFS=, read -r -a TARGETS <<<"$2"; shift ;;
+		--no-img) IMG=0 ;;
 		-h | --help) sed -n '2,/^set -euo/p' "$0" | sed 's/^# \{0,1\}//;$d'; exit 0 ;;
 		*) die "unknown argument $1 (try --help)" ;;
 		esac
@@ -103,11 +160,12 @@ setup_pinning() {
 	fi
 }
 
-# Tools: HAProxy and h2load from Debian, fortio from the Go module proxy.
-# Installed only when missing, so a second run starts at once.
+# Tools: HAProxy, nginx and h2load from Debian; fortio and Caddy from the Go
+# module proxy. Installed only when missing, so a second run starts at once.
 ensure_tools() {
 	local missing=()
 	command -v haproxy >/dev/null || missing+=(haproxy)
+	command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
 	command -v h2load >/dev/null || missing+=(nghttp2-client)
 	command -v curl >/dev/null || missing+=(curl)
 	command -v taskset >/dev/null || missing+=(util-linux)
@@ -118,11 +176,50 @@ ensure_tools() {
 		"${sudo[@]}" apt-get update -qq
 		"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 	fi
-	FORTIO=$(go env GOPATH)/bin/fortio
+	NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+	local gobin
+	gobin=$(go env GOBIN)
+	gobin=${gobin:-$(go env GOPATH)/bin}
+	FORTIO=$gobin/fortio
 	if ! [[ -x $FORTIO ]] || ! "$FORTIO" version 2>/dev/null | grep -q "${FORTIO_VERSION#v}"; then
 		log "installing fortio $FORTIO_VERSION with go install"
 		(cd / && go install "fortio.org/fortio@$FORTIO_VERSION")
 	fi
+	ensure_caddy "$gobin"
+}
+
+# Caddy: the newest version in CADDY_VERSIONS that the module proxy serves.
+# `caddy version` of a go-installed binary says "unknown", so the version
+# that was installed is remembered next to it.
+ensure_caddy() {
+	local gobin=$1 v
+	CADDY=$gobin/caddy
+	CADDY_VERSION=$(cat "$gobin/caddy.version" 2>/dev/null || true)
+	if [[ -x $CADDY && -n $CADDY_VERSION ]]; then
+		return
+	fi
+	if [[ -x $CADDY ]] && [[ -z $CADDY_VERSION ]]; then
+		CADDY_VERSION=unknown
+		return
+	fi
+	mkdir -p "$LOGS"
+	for v in $CADDY_VERSIONS; do
+		log "installing caddy $v with go install (a few minutes)"
+		if (cd / && go install "github.com/caddyserver/caddy/v2/cmd/caddy@$v") >"$LOGS/caddy-install-$v.log" 2>&1; then
+			CADDY_VERSION=$v
+			echo "$v" >"$gobin/caddy.version"
+			return
+		fi
+		log "caddy $v did not install: $(grep -m1 '403' "$LOGS/caddy-install-$v.log" || tail -1 "$LOGS/caddy-install-$v.log")"
+	done
+	log "warning: no Caddy version installed; continuing without caddy (see bench/out/logs/caddy-install-*.log)"
+	CADDY=""
+	CADDY_VERSION=none
+	local t kept=()
+	for t in "${TARGETS[@]}"; do
+		[[ $t == caddy ]] || kept+=("$t")
+	done
+	TARGETS=("${kept[@]}")
 }
 
 # Build the sidecar and the helpers. The Go programs are built, not `go run`,
@@ -139,6 +236,7 @@ build() {
 	go build -o "$OUT/upstream" ./bench/upstream
 	go build -o "$OUT/revproxy" ./bench/revproxy
 	go build -o "$OUT/report" ./bench/report
+	go build -o "$OUT/isolation" ./bench/isolation
 	if [[ $MODE == profile ]]; then
 		go build -o "$OUT/sidecar-pprof" ./bench/sidecar-pprof
 	fi
@@ -188,6 +286,132 @@ backend upstream_h2c
     server up 127.0.0.1:$PORT_UPSTREAM proto h2
 EOF
 	haproxy -c -q -f "$OUT/haproxy.cfg" || die "HAProxy rejected bench/out/haproxy.cfg"
+
+	# nginx 1.22 (Debian 12), one process (master_process off: the measured
+	# pid is the one serving, and one worker matches the pinning), in the
+	# foreground, everything under bench/out/nginx. A cleartext `listen ...
+	# http2` in nginx before 1.25 speaks only HTTP/2 with prior knowledge, so
+	# HTTP/1.1 and h2c get a port each. proxy_pass speaks HTTP/1.x only: h2c
+	# clients reach the upstream over HTTP/1.1 keep-alive (nginx has no h2
+	# upstreams at all; grpc_pass is h2, but for gRPC only).
+	mkdir -p "$OUT/nginx/logs"
+	cat >"$OUT/nginx.conf" <<EOF
+daemon off;
+master_process off;
+worker_processes 1;
+pid $OUT/nginx/nginx.pid;
+error_log stderr warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $OUT/nginx/body;
+    proxy_temp_path $OUT/nginx/proxy;
+    fastcgi_temp_path $OUT/nginx/fastcgi;
+    uwsgi_temp_path $OUT/nginx/uwsgi;
+    scgi_temp_path $OUT/nginx/scgi;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+    upstream bench {
+        server 127.0.0.1:$PORT_UPSTREAM;
+        keepalive 256;
+        keepalive_requests 100000000;
+        keepalive_timeout 300s;
+    }
+    server {
+        listen 127.0.0.1:$PORT_NGINX;
+        listen 127.0.0.1:$PORT_NGINX_H2C http2;
+        http2_max_concurrent_streams 4096;
+        location / {
+            proxy_pass http://bench;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+	"$NGINX" -t -q -p "$OUT/nginx/" -e stderr -c "$OUT/nginx.conf" || die "nginx rejected bench/out/nginx.conf"
+
+	# Caddy: reverse_proxy, h1 and h2c on one cleartext port (servers
+	# protocols h1 h2c), the upstream protocol following the client's like
+	# the others (a protocol matcher picks an h2c transport for HTTP/2
+	# clients). No admin endpoint, no automatic HTTPS, no access log.
+	mkdir -p "$OUT/caddy"
+	cat >"$OUT/Caddyfile" <<EOF
+{
+	admin off
+	auto_https off
+	persist_config off
+	servers {
+		protocols h1 h2c
+	}
+}
+http://127.0.0.1:$PORT_CADDY {
+	@h2 protocol http/2
+	handle @h2 {
+		reverse_proxy 127.0.0.1:$PORT_UPSTREAM {
+			transport http {
+				versions h2c
+			}
+		}
+	}
+	handle {
+		reverse_proxy 127.0.0.1:$PORT_UPSTREAM
+	}
+}
+EOF
+	write_isolation_configs
+}
+
+# The isolation experiment's proxies: three upstreams a, b, c, each on its
+# own listener port (mode upstream), the same limits everywhere: 12, 12 and 6
+# concurrent (Watertight: budget 30 by weight 2:2:1; HAProxy: per-server
+# maxconn), nothing queued beyond that except HAProxy's bounded `timeout
+# queue`, and a 500 ms upstream timeout.
+write_isolation_configs() {
+	local u i wt="" wts="" hap="" ups="" names=(a b c)
+	for i in 0 1 2; do
+		u=${names[i]}
+		wt+="  - {name: $u, address: 127.0.0.1:$((PORT_ISO_WT + i)), mode: upstream, upstream: $u}"$'\n'
+		wts+="  - {name: $u, address: 127.0.0.1:$((PORT_ISO_WTS + i)), mode: upstream, upstream: $u}"$'\n'
+		ups+="  - {name: $u, protocol: http1, endpoints: [127.0.0.1:$((PORT_ISO_UP + i))], timeout: $ISO_TIMEOUT, bulkhead: {weight: ${ISO_WEIGHTS[i]}}}"$'\n'
+		hap+="frontend f_$u"$'\n'"    bind 127.0.0.1:$((PORT_ISO_HAP + i))"$'\n'"    default_backend b_$u"$'\n'
+		hap+="backend b_$u"$'\n'"    server $u 127.0.0.1:$((PORT_ISO_UP + i)) maxconn ${ISO_MAXCONN[i]}"$'\n'
+	done
+	printf 'admin: {address: 127.0.0.1:%d}\nbudget: %d\nlisteners:\n%supstreams:\n%s' \
+		$((PORT_ISO_WT + 3)) "$ISO_BUDGET" "$wt" "$ups" >"$OUT/iso-watertight.yaml"
+	printf 'admin: {address: 127.0.0.1:%d}\nbudget: %d\nisolation: shared\nlisteners:\n%supstreams:\n%s' \
+		$((PORT_ISO_WTS + 3)) "$ISO_BUDGET" "$wts" "$ups" >"$OUT/iso-watertight-shared.yaml"
+	cat >"$OUT/iso-haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode http
+    timeout connect 1s
+    timeout client 60s
+    timeout server $ISO_TIMEOUT
+    timeout queue $ISO_QUEUE
+    timeout http-keep-alive 60s
+    http-reuse always
+$hap
+EOF
+	haproxy -c -q -f "$OUT/iso-haproxy.cfg" || die "HAProxy rejected bench/out/iso-haproxy.cfg"
+	# Weights: fast (50 ms) and slow (500 ms), budget 30, by weight 1:5
+	# (5 and 25) or 1:1 (15 and 15). Timeouts 250 ms and 1 s.
+	local name wf ws port
+	for name in weighted equal; do
+		if [[ $name == weighted ]]; then wf=1 ws=5 port=$PORT_W_WEIGHTED; else wf=1 ws=1 port=$PORT_W_EQUAL; fi
+		cat >"$OUT/weights-$name.yaml" <<EOF
+admin: {address: 127.0.0.1:$((port + 2))}
+budget: $W_BUDGET
+listeners:
+  - {name: fast, address: 127.0.0.1:$port, mode: upstream, upstream: fast}
+  - {name: slow, address: 127.0.0.1:$((port + 1)), mode: upstream, upstream: slow}
+upstreams:
+  - {name: fast, protocol: http1, endpoints: [127.0.0.1:$PORT_W_UP], timeout: 250ms, bulkhead: {weight: $wf}}
+  - {name: slow, protocol: http1, endpoints: [127.0.0.1:$((PORT_W_UP + 1))], timeout: 1s, bulkhead: {weight: $ws}}
+EOF
+	done
 }
 
 cleanup() {
@@ -197,6 +421,24 @@ cleanup() {
 	done
 	for pid in "${PIDS[@]}"; do
 		wait "$pid" 2>/dev/null || true
+	done
+}
+
+# stop NAME...: end servers started with start (the isolation part stops
+# the overhead servers first, so they do not share the core).
+stop() {
+	local name pid
+	for name in "$@"; do
+		pid=${PID_OF[$name]:-}
+		[[ -n $pid ]] || continue
+		kill "$pid" 2>/dev/null || true
+		wait "$pid" 2>/dev/null || true
+		unset "PID_OF[$name]"
+		local kept=() p
+		for p in "${PIDS[@]}"; do
+			[[ $p == "$pid" ]] || kept+=("$p")
+		done
+		PIDS=("${kept[@]}")
 	done
 }
 
@@ -210,6 +452,7 @@ start() {
 	fi
 	"${SERVER_PIN[@]}" "$@" >"$LOGS/$name.log" 2>&1 &
 	PIDS+=($!)
+	PID_OF[$name]=$!
 	local i
 	for i in $(seq 100); do
 		(exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
@@ -233,15 +476,32 @@ start_servers() {
 	start watertight "$PORT_WATERTIGHT" "$OUT/sidecar" run --config "$OUT/watertight.yaml" --log-level warn
 	start revproxy "$PORT_REVPROXY" "$OUT/revproxy" -addr "127.0.0.1:$PORT_REVPROXY" -upstream "127.0.0.1:$PORT_UPSTREAM"
 	start haproxy "$PORT_HAPROXY" haproxy -db -f "$OUT/haproxy.cfg"
+	start nginx "$PORT_NGINX" "$NGINX" -p "$OUT/nginx/" -e stderr -c "$OUT/nginx.conf"
+	if [[ -n $CADDY ]]; then
+		start caddy "$PORT_CADDY" env XDG_DATA_HOME="$OUT/caddy" XDG_CONFIG_HOME="$OUT/caddy" \
+			"$CADDY" run --config "$OUT/Caddyfile" --adapter caddyfile
+	fi
 }
 
-target_port() {
+# The process whose CPU and memory a target costs: the proxy; for direct,
+# the upstream itself (shown for scale, not as overhead).
+target_pid() {
+	case $1 in
+	direct) echo "${PID_OF[upstream]}" ;;
+	watertight-proxy) echo "${PID_OF[watertight]}" ;;
+	*) echo "${PID_OF[$1]}" ;;
+	esac
+}
+
+target_port() { # TARGET [h1|h2]
 	case $1 in
 	direct) echo "$PORT_UPSTREAM" ;;
 	watertight) echo "$PORT_WATERTIGHT" ;;
 	watertight-proxy) echo "$PORT_WATERTIGHT_PROXY" ;;
 	revproxy) echo "$PORT_REVPROXY" ;;
 	haproxy) echo "$PORT_HAPROXY" ;;
+	caddy) echo "$PORT_CADDY" ;;
+	nginx) if [[ ${2:-h1} == h2 ]]; then echo "$PORT_NGINX_H2C"; else echo "$PORT_NGINX"; fi ;;
 	esac
 }
 
@@ -250,18 +510,23 @@ target_host() { [[ $1 == watertight-proxy ]] && echo bench || true; }
 
 # Check every target answers over both protocols and reaches the upstream
 # with the client's protocol (the upstream's /_proto echoes it), so that no
-# proxy is quietly measured downgrading h2c to HTTP/1.1.
+# proxy is quietly measured downgrading h2c to HTTP/1.1. The one exception
+# is nginx, which cannot proxy to an HTTP/2 upstream (proxy_pass is
+# HTTP/1.x only): it must pass h2c on as HTTP/1.1, and the tables say so.
 sanity_check() {
-	local t url host got
+	local t url host got want
 	for t in "${TARGETS[@]}"; do
-		url=http://127.0.0.1:$(target_port "$t")/_proto
 		host=$(target_host "$t")
+		url=http://127.0.0.1:$(target_port "$t" h1)/_proto
 		got=$(curl -sS ${host:+-H "Host: $host"} "$url")
 		[[ $got == HTTP/1.1 ]] || die "$t over HTTP/1.1 reached the upstream as '$got'"
+		url=http://127.0.0.1:$(target_port "$t" h2)/_proto
+		want=HTTP/2.0
+		[[ $t == nginx ]] && want=HTTP/1.1
 		got=$(curl -sS --http2-prior-knowledge ${host:+-H "Host: $host"} "$url")
-		[[ $got == HTTP/2.0 ]] || die "$t over h2c reached the upstream as '$got'"
+		[[ $got == "$want" ]] || die "$t over h2c reached the upstream as '$got' (want $want)"
 	done
-	log "sanity check: every target passes HTTP/1.1 as HTTP/1.1 and h2c as h2c"
+	log "sanity check: every target passes HTTP/1.1 as HTTP/1.1 and h2c as h2c (nginx: h2c in, HTTP/1.1 out)"
 }
 
 # The load commands. Same flags for every target; only the URL (and the
@@ -270,13 +535,14 @@ sanity_check() {
 #   coarser than what we measure); -allow-initial-errors so a 503 does not
 #   stop the run (errors are counted in the report instead).
 fortio_cmd() { # TARGET SECONDS QPS OUTFILE [fortio flags...]
-	local t=$1 secs=$2 qps=$3 out=$4
+	local t=$1 secs=$2 qps=$3 out=$4 proto=h1
 	shift 4
+	[[ " $* " == *" -h2 "* ]] && proto=h2
 	local host
 	host=$(target_host "$t")
 	FORTIO_ARGS=(load -quiet -allow-initial-errors -r 0.00001 -p "50,90,99,99.9"
 		-c "$CONNS" -qps "$qps" -t "${secs}s" -json "$out" "$@"
-		${host:+-H "Host: $host"} "http://127.0.0.1:$(target_port "$t")/")
+		${host:+-H "Host: $host"} "http://127.0.0.1:$(target_port "$t" "$proto")/")
 }
 
 #   h2load: h2c with prior knowledge for http:// URLs; -m streams per
@@ -285,7 +551,7 @@ h2load_cmd() { # TARGET SECONDS CONNS STREAMS
 	local t=$1 secs=$2 c=$3 m=$4 host
 	host=$(target_host "$t")
 	H2LOAD_ARGS=(-c "$c" -m "$m" -D "$secs" --warm-up-time=1 ${host:+-H ":authority: $host"}
-		"http://127.0.0.1:$(target_port "$t")/")
+		"http://127.0.0.1:$(target_port "$t" h2)/")
 }
 
 # run_one SCENARIO KIND DESC TARGET REP: one measurement, recorded in the manifest.
@@ -294,13 +560,14 @@ run_one() {
 	base=$sc.$t.$rep
 	case $sc in
 	h1-max) tool=fortio; fortio_cmd "$t" "$DURATION" 0 "$RUNS/$base.json" ;;
-	h1-rate) tool=fortio; fortio_cmd "$t" "$DURATION" "$RATE" "$RUNS/$base.json" -uniform ;;
-	h2c-rate) tool=fortio; fortio_cmd "$t" "$DURATION" "$RATE" "$RUNS/$base.json" -uniform -h2 ;;
+	h1-rate*) tool=fortio; fortio_cmd "$t" "$DURATION" "${sc#h1-rate}" "$RUNS/$base.json" -uniform ;;
+	h2c-rate*) tool=fortio; fortio_cmd "$t" "$DURATION" "${sc#h2c-rate}" "$RUNS/$base.json" -uniform -h2 ;;
 	h2c-max) tool=h2load; h2load_cmd "$t" "$DURATION" "$CONNS" 1 ;;
 	h2c-mux-max) tool=h2load; h2load_cmd "$t" "$DURATION" "$MUX_CONNS" "$MUX_STREAMS" ;;
 	*) die "unknown scenario $sc" ;;
 	esac
 	noise_start
+	proc_start "$(target_pid "$t")"
 	if [[ $tool == fortio ]]; then
 		file=$base.json
 		"${LOAD_PIN[@]}" "$FORTIO" "${FORTIO_ARGS[@]}" >"$RUNS/$base.log" 2>&1 ||
@@ -310,10 +577,29 @@ run_one() {
 		"${LOAD_PIN[@]}" h2load "${H2LOAD_ARGS[@]}" >"$RUNS/$file" 2>&1 ||
 			log "warning: h2load failed for $base (see bench/out/runs/$file)"
 	fi
-	local noise
+	local noise cpu rss
+	read -r cpu rss < <(proc_end)
 	noise=$(noise_end)
-	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$sc" "$kind" "$desc" "$t" "$rep" "$tool" "$file" "$noise" >>"$RUNS/manifest.tsv"
+	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$sc" "$kind" "$desc" "$t" "$rep" "$tool" "$file" "$noise" "$cpu" "$rss" >>"$RUNS/manifest.tsv"
 	log "  $sc rep $rep $t: $(summary_line "$tool" "$RUNS/$file")${noise:+ (others used $noise% of the server core)}"
+}
+
+# The proxy process's cost per measurement: utime+stime from /proc/PID/stat
+# before and after (CPU seconds; the report divides by the requests), and
+# the peak RSS during the measurement (VmHWM, reset before it by writing 5
+# to /proc/PID/clear_refs, which needs root or the same user).
+CLK_TCK=$(getconf CLK_TCK)
+proc_jiffies() { cut -d')' -f2 "/proc/$1/stat" 2>/dev/null | awk '{ print $12 + $13 }'; }
+proc_start() {
+	PROC_PID=$1
+	PROC_J0=$(proc_jiffies "$PROC_PID")
+	echo 5 >"/proc/$PROC_PID/clear_refs" 2>/dev/null || true
+}
+proc_end() { # prints "cpu_seconds peak_rss_kb"
+	local j1 hwm
+	j1=$(proc_jiffies "$PROC_PID")
+	hwm=$(awk '/^VmHWM:/ { print $2 }' "/proc/$PROC_PID/status" 2>/dev/null)
+	awk -v a="$PROC_J0" -v b="$j1" -v t="$CLK_TCK" -v h="${hwm:-0}" 'BEGIN { printf "%.2f %d\n", (b - a) / t, h }'
 }
 
 # The noise meter. Other processes on the box (builds, tests) steal CPU from
@@ -373,6 +659,8 @@ warm_up() {
 	for t in "${TARGETS[@]}"; do
 		fortio_cmd "$t" 2 0 /dev/null
 		"${LOAD_PIN[@]}" "$FORTIO" "${FORTIO_ARGS[@]}" >/dev/null 2>&1 || true
+		fortio_cmd "$t" 1 0 /dev/null -h2
+		"${LOAD_PIN[@]}" "$FORTIO" "${FORTIO_ARGS[@]}" >/dev/null 2>&1 || true
 		h2load_cmd "$t" 2 "$CONNS" 1
 		"${LOAD_PIN[@]}" h2load "${H2LOAD_ARGS[@]}" >/dev/null 2>&1 || true
 	done
@@ -416,6 +704,9 @@ write_meta() { # PHASE: start | end
   "kernel": "$(uname -r)",
   "go": "$(go env GOVERSION)",
   "haproxy": "$(haproxy -v | head -1 | cut -d' ' -f3)",
+  "nginx": "$("$NGINX" -v 2>&1 | cut -d/ -f2)",
+  "caddy": "$CADDY_VERSION",
+  "parts": "$PARTS",
   "h2load": "$(h2load --version | cut -d/ -f2)",
   "fortio": "$FORTIO_VERSION",
   "git_revision": "$GIT_REV",
@@ -424,7 +715,8 @@ write_meta() { # PHASE: start | end
   "loadavg_end": "$(cut -d' ' -f1-3 /proc/loadavg)",
   "reps": $REPS, "duration_s": $DURATION, "connections": $CONNS,
   "mux_connections": $MUX_CONNS, "mux_streams": $MUX_STREAMS,
-  "rate_rps": $RATE, "payload_bytes": $PAYLOAD,
+  "rates_rps": [500, 2000], "payload_bytes": $PAYLOAD,
+  "targets": "${TARGETS[*]}",
   "load_cpus": "${LOAD_PIN[*]:-unpinned}", "server_cpus": "${SERVER_PIN[*]:-unpinned}"
 }
 EOF
@@ -432,8 +724,89 @@ EOF
 
 report() {
 	log "results (medians of $REPS; also in bench/out/results.md, .json, .csv):"
-	"$OUT/report" -runs "$RUNS" -out "$OUT" -meta "$OUT/meta.json"
+	local img=()
+	((IMG)) && img=(-img "$ROOT/docs/img")
+	"$OUT/report" -runs "$RUNS" -out "$OUT" -meta "$OUT/meta.json" "${img[@]}"
 }
+
+# --- Isolation and weights ---------------------------------------------------
+
+# iso_load NAME CALLERS REP URLS...: one run of the app model against a target.
+iso_load() {
+	local name=$1 callers=$2 rep=$3 urls=$4
+	local out=$OUT/iso-runs/isolation.$callers.$name.$rep.json
+	"${LOAD_PIN[@]}" "$OUT/isolation" load -experiment isolation -name "$name" -callers "$callers" -rep "$rep" \
+		-urls "$urls" -upstream-names a,b,c -rate "$ISO_RATE" -workers "$ISO_WORKERS" \
+		-duration "${ISO_DURATION}s" -slow 2 -slow-at "${ISO_SLOW_AT}s" \
+		-control "http://127.0.0.1:$((PORT_ISO_UP + 2))/_control/slow" \
+		-client-timeout "$ISO_CLIENT_TIMEOUT" -targets "$ISO_TARGET" -out "$out" 2>>"$LOGS/isolation-load.log" |
+		while read -r line; do log "  rep $rep: $line"; done
+}
+
+iso_urls() { # BASEPORT
+	echo "http://127.0.0.1:$1/,http://127.0.0.1:$(($1 + 1))/,http://127.0.0.1:$(($1 + 2))/"
+}
+
+run_isolation() {
+	log "isolation: ${ISO_RATE} calls/s over a, b, c; c hangs from ${ISO_SLOW_AT}s of ${ISO_DURATION}s; ${ISO_WORKERS} app workers"
+	start iso-upstreams "$((PORT_ISO_UP + 2))" "$OUT/isolation" upstreams \
+		-addrs "127.0.0.1:$PORT_ISO_UP,127.0.0.1:$((PORT_ISO_UP + 1)),127.0.0.1:$((PORT_ISO_UP + 2))" \
+		-delays "$ISO_DELAY,$ISO_DELAY,$ISO_DELAY"
+	start iso-watertight "$PORT_ISO_WT" "$OUT/sidecar" run --config "$OUT/iso-watertight.yaml" --log-level error
+	start iso-watertight-shared "$PORT_ISO_WTS" "$OUT/sidecar" run --config "$OUT/iso-watertight-shared.yaml" --log-level error
+	start iso-haproxy "$PORT_ISO_HAP" haproxy -db -f "$OUT/iso-haproxy.cfg"
+	local i
+	for i in 0 1 2; do
+		start "iso-revproxy-$i" "$((PORT_ISO_RP + i))" "$OUT/revproxy" -addr "127.0.0.1:$((PORT_ISO_RP + i))" \
+			-upstream "127.0.0.1:$((PORT_ISO_UP + i))"
+	done
+	local callers rep n=${#ISO_TARGETS[@]} t
+	for callers in shared independent; do
+		for ((rep = 1; rep <= REPS; rep++)); do
+			for ((i = 0; i < n; i++)); do
+				t=${ISO_TARGETS[(i + rep - 1) % n]}
+				case $t in
+				watertight) iso_load "$t" "$callers" "$rep" "$(iso_urls "$PORT_ISO_WT")" ;;
+				watertight-shared) iso_load "$t" "$callers" "$rep" "$(iso_urls "$PORT_ISO_WTS")" ;;
+				haproxy) iso_load "$t" "$callers" "$rep" "$(iso_urls "$PORT_ISO_HAP")" ;;
+				revproxy) iso_load "$t" "$callers" "$rep" "$(iso_urls "$PORT_ISO_RP")" ;;
+				esac
+				sleep 1
+			done
+		done
+	done
+	stop iso-watertight iso-watertight-shared iso-haproxy iso-revproxy-0 iso-revproxy-1 iso-revproxy-2 iso-upstreams
+}
+
+run_weights() {
+	log "weights: fast (50 ms) and slow (500 ms) upstreams, ${W_RATE} calls/s, budget ${W_BUDGET}: weighted 1:5 vs equal"
+	start w-upstreams "$((PORT_W_UP + 1))" "$OUT/isolation" upstreams \
+		-addrs "127.0.0.1:$PORT_W_UP,127.0.0.1:$((PORT_W_UP + 1))" -delays 50ms,500ms
+	start w-weighted "$PORT_W_WEIGHTED" "$OUT/sidecar" run --config "$OUT/weights-weighted.yaml" --log-level error
+	start w-equal "$PORT_W_EQUAL" "$OUT/sidecar" run --config "$OUT/weights-equal.yaml" --log-level error
+	local rep name port
+	for ((rep = 1; rep <= REPS; rep++)); do
+		for name in weighted equal; do
+			[[ $name == weighted ]] && port=$PORT_W_WEIGHTED || port=$PORT_W_EQUAL
+			"${LOAD_PIN[@]}" "$OUT/isolation" load -experiment weights -name "$name" -callers independent -rep "$rep" \
+				-urls "http://127.0.0.1:$port/,http://127.0.0.1:$((port + 1))/" -upstream-names fast,slow \
+				-rate "$W_RATE" -workers 400 -duration "${W_DURATION}s" -slow -1 \
+				-client-timeout 2s -targets 250ms,1s -out "$OUT/iso-runs/weights.independent.$name.$rep.json" \
+				2>>"$LOGS/isolation-load.log" | while read -r line; do log "  rep $rep: $line"; done
+			sleep 1
+		done
+	done
+	stop w-weighted w-equal w-upstreams
+}
+
+isolation_report() {
+	local img=()
+	((IMG)) && img=(-img "$ROOT/docs/img")
+	log "isolation and weights (medians of $REPS; also in bench/out/isolation.md):"
+	"$OUT/isolation" report -in "$OUT/iso-runs" -md "$OUT/isolation.md" "${img[@]}"
+}
+
+part() { [[ ,$PARTS, == *,$1,* ]]; }
 
 # --profile: load one proxy at max throughput while pprof samples it, for
 # the sidecar (the real request path: sidecar.Run plus a pprof port) and the
@@ -497,12 +870,27 @@ main() {
 		run_profiles
 		return
 	fi
-	start_servers
-	sanity_check
-	warm_up
-	run_scenarios
+	((IMG)) && mkdir -p "$ROOT/docs/img"
+	trap cleanup EXIT
+	trap 'exit 130' INT TERM
+	if part overhead; then
+		start_servers
+		sanity_check
+		warm_up
+		run_scenarios
+		stop upstream watertight revproxy haproxy nginx caddy
+	fi
+	if part isolation || part weights; then
+		rm -rf "$OUT/iso-runs"
+		mkdir -p "$OUT/iso-runs"
+		part isolation && run_isolation
+		part weights && run_weights
+	fi
 	write_meta end
-	report
+	part overhead && report
+	if part isolation || part weights; then
+		isolation_report
+	fi
 }
 
 main "$@"

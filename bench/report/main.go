@@ -11,7 +11,10 @@
 // each series shrugs it off. The raw per-repetition numbers are kept in
 // results.json.
 //
-// Usage: report -runs DIR -out DIR [-meta FILE]
+// Besides the tables it draws the pictures (-img DIR): latency percentiles
+// per proxy at each fixed rate, and max throughput.
+//
+// Usage: report -runs DIR -out DIR [-meta FILE] [-img DIR]
 package main
 
 import (
@@ -29,10 +32,12 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/watertight/watertight/bench/internal/svg"
 )
 
 // Targets, in table order, and the baselines ratios are taken against.
-var targetOrder = []string{"direct", "watertight", "watertight-proxy", "revproxy", "haproxy"}
+var targetOrder = []string{"direct", "watertight", "watertight-proxy", "revproxy", "caddy", "haproxy", "nginx"}
 
 const (
 	baseDirect   = "direct"
@@ -40,14 +45,20 @@ const (
 	baseHAProxy  = "haproxy"
 )
 
-// watertightTargets are the ones the goal is judged on.
+// watertightTargets are the ones the goals are judged on.
 var watertightTargets = []string{"watertight", "watertight-proxy"}
 
-// Goal from the issue: ≥ 90% of the bare ReverseProxy's throughput, ≤ 1.1×
-// its added p50.
+// Goals from issue 7: ahead of every Go peer (bare ReverseProxy, Caddy) on
+// throughput and added latency; then within 1.5× of HAProxy's and nginx's
+// added p50 and at least 0.7× their throughput.
+var (
+	goPeers = []string{"revproxy", "caddy"}
+	cPeers  = []string{"haproxy", "nginx"}
+)
+
 const (
-	goalThroughput = 0.90
-	goalAddedP50   = 1.10
+	goalVsCThroughput = 0.70
+	goalVsCAddedP50   = 1.50
 )
 
 // run is one measurement (one tool invocation).
@@ -65,6 +76,12 @@ type run struct {
 	// Noise is the share of the server core (in %) that processes other than
 	// the benchmark's used during the measurement; NaN if not measured.
 	Noise float64
+	// CPU is the proxy process's CPU seconds during the measurement, and
+	// CPUPer1k the same per 1000 requests (NaN for h2load, whose request
+	// count leaves out its warm-up second while the CPU does not).
+	CPU, CPUPer1k float64
+	// RSSKB is the proxy process's peak RSS during the measurement.
+	RSSKB float64
 }
 
 func (r run) MarshalJSON() ([]byte, error) {
@@ -83,9 +100,13 @@ func (r run) MarshalJSON() ([]byte, error) {
 		Errors   int64    `json:"errors"`
 		File     string   `json:"file"`
 		Noise    *float64 `json:"foreign_cpu_pct"`
+		CPU      *float64 `json:"cpu_s"`
+		CPUPer1k *float64 `json:"cpu_s_per_1000_req"`
+		RSSKB    *float64 `json:"peak_rss_kb"`
 	}
 	return json.Marshal(plain{r.Scenario, r.Target, r.Rep, r.Tool, r.QPS,
-		us(r.Mean), us(r.P50), us(r.P90), us(r.P99), us(r.P999), r.Requests, r.Errors, r.File, ptr(r.Noise)})
+		us(r.Mean), us(r.P50), us(r.P90), us(r.P99), us(r.P999), r.Requests, r.Errors, r.File, ptr(r.Noise),
+		ptr(r.CPU), ptr(round(r.CPUPer1k, 4)), ptr(r.RSSKB)})
 }
 
 // us converts seconds to microseconds, nil for NaN.
@@ -111,6 +132,8 @@ type summary struct {
 	P99      float64
 	Errors   int64   `json:"errors"` // summed over the repetitions
 	Noise    float64 // median foreign CPU share of the server core, %
+	CPUPer1k float64 // median CPU seconds per 1000 requests of the proxy process
+	RSSMB    float64 // median peak RSS, MB
 	// Ratios of medians (NaN when a baseline is missing, or for added
 	// latency when the baseline proxy added none: the run was too noisy).
 	QPSvsDirect, QPSvsRevproxy, QPSvsHAProxy float64
@@ -138,11 +161,14 @@ func (s summary) MarshalJSON() ([]byte, error) {
 		AddedP50vsRevproxy *float64 `json:"added_p50_vs_revproxy"`
 		AddedP50vsHAProxy  *float64 `json:"added_p50_vs_haproxy"`
 		Noise              *float64 `json:"foreign_cpu_pct_median"`
+		CPUPer1k           *float64 `json:"cpu_s_per_1000_req_median"`
+		RSSMB              *float64 `json:"peak_rss_mb_median"`
 	}
 	return json.Marshal(plain{s.Scenario, s.Target, s.Reps, round(s.QPS, 1), round(s.QPSMin, 1), round(s.QPSMax, 1),
 		us(s.Mean), us(s.P50), us(s.P90), us(s.P99), s.Errors,
 		ptr(round(s.QPSvsDirect, 3)), ptr(round(s.QPSvsRevproxy, 3)), ptr(round(s.QPSvsHAProxy, 3)),
-		us(s.AddedP50), ptr(round(s.AddedP50vsRevproxy, 3)), ptr(round(s.AddedP50vsHAProxy, 3)), ptr(round(s.Noise, 1))})
+		us(s.AddedP50), ptr(round(s.AddedP50vsRevproxy, 3)), ptr(round(s.AddedP50vsHAProxy, 3)), ptr(round(s.Noise, 1)),
+		ptr(round(s.CPUPer1k, 4)), ptr(round(s.RSSMB, 1))})
 }
 
 func round(v float64, digits int) float64 {
@@ -161,6 +187,7 @@ func main() {
 	runsDir := flag.String("runs", "bench/out/runs", "directory of raw results (manifest.tsv and the files it names)")
 	outDir := flag.String("out", "bench/out", "where to write results.json, results.csv and results.md")
 	metaFile := flag.String("meta", "", "JSON file with run metadata to embed in results.json")
+	imgDir := flag.String("img", "", "directory for the SVG pictures (empty: none)")
 	flag.Parse()
 
 	runs, scenarios, err := readRuns(*runsDir)
@@ -174,6 +201,11 @@ func main() {
 
 	var md strings.Builder
 	writeMarkdown(&md, scenarios, sums)
+	if *imgDir != "" {
+		if err := writePictures(*imgDir, scenarios, sums, &md); err != nil {
+			log.Fatal(err)
+		}
+	}
 	fmt.Print(md.String())
 
 	if err := os.WriteFile(filepath.Join(*outDir, "results.md"), []byte(md.String()), 0o644); err != nil {
@@ -230,9 +262,17 @@ func readRuns(dir string) ([]run, []scenario, error) {
 			scenarios = append(scenarios, scenario{name, kind, desc})
 		}
 		rep, _ := strconv.Atoi(repS)
-		r := run{Scenario: name, Target: target, Rep: rep, Tool: tool, File: file, Noise: math.NaN()}
+		r := run{Scenario: name, Target: target, Rep: rep, Tool: tool, File: file, Noise: math.NaN(),
+			CPU: math.NaN(), CPUPer1k: math.NaN(), RSSKB: math.NaN()}
 		if len(fields) > 7 && fields[7] != "" {
 			r.Noise, _ = strconv.ParseFloat(fields[7], 64)
+		}
+		if len(fields) > 9 && fields[8] != "" && fields[9] != "" {
+			r.CPU, _ = strconv.ParseFloat(fields[8], 64)
+			r.RSSKB, _ = strconv.ParseFloat(fields[9], 64)
+			if r.RSSKB == 0 {
+				r.RSSKB = math.NaN()
+			}
 		}
 		path := filepath.Join(dir, file)
 		switch tool {
@@ -246,6 +286,9 @@ func readRuns(dir string) ([]run, []scenario, error) {
 		if err != nil {
 			log.Printf("skipping %s: %v", path, err)
 			continue
+		}
+		if tool == "fortio" && r.Requests > 0 && !math.IsNaN(r.CPU) {
+			r.CPUPer1k = r.CPU / float64(r.Requests) * 1000
 		}
 		runs = append(runs, r)
 	}
@@ -366,10 +409,12 @@ func summarize(sc string, runs []run) []summary {
 	var out []summary
 	for _, t := range orderedTargets(byTarget) {
 		reps := byTarget[t]
-		var qps, mean, p50, p90, p99, noise []float64
+		var qps, mean, p50, p90, p99, noise, cpu, rss []float64
 		s := summary{Scenario: sc, Target: t, Reps: len(reps)}
 		for _, r := range reps {
 			noise = append(noise, r.Noise)
+			cpu = append(cpu, r.CPUPer1k)
+			rss = append(rss, r.RSSKB/1024)
 			qps = append(qps, r.QPS)
 			mean = append(mean, r.Mean)
 			p50 = append(p50, r.P50)
@@ -380,6 +425,7 @@ func summarize(sc string, runs []run) []summary {
 		s.QPS, s.QPSMin, s.QPSMax = median(qps), slices.Min(qps), slices.Max(qps)
 		s.Mean, s.P50, s.P90, s.P99 = median(mean), median(p50), median(p90), median(p99)
 		s.Noise = median(noise)
+		s.CPUPer1k, s.RSSMB = median(cpu), median(rss)
 		out = append(out, s)
 	}
 	// Ratios of the medians against the baselines of the same run.
@@ -478,55 +524,163 @@ func fmtPct(v float64) string {
 
 func writeMarkdown(w io.Writer, scenarios []scenario, sums []summary) {
 	fmt.Fprintln(w, "\nMedians of the repetitions; ratios are ratios of those medians, against baselines of the same run.")
-	fmt.Fprintln(w, "noise % = median share of the server core used by processes other than the benchmark's.")
+	fmt.Fprintln(w, "CPU s/1k = CPU seconds of the proxy process (utime+stime) per 1000 requests (for direct: the upstream's own); RSS = its peak RSS during the measurement.")
+	fmt.Fprintln(w, "noise % = median share of the server core used by processes other than the benchmark's. nginx passes h2c on as HTTP/1.1 (no h2 upstreams).")
 	for _, sc := range scenarios {
 		fmt.Fprintf(w, "\n### %s: %s\n\n", sc.name, sc.desc)
 		if sc.kind == "max" {
-			fmt.Fprintln(w, "| target | req/s (median) | min–max | ×direct | ×revproxy | ×haproxy | mean µs | p50 µs | p99 µs | errors | noise % |")
-			fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+			fmt.Fprintln(w, "| target | req/s (median) | min–max | ×direct | ×haproxy | ×revproxy | mean µs | p50 µs | p99 µs | CPU s/1k | RSS MB | errors | noise % |")
+			fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 		} else {
-			fmt.Fprintln(w, "| target | req/s | p50 µs | p90 µs | p99 µs | added p50 µs | added p50 ×revproxy | added p50 ×haproxy | errors | noise % |")
-			fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+			fmt.Fprintln(w, "| target | req/s | p50 µs | p90 µs | p99 µs | added p50 µs | added p50 ×haproxy | added p50 ×revproxy | CPU s/1k | CPU ×haproxy | RSS MB | errors | noise % |")
+			fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 		}
+		hap, _ := find(sums, sc.name, baseHAProxy)
 		for _, s := range sums {
 			if s.Scenario != sc.name {
 				continue
 			}
 			if sc.kind == "max" {
-				fmt.Fprintf(w, "| %s | %.0f | %.0f–%.0f | %s | %s | %s | %s | %s | %s | %d | %s |\n", s.Target, s.QPS, s.QPSMin, s.QPSMax,
-					fmtRatio(s.QPSvsDirect), fmtRatio(s.QPSvsRevproxy), fmtRatio(s.QPSvsHAProxy),
-					fmtUS(s.Mean), fmtUS(s.P50), fmtUS(s.P99), s.Errors, fmtPct(s.Noise))
+				fmt.Fprintf(w, "| %s | %.0f | %.0f–%.0f | %s | %s | %s | %s | %s | %s | %s | %s | %d | %s |\n", s.Target, s.QPS, s.QPSMin, s.QPSMax,
+					fmtRatio(s.QPSvsDirect), fmtRatio(s.QPSvsHAProxy), fmtRatio(s.QPSvsRevproxy),
+					fmtUS(s.Mean), fmtUS(s.P50), fmtUS(s.P99), fmtCPU(s.CPUPer1k), fmtMB(s.RSSMB), s.Errors, fmtPct(s.Noise))
 			} else {
 				added, vsRev, vsHAP := fmtUS(s.AddedP50), fmtRatio(s.AddedP50vsRevproxy), fmtRatio(s.AddedP50vsHAProxy)
 				if s.Target == baseDirect { // the baseline adds nothing by definition
 					added, vsRev, vsHAP = "(baseline)", "–", "–"
 				}
-				fmt.Fprintf(w, "| %s | %.0f | %s | %s | %s | %s | %s | %s | %d | %s |\n", s.Target, s.QPS,
-					fmtUS(s.P50), fmtUS(s.P90), fmtUS(s.P99), added, vsRev, vsHAP, s.Errors, fmtPct(s.Noise))
+				fmt.Fprintf(w, "| %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %s |\n", s.Target, s.QPS,
+					fmtUS(s.P50), fmtUS(s.P90), fmtUS(s.P99), added, vsHAP, vsRev,
+					fmtCPU(s.CPUPer1k), fmtRatio(s.CPUPer1k/hap.CPUPer1k), fmtMB(s.RSSMB), s.Errors, fmtPct(s.Noise))
 			}
 		}
 	}
 
-	// The verdict against the goal, per watertight target.
-	fmt.Fprintf(w, "\n### Goal: ≥ %.0f%% of the bare ReverseProxy's throughput, ≤ %.1f× its added p50\n\n", goalThroughput*100, goalAddedP50)
-	fmt.Fprintln(w, "| target | scenario | measure | value | goal | met |")
-	fmt.Fprintln(w, "|---|---|---|---:|---:|---|")
+	// The verdict against the issue's goals, per watertight target.
+	fmt.Fprintf(w, "\n### Goals: ahead of the Go peers (%s); within %.1f× of %s's added p50 and ≥ %.1f× their throughput\n\n",
+		strings.Join(goPeers, ", "), goalVsCAddedP50, strings.Join(cPeers, " and "), goalVsCThroughput)
+	fmt.Fprintln(w, "| target | scenario | measure | vs | value | goal | met |")
+	fmt.Fprintln(w, "|---|---|---|---|---:|---:|---|")
 	for _, t := range watertightTargets {
 		for _, sc := range scenarios {
-			for _, s := range sums {
-				if s.Scenario != sc.name || s.Target != t {
+			s, ok := find(sums, sc.name, t)
+			if !ok {
+				continue
+			}
+			d, _ := find(sums, sc.name, baseDirect)
+			for _, peer := range append(slices.Clone(goPeers), cPeers...) {
+				p, ok := find(sums, sc.name, peer)
+				if !ok {
 					continue
 				}
+				cPeer := slices.Contains(cPeers, peer)
 				if sc.kind == "max" {
-					fmt.Fprintf(w, "| %s | %s | throughput ×revproxy | %s | ≥ %.2f | %s |\n", t, sc.name,
-						fmtRatio(s.QPSvsRevproxy), goalThroughput, verdict(s.QPSvsRevproxy >= goalThroughput, s.QPSvsRevproxy))
+					v, goal := s.QPS/p.QPS, 1.0
+					if cPeer {
+						goal = goalVsCThroughput
+					}
+					fmt.Fprintf(w, "| %s | %s | throughput ratio | %s | %s | ≥ %.2f | %s |\n", t, sc.name, peer,
+						fmtRatio(v), goal, verdict(v >= goal, v))
 				} else {
-					fmt.Fprintf(w, "| %s | %s | added p50 ×revproxy | %s | ≤ %.2f | %s |\n", t, sc.name,
-						fmtRatio(s.AddedP50vsRevproxy), goalAddedP50, verdict(s.AddedP50vsRevproxy <= goalAddedP50, s.AddedP50vsRevproxy))
+					v, goal := math.NaN(), 1.0
+					if p.P50 > d.P50 {
+						v = (s.P50 - d.P50) / (p.P50 - d.P50)
+					}
+					if cPeer {
+						goal = goalVsCAddedP50
+					}
+					op := "≤"
+					if !cPeer {
+						op = "<"
+					}
+					fmt.Fprintf(w, "| %s | %s | added p50 ratio | %s | %s | %s %.2f | %s |\n", t, sc.name, peer,
+						fmtRatio(v), op, goal, verdict(v <= goal, v))
 				}
 			}
 		}
 	}
+}
+
+func find(sums []summary, sc, target string) (summary, bool) {
+	for _, s := range sums {
+		if s.Scenario == sc && s.Target == target {
+			return s, true
+		}
+	}
+	nan := math.NaN()
+	return summary{CPUPer1k: nan, QPS: nan, P50: nan}, false
+}
+
+func fmtCPU(v float64) string {
+	if math.IsNaN(v) || math.IsInf(v, 0) {
+		return "–"
+	}
+	return strconv.FormatFloat(v, 'f', 3, 64)
+}
+
+func fmtMB(v float64) string {
+	if math.IsNaN(v) || math.IsInf(v, 0) {
+		return "–"
+	}
+	return strconv.FormatFloat(v, 'f', 1, 64)
+}
+
+// writePictures draws, for each fixed-rate scenario, p50/p90/p99 per target,
+// and one chart of max throughput per target and scenario.
+func writePictures(dir string, scenarios []scenario, sums []summary, md io.Writer) error {
+	fmt.Fprintln(md)
+	var maxScen []scenario
+	for _, sc := range scenarios {
+		if sc.kind == "max" {
+			maxScen = append(maxScen, sc)
+			continue
+		}
+		var cats []string
+		p50, p90, p99 := svg.BarSeries{Name: "p50"}, svg.BarSeries{Name: "p90"}, svg.BarSeries{Name: "p99"}
+		for _, s := range sums {
+			if s.Scenario != sc.name {
+				continue
+			}
+			cats = append(cats, s.Target)
+			p50.Values = append(p50.Values, s.P50*1e3)
+			p90.Values = append(p90.Values, s.P90*1e3)
+			p99.Values = append(p99.Values, s.P99*1e3)
+		}
+		file := "latency-" + sc.name + ".svg"
+		chart := svg.Bars{Title: "Latency percentiles, " + sc.desc, YLabel: "ms (median of reps)",
+			Categories: cats, Series: []svg.BarSeries{p50, p90, p99}, Labels: "%.2f"}
+		if err := svg.Write(filepath.Join(dir, file), chart.SVG()); err != nil {
+			return err
+		}
+		fmt.Fprintf(md, "![%s](img/%s)\n", sc.name, file)
+	}
+	if len(maxScen) == 0 {
+		return nil
+	}
+	var cats []string
+	for _, t := range targetOrder {
+		for _, s := range sums {
+			if s.Target == t && s.Scenario == maxScen[0].name {
+				cats = append(cats, t)
+			}
+		}
+	}
+	var series []svg.BarSeries
+	for _, sc := range maxScen {
+		bs := svg.BarSeries{Name: sc.name}
+		for _, t := range cats {
+			s, _ := find(sums, sc.name, t)
+			bs.Values = append(bs.Values, s.QPS)
+		}
+		series = append(series, bs)
+	}
+	chart := svg.Bars{Title: "Max throughput (req/s, median of reps; proxy and upstream share one core)", YLabel: "req/s",
+		Categories: cats, Series: series, Labels: "%.0f"}
+	if err := svg.Write(filepath.Join(dir, "throughput.svg"), chart.SVG()); err != nil {
+		return err
+	}
+	fmt.Fprintln(md, "![max throughput](img/throughput.svg)")
+	return nil
 }
 
 func verdict(ok bool, v float64) string {
@@ -548,7 +702,7 @@ func writeCSV(path string, sums []summary) error {
 	w := csv.NewWriter(f)
 	_ = w.Write([]string{"scenario", "target", "reps", "qps_median", "qps_min", "qps_max", "mean_us", "p50_us", "p90_us", "p99_us",
 		"errors", "qps_vs_direct", "qps_vs_revproxy", "qps_vs_haproxy", "added_p50_us", "added_p50_vs_revproxy", "added_p50_vs_haproxy",
-		"foreign_cpu_pct_median"})
+		"foreign_cpu_pct_median", "cpu_s_per_1000_req", "peak_rss_mb"})
 	num := func(v float64, f byte, prec int) string {
 		if math.IsNaN(v) || math.IsInf(v, 0) {
 			return ""
@@ -562,7 +716,7 @@ func writeCSV(path string, sums []summary) error {
 			strconv.FormatInt(s.Errors, 10),
 			num(s.QPSvsDirect, 'f', 3), num(s.QPSvsRevproxy, 'f', 3), num(s.QPSvsHAProxy, 'f', 3),
 			num(s.AddedP50*1e6, 'f', 1), num(s.AddedP50vsRevproxy, 'f', 3), num(s.AddedP50vsHAProxy, 'f', 3),
-			num(s.Noise, 'f', 1)})
+			num(s.Noise, 'f', 1), num(s.CPUPer1k, 'f', 4), num(s.RSSMB, 'f', 1)})
 	}
 	w.Flush()
 	if err := w.Error(); err != nil {
