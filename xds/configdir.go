@@ -134,6 +134,9 @@ func merge(base, node *config.Config) *config.Config {
 	if node.Isolation != "" {
 		out.Isolation = node.Isolation
 	}
+	if node.PassthroughConnections != 0 {
+		out.PassthroughConnections = node.PassthroughConnections
+	}
 	out.Listeners = mergeByName(out.Listeners, node.Listeners, func(l config.Listener) string { return l.Name })
 	out.Upstreams = mergeByName(out.Upstreams, node.Upstreams, func(u config.Upstream) string { return u.Name })
 	out.Composites = mergeByName(out.Composites, node.Composites, func(c config.Composite) string { return c.Name })
