@@ -160,6 +160,7 @@ type grpcSetup struct {
 type grpcEnv struct {
 	srv    *Server
 	reg    *metrics.Registry
+	conn   *grpc.ClientConn
 	client testgrpc.TestServiceClient
 }
 
@@ -247,7 +248,7 @@ func startGRPC(t *testing.T, s grpcSetup, b *grpcBackend) *grpcEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = conn.Close() })
-	return &grpcEnv{srv: srv, reg: reg, client: testgrpc.NewTestServiceClient(conn)}
+	return &grpcEnv{srv: srv, reg: reg, conn: conn, client: testgrpc.NewTestServiceClient(conn)}
 }
 
 // grpcCtx is a context for one test's calls: a hang fails the test instead of

@@ -1,9 +1,33 @@
 package proxy
 
 import (
+	"fmt"
+	"io"
 	"testing"
 
 	"go.uber.org/goleak"
+	"google.golang.org/grpc/grpclog"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	// gRPC's interop cases (grpc_interop_test.go) report a failure with
+	// grpclog's Fatal, which exits the process. Installed before any gRPC
+	// activity (SetLoggerV2 is not safe to call later), this logger panics
+	// instead, so the test that ran the case fails with the case's message;
+	// everything else gRPC logs is dropped, as with grpc-go's default.
+	grpclog.SetLoggerV2(panicOnFatal{grpclog.NewLoggerV2(io.Discard, io.Discard, io.Discard)})
+	goleak.VerifyTestMain(m)
+}
+
+// interopFailure is what panicOnFatal panics with.
+type interopFailure string
+
+type panicOnFatal struct{ grpclog.LoggerV2 }
+
+func (panicOnFatal) Fatal(args ...any) { panic(interopFailure(fmt.Sprint(args...))) }
+func (panicOnFatal) Fatalln(args ...any) {
+	panic(interopFailure(fmt.Sprintln(args...)))
+}
+func (panicOnFatal) Fatalf(format string, args ...any) {
+	panic(interopFailure(fmt.Sprintf(format, args...)))
+}
