@@ -9,30 +9,14 @@ package proxy
 
 import (
 	"context"
-	"net"
 	"testing"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/interop"
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 )
 
 func TestGRPCInteropCases(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	gs := grpc.NewServer()
-	testgrpc.RegisterTestServiceServer(gs, interop.NewTestServer())
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = gs.Serve(ln)
-	}()
-	t.Cleanup(func() {
-		gs.Stop()
-		<-served
-	})
+	upstream := serveGRPC(t, interop.NewTestServer())
 
 	type interopCase struct {
 		name string
@@ -58,7 +42,7 @@ func TestGRPCInteropCases(t *testing.T) {
 	}
 	for _, v := range grpcAllVariants {
 		t.Run(v.name, func(t *testing.T) {
-			e := startGRPC(t, grpcSetup{grpcVariant: v, endpoint: ln.Addr().String()}, nil)
+			e := startGRPC(t, grpcSetup{grpcVariant: v, endpoint: upstream}, nil)
 			for _, c := range cases {
 				t.Run(c.name, func(t *testing.T) {
 					defer func() {

@@ -164,28 +164,35 @@ type grpcEnv struct {
 	client testgrpc.TestServiceClient
 }
 
+// serveGRPC serves svc on a loopback port until the test ends and returns
+// the address.
+func serveGRPC(t *testing.T, svc testgrpc.TestServiceServer, opts ...grpc.ServerOption) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer(opts...)
+	testgrpc.RegisterTestServiceServer(gs, svc)
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		_ = gs.Serve(ln)
+	}()
+	t.Cleanup(func() {
+		gs.Stop()
+		<-served
+	})
+	return ln.Addr().String()
+}
+
 // startGRPC starts the backend (unless s.endpoint replaces it), the proxy and
 // a client connected to the proxy, all closed when the test ends.
 func startGRPC(t *testing.T, s grpcSetup, b *grpcBackend) *grpcEnv {
 	t.Helper()
 	endpoint := s.endpoint
 	if endpoint == "" {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		gs := grpc.NewServer(grpc.MaxRecvMsgSize(grpcMaxMsg), grpc.MaxSendMsgSize(grpcMaxMsg))
-		testgrpc.RegisterTestServiceServer(gs, b)
-		served := make(chan struct{})
-		go func() {
-			defer close(served)
-			_ = gs.Serve(ln)
-		}()
-		t.Cleanup(func() {
-			gs.Stop()
-			<-served
-		})
-		endpoint = ln.Addr().String()
+		endpoint = serveGRPC(t, b, grpc.MaxRecvMsgSize(grpcMaxMsg), grpc.MaxSendMsgSize(grpcMaxMsg))
 	}
 
 	up := config.Upstream{
