@@ -31,7 +31,8 @@
 #          --only SCENARIO[,SCENARIO...], --parts overhead,isolation,weights,
 #          --targets T[,T...] (overhead targets), --no-img (leave docs/img alone)
 # Environment: BENCH_PORT_BASE (default 18080), BENCH_LOAD_CPUS (default 0),
-#              BENCH_SERVER_CPUS (default 1), CADDY_VERSIONS (tried in order)
+#              BENCH_SERVER_CPUS (default 1), CADDY_VERSIONS (tried in order),
+#              BENCH_SIDECAR_ENV (VAR=value pairs for the sidecar under test, e.g. GOGC=200)
 #
 # Outputs (bench/out/, gitignored): runs/ (raw tool outputs and manifest.tsv),
 # iso-runs/ (one JSON per isolation/weights run), logs/, results.md (overhead
@@ -473,7 +474,10 @@ start_servers() {
 			-upstream "127.0.0.1:$PORT_UPSTREAM" -pprof "127.0.0.1:$PORT_PPROF_REVPROXY"
 		return
 	fi
-	start watertight "$PORT_WATERTIGHT" "$OUT/sidecar" run --config "$OUT/watertight.yaml" --log-level warn
+	# BENCH_SIDECAR_ENV (e.g. GOGC=200): environment for the sidecar under
+	# test only, to measure runtime settings against the same baselines.
+	# shellcheck disable=SC2086 # word splitting wanted: VAR=value pairs
+	start watertight "$PORT_WATERTIGHT" env ${BENCH_SIDECAR_ENV:-} "$OUT/sidecar" run --config "$OUT/watertight.yaml" --log-level warn
 	start revproxy "$PORT_REVPROXY" "$OUT/revproxy" -addr "127.0.0.1:$PORT_REVPROXY" -upstream "127.0.0.1:$PORT_UPSTREAM"
 	start haproxy "$PORT_HAPROXY" haproxy -db -f "$OUT/haproxy.cfg"
 	start nginx "$PORT_NGINX" "$NGINX" -p "$OUT/nginx/" -e stderr -c "$OUT/nginx.conf"
