@@ -66,6 +66,9 @@ func TestBadCompositesNameTheNodeAndField(t *testing.T) {
 		{"bad reference", `
   - {name: c, listener: app, path: /c, nodes: [{name: ok, upstream: users, path: /x}, {name: a, upstream: users, path: "/a/{{request.cookie.x}}"}]}
 `, "composites[0].nodes[1].path", `request.cookie is not one of`},
+		{"header value with a line break", `
+  - {name: c, listener: app, path: /c, nodes: [{name: a, upstream: users, path: /a, headers: {x-a: "v\r\nx-injected: 1"}}]}
+`, "composites[0].nodes[0].headers.x-a", `has a CR, LF or NUL, which a header value cannot hold`},
 		{"bad body step", `
   - {name: c, listener: app, path: /c, nodes: [{name: a, upstream: users, path: /a}, {name: b, upstream: users, path: /b, body: '{{nodes.a.body.items[x]}}'}]}
 `, "composites[0].nodes[1].body", `[x] is not an index`},

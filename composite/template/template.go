@@ -105,6 +105,11 @@ type part struct {
 
 // Parse reads a template used in mode.
 func Parse(src string, mode Mode) (*Template, error) {
+	// A header's written text may not hold CR, LF or NUL (values are checked
+	// when rendered, and so is the config's own text, here).
+	if mode == Header && strings.ContainsAny(src, "\r\n\x00") {
+		return nil, fmt.Errorf("%q has a CR, LF or NUL, which a header value cannot hold", src)
+	}
 	t := &Template{src: src, mode: mode}
 	var inString, escaped, inQuery bool
 	track := func(lit string) {
