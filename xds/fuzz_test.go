@@ -5,6 +5,8 @@ import (
 	"reflect"
 	"testing"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/watertight/watertight/config"
 )
 
@@ -70,4 +72,71 @@ func nilEmpty(v reflect.Value) {
 			v.SetZero()
 		}
 	}
+}
+
+// What a control plane sends is untrusted: any resource, however mangled,
+// is accepted or refused with a reason (a NACK), never a panic, and an
+// accepted set is a valid config.
+func FuzzModelOfMangledResources(f *testing.F) {
+	cfg, err := config.Parse([]byte(everyField))
+	if err != nil {
+		f.Fatal(err)
+	}
+	base, err := FromConfig(cfg)
+	if err != nil {
+		f.Fatal(err)
+	}
+	all := func(r *Resources) []proto.Message {
+		var ms []proto.Message
+		for _, m := range r.Listeners {
+			ms = append(ms, m)
+		}
+		for _, m := range r.Routes {
+			ms = append(ms, m)
+		}
+		for _, m := range r.Clusters {
+			ms = append(ms, m)
+		}
+		for _, m := range r.Endpoints {
+			ms = append(ms, m)
+		}
+		for _, m := range r.Runtimes {
+			ms = append(ms, m)
+		}
+		return ms
+	}
+	for i, m := range all(base) {
+		b, err := proto.Marshal(m)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(uint16(i), b)
+	}
+	f.Fuzz(func(t *testing.T, which uint16, data []byte) {
+		res := &Resources{
+			Listeners: cloneAll(base.Listeners), Routes: cloneAll(base.Routes), Clusters: cloneAll(base.Clusters),
+			Endpoints: cloneAll(base.Endpoints), Runtimes: cloneAll(base.Runtimes),
+		}
+		ms := all(res)
+		m := ms[int(which)%len(ms)]
+		proto.Reset(m)
+		if proto.Unmarshal(data, m) != nil {
+			return
+		}
+		got, _, err := Model(res)
+		if err != nil {
+			return // refused with a reason: a NACK
+		}
+		if err := got.Validate(); err != nil {
+			t.Fatalf("accepted resources make an invalid config: %v", err)
+		}
+	})
+}
+
+func cloneAll[M proto.Message](ms []M) []M {
+	out := make([]M, len(ms))
+	for i, m := range ms {
+		out[i] = proto.Clone(m).(M)
+	}
+	return out
 }
