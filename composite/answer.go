@@ -137,6 +137,9 @@ func (a *answer) finish() {
 		outcome = metrics.CompositeFailed
 	}
 	defer p.metrics.CompositeDone(p.name, outcome, took)
+	if dst, ok := ru.client.Value(outcomeKey{}).(*string); ok && dst != nil {
+		*dst = outcome
+	}
 	if outcome == metrics.CompositeCanceled {
 		return // nobody is left to read it
 	}

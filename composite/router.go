@@ -1,6 +1,7 @@
 package composite
 
 import (
+	"context"
 	"net/http"
 	"strings"
 )
@@ -54,3 +55,16 @@ type call struct {
 }
 
 func (c call) ServeHTTP(w http.ResponseWriter, r *http.Request) { c.p.serve(w, r, c.params) }
+
+// Name is the composite's name (for the listener's access log).
+func (c call) Name() string { return c.p.name }
+
+type outcomeKey struct{}
+
+// WithOutcome returns a context under which a composite served with it
+// stores its outcome (ok, degraded, failed, canceled: the result label of
+// watertight_composite_requests_total) in *dst when it ends: how the
+// listener's access log learns it without reading the answer.
+func WithOutcome(ctx context.Context, dst *string) context.Context {
+	return context.WithValue(ctx, outcomeKey{}, dst)
+}

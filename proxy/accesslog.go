@@ -20,6 +20,7 @@ type accessRecord struct {
 
 	mu        sync.Mutex // hedged attempts fill it at once
 	upstream  string
+	composite string // a composite call answered it (its node calls are logged by nobody)
 	endpoint  string
 	result    string
 	fallback  string
@@ -96,6 +97,9 @@ func (a *accessLogger) write(rec *accessRecord, r *http.Request) {
 	}
 	if rec.fallback != "" {
 		attrs = append(attrs, slog.String("fallback", rec.fallback))
+	}
+	if rec.composite != "" {
+		attrs = append(attrs, slog.String("composite", rec.composite))
 	}
 	if !rec.completed {
 		attrs = append(attrs, slog.Bool("aborted", true))

@@ -65,6 +65,12 @@ func TestAccessLog(t *testing.T) {
 			{Name: "degraded", Endpoints: []config.Endpoint{{Address: deadAddress(t)}},
 				Fallback: config.Fallbacks{{On: []string{"upstream_unavailable"}, Body: "{}"}}},
 		},
+		// One line for the composite, with its name and outcome; none for
+		// its node calls.
+		Composites: []config.Composite{{Name: "page", Listener: "logged", Path: "/page", Nodes: []config.CompositeNode{
+			{Name: "item", Upstream: "u", Path: "/items/1", Critical: true},
+			{Name: "extra", Upstream: "degraded", Path: "/"},
+		}}},
 	}
 	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {
@@ -92,6 +98,7 @@ func TestAccessLog(t *testing.T) {
 	resp.Body.Close()
 	get(t, c, p.url(t, "logged"), "nobody", "/")
 	get(t, c, p.url(t, "logged"), "degraded", "/")
+	get(t, c, p.url(t, "logged"), "anyhost", "/page")
 	for range 400 {
 		get(t, c, p.url(t, "sampled"), "u", "/")
 	}
@@ -108,8 +115,8 @@ func TestAccessLog(t *testing.T) {
 		byListener[l["listener"].(string)] = append(byListener[l["listener"].(string)], l)
 	}
 	logged := byListener["logged"]
-	if len(logged) != 3 || len(byListener["quiet"]) != 0 {
-		t.Fatalf("lines per listener: logged %d (want 3), quiet %d (want 0)", len(logged), len(byListener["quiet"]))
+	if len(logged) != 4 || len(byListener["quiet"]) != 0 {
+		t.Fatalf("lines per listener: logged %d (want 4), quiet %d (want 0)", len(logged), len(byListener["quiet"]))
 	}
 	ok := logged[0]
 	for k, want := range map[string]any{
@@ -129,6 +136,9 @@ func TestAccessLog(t *testing.T) {
 	}
 	if fb := logged[2]; fb["status"] != 200.0 || fb["result"] != "upstream_unavailable" || fb["fallback"] != "upstream_unavailable" {
 		t.Errorf("fallback line: %v", fb)
+	}
+	if cl := logged[3]; cl["status"] != 200.0 || cl["composite"] != "page" || cl["result"] != "degraded" || cl["upstream"] != "" {
+		t.Errorf("composite line: %v", cl)
 	}
 	if n := len(byListener["sampled"]); n < 140 || n > 260 {
 		t.Errorf("sample 0.5 logged %d of 400 requests", n)

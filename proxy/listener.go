@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"sync/atomic"
 	"time"
+
+	"github.com/watertight/watertight/composite"
 )
 
 // Server limits for the app-facing ports. The app is trusted more than the
@@ -94,9 +96,17 @@ func (l *listener) serve(w http.ResponseWriter, r *http.Request, rt *routes) {
 	if h := rt.composites.Handler(r); h != nil {
 		// A composite's path wins over the upstream the Host names. Its
 		// node calls go through the compartments as requests of their
-		// own, so they must not write into this request's access record.
-		if accessRecordOf(r.Context()) != nil {
-			r = r.WithContext(context.WithValue(r.Context(), accessKey{}, (*accessRecord)(nil)))
+		// own, so they must not write into this request's access record;
+		// the record gets the composite's name and outcome instead.
+		if rec := accessRecordOf(r.Context()); rec != nil {
+			var outcome string
+			ctx := context.WithValue(r.Context(), accessKey{}, (*accessRecord)(nil))
+			r = r.WithContext(composite.WithOutcome(ctx, &outcome))
+			defer func() {
+				rec.mu.Lock()
+				rec.composite, rec.result = h.(interface{ Name() string }).Name(), outcome
+				rec.mu.Unlock()
+			}()
 		}
 		h.ServeHTTP(w, r)
 		return
