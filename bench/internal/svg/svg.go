@@ -13,6 +13,7 @@ import (
 	"math"
 	"os"
 	"strings"
+	"unicode/utf8"
 )
 
 // Palette: colour-blind-safe (Okabe–Ito), in series order.
@@ -68,7 +69,14 @@ func (c *canvas) f(format string, a ...any) { fmt.Fprintf(&c.b, format, a...) }
 func (c *canvas) open(title string) {
 	c.f(`<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="sans-serif" font-size="12">`+"\n", width, height, width, height)
 	c.f(`<rect width="100%%" height="100%%" fill="white"/>` + "\n")
-	c.f(`<text x="%d" y="22" font-size="15" font-weight="bold">%s</text>`+"\n", marginL, esc(title))
+	c.f(`<text x="10" y="22" font-size="%.1f" font-weight="bold">%s</text>`+"\n", titleSize(title), esc(title))
+}
+
+// titleSize shrinks a long title's font so that it fits the width: a bold
+// sans-serif character is about 0.65 em wide.
+func titleSize(title string) float64 {
+	n := float64(utf8.RuneCountInString(title))
+	return math.Min(15, float64(width-20)/(0.65*math.Max(n, 1)))
 }
 
 func (c *canvas) close() []byte {
@@ -237,7 +245,10 @@ func (l Lines) SVG() []byte {
 		var pts []string
 		flush := func() {
 			if len(pts) > 0 {
-				c.f(`<polyline fill="none" stroke="%s" stroke-width="2"%s points="%s"/>`+"\n", Colour(i), dash, strings.Join(pts, " "))
+				// Earlier series are drawn wider, underneath: where two
+				// lines coincide (two targets both at 100 %) both colours
+				// still show.
+				c.f(`<polyline fill="none" stroke="%s" stroke-width="%d"%s points="%s"/>`+"\n", Colour(i), 2+2*(len(l.Series)-1-i), dash, strings.Join(pts, " "))
 			}
 			pts = pts[:0]
 		}
