@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -204,13 +205,30 @@ func (m *modeler) model() *config.Config {
 // sortBy puts items in the order the runtime layer gave; the others (all of
 // them, for a control plane that does not say) keep their order by name.
 func sortBy[T any](items []T, names []string, name func(T) string) {
-	rank := func(t T) int {
-		if i := slices.Index(names, name(t)); i >= 0 {
-			return i
+	// Ranks looked up once per item: a search per comparison made this
+	// quadratic in the number of upstreams.
+	pos := make(map[string]int, len(names))
+	for i, n := range names {
+		if _, dup := pos[n]; !dup {
+			pos[n] = i
 		}
-		return len(names)
 	}
-	slices.SortStableFunc(items, func(a, b T) int { return cmp.Compare(rank(a), rank(b)) })
+	type ranked struct {
+		rank int
+		item T
+	}
+	rs := make([]ranked, len(items))
+	for i, t := range items {
+		r, ok := pos[name(t)]
+		if !ok {
+			r = len(names)
+		}
+		rs[i] = ranked{r, t}
+	}
+	slices.SortStableFunc(rs, func(a, b ranked) int { return cmp.Compare(a.rank, b.rank) })
+	for i := range rs {
+		items[i] = rs[i].item
+	}
 }
 
 func (m *modeler) runtime(cfg *config.Config) {
@@ -1038,7 +1056,19 @@ func (m *modeler) prune(where at, v any, t reflect.Type) {
 	}
 }
 
+// jsonFieldsOf caches jsonFields by type: every cluster's metadata walks
+// the same few types, and building the map was a tenth of the translation.
+var jsonFieldsOf sync.Map // reflect.Type → map[string]reflect.StructField (read-only once stored)
+
 func jsonFields(t reflect.Type) map[string]reflect.StructField {
+	if f, ok := jsonFieldsOf.Load(t); ok {
+		return f.(map[string]reflect.StructField)
+	}
+	f, _ := jsonFieldsOf.LoadOrStore(t, buildJSONFields(t))
+	return f.(map[string]reflect.StructField)
+}
+
+func buildJSONFields(t reflect.Type) map[string]reflect.StructField {
 	out := map[string]reflect.StructField{}
 	for i := range t.NumField() {
 		f := t.Field(i)

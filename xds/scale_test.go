@@ -159,3 +159,24 @@ func benchPush(b *testing.B, upstreams, nodes int) {
 		waitAll(w)
 	}
 }
+
+// BenchmarkModel1000Upstreams: what one sidecar pays to turn a whole
+// snapshot of 1,000 upstreams back into its config, on every update.
+func BenchmarkModel1000Upstreams(b *testing.B) {
+	dir := b.TempDir()
+	writeScaleConfig(b, dir, 1000, 1)
+	cfg, err := config.Load(filepath.Join(dir, "default.yaml"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	res, err := FromConfig(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, _, err := Model(res); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
