@@ -15,7 +15,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -23,6 +22,7 @@ import (
 	"google.golang.org/protobuf/encoding/protodelim"
 
 	"github.com/watertight/watertight/config"
+	"github.com/watertight/watertight/internal/testlog"
 	"github.com/watertight/watertight/sidecar"
 )
 
@@ -54,35 +54,12 @@ func requireTool(t *testing.T, name string) string {
 	return ""
 }
 
-// syncBuffer collects a component's log for the report of a failed test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // testLog is a logger whose output is shown only if the test fails. Call it
 // first, so that its cleanup runs last.
 func testLog(t *testing.T, name string) *slog.Logger {
 	t.Helper()
-	buf := &syncBuffer{}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("%s log:\n%s", name, buf.String())
-		}
-	})
-	return slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	log, _ := testlog.New(t, name, slog.LevelInfo)
+	return log
 }
 
 // startUpstream serves h on a loopback port until the test ends.

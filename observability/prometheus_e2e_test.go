@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/watertight/watertight/internal/testlog"
 )
 
 // TestPrometheusEndToEnd runs a real Prometheus (Debian's, with native
@@ -279,7 +281,7 @@ scrape_configs:
 func runPrometheus(t *testing.T, bin, cfgPath, dataDir string) (*promServer, error) {
 	t.Helper()
 	addr := freeLoopback(t)
-	out := &syncBuffer{}
+	out := &testlog.Buffer{}
 	cmd := exec.Command(bin,
 		"--config.file="+cfgPath,
 		"--storage.tsdb.path="+dataDir,

@@ -12,26 +12,15 @@ import (
 	"time"
 
 	"github.com/watertight/watertight/config"
+	"github.com/watertight/watertight/internal/testlog"
 	"github.com/watertight/watertight/metrics"
 )
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) lines(t *testing.T) []map[string]any {
+// accessLines decodes the access log's JSON lines.
+func accessLines(t *testing.T, buf *testlog.Buffer) []map[string]any {
 	t.Helper()
-	l.mu.Lock()
-	defer l.mu.Unlock()
 	var out []map[string]any
-	sc := bufio.NewScanner(bytes.NewReader(l.b.Bytes()))
+	sc := bufio.NewScanner(bytes.NewReader(buf.Bytes()))
 	for sc.Scan() {
 		var m map[string]any
 		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
@@ -53,7 +42,7 @@ func TestAccessLog(t *testing.T) {
 		}
 		_, _ = w.Write([]byte("0123456789"))
 	}))
-	buf := &lockedBuffer{}
+	buf := &testlog.Buffer{}
 	cfg := &config.Config{
 		Listeners: []config.Listener{
 			{Name: "logged", Address: "127.0.0.1:0", Mode: config.ModeProxy, AccessLog: &config.AccessLog{}},
@@ -109,7 +98,7 @@ func TestAccessLog(t *testing.T) {
 		t.Errorf("traceparent reached the upstream as %q, want it untouched", seenTraceparent)
 	}
 	mu.Unlock()
-	lines := buf.lines(t)
+	lines := accessLines(t, buf)
 	byListener := map[string][]map[string]any{}
 	for _, l := range lines {
 		byListener[l["listener"].(string)] = append(byListener[l["listener"].(string)], l)

@@ -1,13 +1,11 @@
 package xds
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,32 +14,16 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/watertight/watertight/internal/testlog"
 )
-
-// syncBuffer is a log sink safe for the control plane's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 const oneUpstream = `
 listeners: [{name: out, address: "127.0.0.1:15001", mode: proxy}]
 upstreams: [{name: inventory, endpoints: ["10.0.0.1:8080"], bulkhead: {weight: 3}}]
 `
 
-func startCP(t *testing.T, files map[string]string) (*ControlPlane, *syncBuffer, string) {
+func startCP(t *testing.T, files map[string]string) (*ControlPlane, *testlog.Buffer, string) {
 	t.Helper()
 	dir := t.TempDir()
 	for name, body := range files {
@@ -53,7 +35,7 @@ func startCP(t *testing.T, files map[string]string) (*ControlPlane, *syncBuffer,
 			t.Fatal(err)
 		}
 	}
-	logs := &syncBuffer{}
+	logs := &testlog.Buffer{}
 	cp, err := NewControlPlane(ControlPlaneOptions{Listen: "127.0.0.1:0", ConfigDir: dir,
 		Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))})
 	if err != nil {

@@ -5,7 +5,6 @@ package xds_test
 // loopback. The package is xds_test because sidecar imports xds.
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -41,6 +40,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/watertight/watertight/internal/testlog"
 	"github.com/watertight/watertight/sidecar"
 	"github.com/watertight/watertight/xds"
 )
@@ -52,37 +52,12 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // wait bounds every poll: generous, for a loaded 2-core machine under -race.
 const wait = 15 * time.Second
 
-// syncBuffer collects a component's log for assertions and for the report
-// of a failed test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // testLog is a logger whose output is shown only if the test fails. Call it
 // first in a test, so that its cleanup runs last, after everything that
 // logs has stopped.
-func testLog(t *testing.T, name string) (*slog.Logger, *syncBuffer) {
+func testLog(t *testing.T, name string) (*slog.Logger, *testlog.Buffer) {
 	t.Helper()
-	buf := &syncBuffer{}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("%s log:\n%s", name, buf.String())
-		}
-	})
-	return slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug})), buf
+	return testlog.New(t, name, slog.LevelDebug)
 }
 
 // writeFile writes then renames, as editors and kubelet do, so that the

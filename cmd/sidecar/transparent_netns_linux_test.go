@@ -25,7 +25,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -47,6 +46,7 @@ import (
 	"time"
 
 	"github.com/watertight/watertight/internal/netnstest"
+	"github.com/watertight/watertight/internal/testlog"
 )
 
 const (
@@ -680,7 +680,7 @@ func (c *appClient) scrapeUntil(t *testing.T, what string, ok func(metricsText) 
 
 type sidecarProc struct {
 	cmd            *exec.Cmd
-	stdout, stderr lockedBuffer
+	stdout, stderr testlog.Buffer
 	exited         chan struct{}
 	err            error // of Wait, once exited is closed
 }
@@ -776,24 +776,6 @@ func (p *sidecarProc) accessLog(t *testing.T) map[string][]string {
 		out[rec.Path] = append(out[rec.Path], rec.Listener)
 	}
 	return out
-}
-
-// lockedBuffer is a bytes.Buffer that a process writes while the test reads.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
 
 func addrPortOf(a net.Addr) netip.AddrPort {

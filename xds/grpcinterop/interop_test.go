@@ -16,7 +16,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -30,6 +29,7 @@ import (
 	"google.golang.org/grpc/status"
 	grpcxds "google.golang.org/grpc/xds" // registers the xds resolver and balancers
 
+	"github.com/watertight/watertight/internal/testlog"
 	"github.com/watertight/watertight/sidecar"
 	"github.com/watertight/watertight/xds"
 )
@@ -101,32 +101,9 @@ upstreams:
 	}
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func startControlPlane(t *testing.T, dir string) *xds.ControlPlane {
 	t.Helper()
-	buf := &syncBuffer{}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("control plane log:\n%s", buf.String())
-		}
-	})
-	log := slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	log, _ := testlog.New(t, "control plane", slog.LevelDebug)
 	cp, err := xds.NewControlPlane(xds.ControlPlaneOptions{
 		Listen: "127.0.0.1:0", ConfigDir: dir, Logger: log, Registerer: prometheus.NewRegistry(),
 	})
