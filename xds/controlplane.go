@@ -21,13 +21,13 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	sotwv3 "github.com/envoyproxy/go-control-plane/pkg/server/sotw/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
-	"github.com/fsnotify/fsnotify"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/watertight/watertight/config"
+	"github.com/watertight/watertight/internal/dirwatch"
 )
 
 // ControlPlaneOptions configure a control plane.
@@ -275,42 +275,12 @@ func (cp *ControlPlane) cacheFor(req *cachev3.Request) cachev3.SnapshotCache {
 	return cp.cache
 }
 
+// watch pushes a new snapshot within a second of a change to the config
+// directory or its nodes/ (which may appear later).
 func (cp *ControlPlane) watch(ctx context.Context) {
-	w, err := fsnotify.NewWatcher()
-	if err != nil {
+	dirs := []string{cp.o.ConfigDir, filepath.Join(cp.o.ConfigDir, "nodes")}
+	if err := dirwatch.Run(ctx, dirs, cp.log, cp.Reload); err != nil {
 		cp.log.Warn("cannot watch the config directory; restart to reload", "error", err)
-		return
-	}
-	defer w.Close()
-	for _, d := range []string{cp.o.ConfigDir, filepath.Join(cp.o.ConfigDir, "nodes")} {
-		if err := w.Add(d); err != nil {
-			cp.log.Debug("not watching", "dir", d, "error", err)
-		}
-	}
-	// Settle briefly: editors and kubelet write in several steps. The
-	// issue's bound is a push within a second of a change.
-	timer := time.NewTimer(time.Hour)
-	timer.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case ev, ok := <-w.Events:
-			if !ok {
-				return
-			}
-			if ev.Has(fsnotify.Create) && ev.Name == filepath.Join(cp.o.ConfigDir, "nodes") {
-				_ = w.Add(ev.Name) // nodes/ appeared after start
-			}
-			timer.Reset(100 * time.Millisecond)
-		case err, ok := <-w.Errors:
-			if !ok {
-				return
-			}
-			cp.log.Warn("config watch error", "error", err)
-		case <-timer.C:
-			cp.Reload()
-		}
 	}
 }
 
