@@ -960,20 +960,8 @@ func (m *modeler) clusterMetadata(st *upstreamState) {
 		u.Retry.Budget = st.budget
 	}
 	if s := st.c.GetMetadata().GetFilterMetadata()[Namespace]; s != nil {
-		meta := clusterMeta{
-			Addresses:        u.Addresses,
-			Weight:           &u.Bulkhead.Weight,
-			MinConcurrent:    &u.Bulkhead.MinConcurrent,
-			MaxWait:          &u.Bulkhead.MaxWait,
-			FailureStatuses:  u.FailureStatuses,
-			Retry:            u.Retry,
-			Hedge:            u.Hedge,
-			CircuitBreaker:   u.CircuitBreaker,
-			Warmup:           &u.Warmup,
-			OutlierDetection: u.OutlierDetection,
-			RateLimit:        u.RateLimit,
-			Fallback:         u.Fallback,
-		}
+		meta := metaOf(u)
+		meta.Retry, meta.Warmup, meta.OutlierDetection = u.Retry, &u.Warmup, u.OutlierDetection
 		where := at{res: fmt.Sprintf("cluster %q", u.Name), path: `metadata.filter_metadata["watertight"]`}
 		if m.overlay(where, s, &meta) {
 			u.Addresses = meta.Addresses

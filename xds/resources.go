@@ -678,6 +678,24 @@ type clusterMeta struct {
 	Fallback         config.Fallbacks         `json:"fallback,omitempty"`
 }
 
+// metaOf is the part of clusterMeta that both directions carry as it is,
+// pointing into u: FromConfig writes it, Model overlays the metadata onto
+// it. Retry, warm-up and outlier detection differ between the two (only
+// Envoy's leftovers are written) and are each side's business.
+func metaOf(u *config.Upstream) clusterMeta {
+	return clusterMeta{
+		Addresses:       u.Addresses,
+		Weight:          &u.Bulkhead.Weight,
+		MinConcurrent:   &u.Bulkhead.MinConcurrent,
+		MaxWait:         &u.Bulkhead.MaxWait,
+		FailureStatuses: u.FailureStatuses,
+		Hedge:           u.Hedge,
+		CircuitBreaker:  u.CircuitBreaker,
+		RateLimit:       u.RateLimit,
+		Fallback:        u.Fallback,
+	}
+}
+
 // listenerMeta and endpointMeta carry an address as written when Envoy's
 // socket address cannot.
 //
@@ -736,17 +754,7 @@ func runtimeResource(cfg *config.Config) (*runtimev3.Runtime, error) {
 }
 
 func clusterMetadata(u *config.Upstream) (*corev3.Metadata, error) {
-	m := clusterMeta{
-		Addresses:       u.Addresses,
-		Weight:          &u.Bulkhead.Weight,
-		MinConcurrent:   &u.Bulkhead.MinConcurrent,
-		MaxWait:         &u.Bulkhead.MaxWait,
-		FailureStatuses: u.FailureStatuses,
-		Hedge:           u.Hedge,
-		CircuitBreaker:  u.CircuitBreaker,
-		RateLimit:       u.RateLimit,
-		Fallback:        u.Fallback,
-	}
+	m := metaOf(u)
 	if u.Warmup.IsSet() {
 		m.Warmup = &u.Warmup
 	}
