@@ -3,9 +3,7 @@
 package admin
 
 import (
-	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -14,6 +12,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/watertight/watertight/internal/httpserver"
 )
 
 // Source is what the admin port reports on.
@@ -56,11 +56,7 @@ func Handler(reg *prometheus.Registry, src Source) http.Handler {
 }
 
 // Server is a running admin port.
-type Server struct {
-	srv  *http.Server
-	addr net.Addr
-	done chan struct{}
-}
+type Server = httpserver.Server
 
 // Start listens on addr and serves h.
 func Start(addr string, h http.Handler) (*Server, error) {
@@ -68,34 +64,10 @@ func Start(addr string, h http.Handler) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("admin: listening on %q: %w", addr, err)
 	}
-	s := &Server{
-		srv: &http.Server{
-			Handler:           h,
-			ReadHeaderTimeout: 5 * time.Second,
-			IdleTimeout:       time.Minute,
-			ErrorLog:          slog.NewLogLogger(slog.Default().Handler(), slog.LevelWarn),
-		},
-		addr: ln.Addr(),
-		done: make(chan struct{}),
-	}
-	go func() {
-		defer close(s.done)
-		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			slog.Error("admin server stopped", "error", err)
-		}
-	}()
-	return s, nil
-}
-
-// Addr is the bound address.
-func (s *Server) Addr() net.Addr { return s.addr }
-
-// Shutdown stops the admin port.
-func (s *Server) Shutdown(ctx context.Context) error {
-	err := s.srv.Shutdown(ctx)
-	if err != nil {
-		_ = s.srv.Close()
-	}
-	<-s.done
-	return err
+	return httpserver.Serve(ln, &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 5 * time.Second,
+		IdleTimeout:       time.Minute,
+		ErrorLog:          slog.NewLogLogger(slog.Default().Handler(), slog.LevelWarn),
+	}, slog.Default(), "admin server"), nil
 }

@@ -2,9 +2,7 @@ package inject
 
 import (
 	"bytes"
-	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -12,14 +10,12 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"github.com/watertight/watertight/internal/httpserver"
 )
 
 // Server is the webhook's running HTTPS server.
-type Server struct {
-	srv  *http.Server
-	addr net.Addr
-	done chan struct{}
-}
+type Server = httpserver.Server
 
 // Start listens on addr and serves h over TLS with the certificate and key
 // in certFile and keyFile (PEM). They are read now, and a failure is an
@@ -37,43 +33,18 @@ func Start(addr, certFile, keyFile string, h http.Handler, log *slog.Logger) (*S
 	if err != nil {
 		return nil, fmt.Errorf("inject: listening on %q: %w", addr, err)
 	}
-	s := &Server{
-		srv: &http.Server{
-			Handler: h,
-			TLSConfig: &tls.Config{
-				MinVersion:     tls.VersionTLS12,
-				GetCertificate: certs.GetCertificate,
-			},
-			ReadHeaderTimeout: 10 * time.Second,
-			ReadTimeout:       30 * time.Second,
-			WriteTimeout:      30 * time.Second,
-			IdleTimeout:       2 * time.Minute,
-			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	return httpserver.Serve(ln, &http.Server{
+		Handler: h,
+		TLSConfig: &tls.Config{
+			MinVersion:     tls.VersionTLS12,
+			GetCertificate: certs.GetCertificate,
 		},
-		addr: ln.Addr(),
-		done: make(chan struct{}),
-	}
-	go func() {
-		defer close(s.done)
-		if err := s.srv.ServeTLS(ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("webhook server stopped", "error", err)
-		}
-	}()
-	return s, nil
-}
-
-// Addr is the bound address.
-func (s *Server) Addr() net.Addr { return s.addr }
-
-// Shutdown stops accepting, lets the reviews in flight finish until ctx
-// ends, then closes what is left.
-func (s *Server) Shutdown(ctx context.Context) error {
-	err := s.srv.Shutdown(ctx)
-	if err != nil {
-		_ = s.srv.Close()
-	}
-	<-s.done
-	return err
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}, log, "webhook server"), nil
 }
 
 // CertReloader serves a certificate from files and reloads it when they
