@@ -16,6 +16,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/watertight/watertight/config"
+	"github.com/watertight/watertight/internal/poll"
 	"github.com/watertight/watertight/metrics"
 	"github.com/watertight/watertight/proxy"
 )
@@ -177,13 +178,7 @@ func (s *sidecar) metric(t *testing.T, name string, labels map[string]string) *d
 
 func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond) // polling, not synchronisation
-	}
+	poll.Until(t, 10*time.Second, what, cond)
 }
 
 // get calls the composite and reads the whole answer.

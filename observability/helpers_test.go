@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/encoding/protodelim"
 
 	"github.com/watertight/watertight/config"
+	"github.com/watertight/watertight/internal/poll"
 	"github.com/watertight/watertight/internal/testlog"
 	"github.com/watertight/watertight/sidecar"
 )
@@ -239,13 +240,7 @@ func labelValue(m *dto.Metric, name string) string {
 // eventually polls cond until it holds or wait passes.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(wait)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", wait, what)
-		}
-		time.Sleep(5 * time.Millisecond) // polling interval, not synchronisation
-	}
+	poll.Until(t, wait, what, cond)
 }
 
 // readFile reads a file of the repository.

@@ -19,6 +19,7 @@ import (
 
 	"github.com/watertight/watertight/bulkhead"
 	"github.com/watertight/watertight/config"
+	"github.com/watertight/watertight/internal/poll"
 	"github.com/watertight/watertight/metrics"
 )
 
@@ -112,13 +113,7 @@ func findMetric(t testing.TB, reg *metrics.Registry, name string, labels map[str
 // eventually polls cond until it holds or 5s pass.
 func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+	poll.Until(t, 5*time.Second, what, cond)
 }
 
 // startUpstream serves h on loopback, speaking HTTP/1.1 and h2c.

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/watertight/watertight/internal/poll"
 )
 
 func TestMain(m *testing.M) {
@@ -93,13 +95,7 @@ func call(t *testing.T, addr string) (int, string) {
 
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	poll.Until(t, 10*time.Second, what, cond)
 }
 
 func adminGet(t *testing.T, s *Sidecar, path string) (int, string) {

@@ -40,6 +40,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/watertight/watertight/internal/poll"
 	"github.com/watertight/watertight/internal/testlog"
 	"github.com/watertight/watertight/sidecar"
 	"github.com/watertight/watertight/xds"
@@ -200,15 +201,7 @@ func mustGet(t *testing.T, c *http.Client, addr, host, path string) reply {
 // it took.
 func eventually(t *testing.T, what string, cond func() bool) time.Duration {
 	t.Helper()
-	start := time.Now()
-	deadline := start.Add(wait)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", wait, what)
-		}
-		time.Sleep(2 * time.Millisecond) // polling interval, not synchronisation
-	}
-	return time.Since(start)
+	return poll.Until(t, wait, what, cond)
 }
 
 // metric sums the series of name whose labels include the given pairs.
