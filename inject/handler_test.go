@@ -3,18 +3,10 @@ package inject
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"io"
 	"log/slog"
-	"math/big"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -25,98 +17,22 @@ import (
 	"time"
 
 	admissionv1 "k8s.io/api/admission/v1"
+
+	"github.com/watertight/watertight/internal/testcert"
 )
 
 var quiet = slog.New(slog.DiscardHandler)
 
-// webhookHost is the name the API server checks the certificate for: the
-// Service's DNS name.
-const webhookHost = "watertight-webhook.watertight-system.svc"
-
-// testCA is a throwaway CA that signs serving certificates for the webhook.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pool *x509.CertPool
-}
-
-func newTestCA(t *testing.T) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "watertight test CA"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return &testCA{cert: cert, key: key, pool: pool}
-}
-
-// issue writes a serving certificate with the given serial number for the
-// webhook's Service name to certFile and keyFile.
-func (ca *testCA) issue(t *testing.T, serial int64, certFile, keyFile string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(serial),
-		Subject:      pkix.Name{CommonName: webhookHost},
-		DNSNames:     []string{"watertight-webhook", "watertight-webhook.watertight-system", webhookHost},
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	writeAtomically(t, certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
-	writeAtomically(t, keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}))
-}
-
-func writeAtomically(t *testing.T, path string, data []byte) {
-	t.Helper()
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		t.Fatal(err)
-	}
-}
+const webhookHost = testcert.WebhookHost
 
 // startWebhook runs the real server (Start with the real handler) on
 // loopback with a certificate of ca, and a client that trusts only ca and
 // verifies the Service name, as the API server does.
-func startWebhook(t *testing.T, ca *testCA) (base string, client *http.Client, certFile, keyFile string) {
+func startWebhook(t *testing.T, ca *testcert.CA) (base string, client *http.Client, certFile, keyFile string) {
 	t.Helper()
 	dir := t.TempDir()
 	certFile, keyFile = filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
-	ca.issue(t, 100, certFile, keyFile)
+	ca.Issue(t, 100, certFile, keyFile)
 	h, err := NewHandler(testOptions(), quiet)
 	if err != nil {
 		t.Fatal(err)
@@ -126,7 +42,7 @@ func startWebhook(t *testing.T, ca *testCA) (base string, client *http.Client, c
 		t.Fatal(err)
 	}
 	tr := &http.Transport{
-		TLSClientConfig: &tls.Config{RootCAs: ca.pool, ServerName: webhookHost},
+		TLSClientConfig: &tls.Config{RootCAs: ca.Pool, ServerName: webhookHost},
 		// New connections per request: each one is a handshake that
 		// shows which certificate is served.
 		DisableKeepAlives: true,
@@ -175,7 +91,7 @@ func postReview(t *testing.T, client *http.Client, url string, body []byte) *adm
 // TestWebhookOverHTTPS sends the review the API server sends for a
 // ReplicaSet's pod to the real HTTPS server and applies the patch it gets.
 func TestWebhookOverHTTPS(t *testing.T) {
-	base, client, _, _ := startWebhook(t, newTestCA(t))
+	base, client, _, _ := startWebhook(t, testcert.NewCA(t))
 	body := readReview(t)
 	var in admissionv1.AdmissionReview
 	if err := json.Unmarshal(body, &in); err != nil {
@@ -270,7 +186,7 @@ func readObject(t *testing.T, review []byte) []byte {
 // TestCertificateReload: a renewed certificate is served from the next
 // handshake on; a broken one leaves the previous one serving.
 func TestCertificateReload(t *testing.T) {
-	ca := newTestCA(t)
+	ca := testcert.NewCA(t)
 	base, client, certFile, keyFile := startWebhook(t, ca)
 	serial := func() int64 {
 		t.Helper()
@@ -284,7 +200,7 @@ func TestCertificateReload(t *testing.T) {
 	if got := serial(); got != 100 {
 		t.Fatalf("serving serial %d, want 100", got)
 	}
-	ca.issue(t, 101, certFile, keyFile)
+	ca.Issue(t, 101, certFile, keyFile)
 	if got := serial(); got != 101 {
 		t.Fatalf("after renewal: serial %d, want 101", got)
 	}
@@ -294,16 +210,16 @@ func TestCertificateReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	other := filepath.Join(t.TempDir(), "other")
-	ca.issue(t, 102, other+".crt", other+".key")
+	ca.Issue(t, 102, other+".crt", other+".key")
 	otherKey, err := os.ReadFile(other + ".key")
 	if err != nil {
 		t.Fatal(err)
 	}
-	writeAtomically(t, keyFile, otherKey)
+	testcert.WriteAtomically(t, keyFile, otherKey)
 	if got := serial(); got != 101 {
 		t.Fatalf("mismatched pair: serial %d, want 101 kept", got)
 	}
-	writeAtomically(t, keyFile, good)
+	testcert.WriteAtomically(t, keyFile, good)
 	if got := serial(); got != 101 {
 		t.Fatalf("restored pair: serial %d, want 101", got)
 	}
