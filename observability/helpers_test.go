@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -24,6 +23,7 @@ import (
 	"github.com/watertight/watertight/config"
 	"github.com/watertight/watertight/internal/poll"
 	"github.com/watertight/watertight/internal/testlog"
+	"github.com/watertight/watertight/internal/testupstream"
 	"github.com/watertight/watertight/sidecar"
 )
 
@@ -66,20 +66,7 @@ func testLog(t *testing.T, name string) *slog.Logger {
 // startUpstream serves h on a loopback port until the test ends.
 func startUpstream(t *testing.T, h http.Handler) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			t.Errorf("upstream: %v", err)
-		}
-	}()
-	t.Cleanup(func() { _ = srv.Close(); <-done })
-	return ln.Addr().String()
+	return testupstream.Serve(t, h)
 }
 
 // okHandler answers at once.

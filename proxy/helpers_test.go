@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -20,6 +19,7 @@ import (
 	"github.com/watertight/watertight/bulkhead"
 	"github.com/watertight/watertight/config"
 	"github.com/watertight/watertight/internal/poll"
+	"github.com/watertight/watertight/internal/testupstream"
 	"github.com/watertight/watertight/metrics"
 )
 
@@ -119,26 +119,7 @@ func eventually(t testing.TB, what string, cond func() bool) {
 // startUpstream serves h on loopback, speaking HTTP/1.1 and h2c.
 func startUpstream(t testing.TB, h http.Handler) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var p http.Protocols
-	p.SetHTTP1(true)
-	p.SetUnencryptedHTTP2(true)
-	srv := &http.Server{Handler: h, Protocols: &p}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			t.Errorf("upstream: %v", err)
-		}
-	}()
-	t.Cleanup(func() {
-		_ = srv.Close()
-		<-done
-	})
-	return ln.Addr().String()
+	return testupstream.Serve(t, h)
 }
 
 // deadAddress is a loopback address nothing listens on: a socket bound to

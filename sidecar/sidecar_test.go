@@ -18,6 +18,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/watertight/watertight/internal/poll"
+	"github.com/watertight/watertight/internal/testupstream"
 )
 
 func TestMain(m *testing.M) {
@@ -33,21 +34,13 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// upstream answers with its name.
+// upstream answers with its name (or h).
 func upstream(t *testing.T, name string, h http.HandlerFunc) string {
 	t.Helper()
 	if h == nil {
 		h = func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, name) }
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: h}
-	done := make(chan struct{})
-	go func() { defer close(done); _ = srv.Serve(ln) }()
-	t.Cleanup(func() { _ = srv.Close(); <-done })
-	return ln.Addr().String()
+	return testupstream.Serve(t, h)
 }
 
 func freePort(t *testing.T) string {

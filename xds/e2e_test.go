@@ -42,6 +42,7 @@ import (
 
 	"github.com/watertight/watertight/internal/poll"
 	"github.com/watertight/watertight/internal/testlog"
+	"github.com/watertight/watertight/internal/testupstream"
 	"github.com/watertight/watertight/sidecar"
 	"github.com/watertight/watertight/xds"
 )
@@ -94,15 +95,7 @@ func httpUpstream(t *testing.T, name string, h http.HandlerFunc) string {
 	if h == nil {
 		h = func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, name) }
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: h}
-	done := make(chan struct{})
-	go func() { defer close(done); _ = srv.Serve(ln) }()
-	t.Cleanup(func() { _ = srv.Close(); <-done })
-	return ln.Addr().String()
+	return testupstream.Serve(t, h)
 }
 
 type controlPlane struct {
