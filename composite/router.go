@@ -29,35 +29,35 @@ func NewRouter(plans []*Plan) *Router {
 	return rt
 }
 
-// Handler is the composite served at r's path, or nil. The listener asks
-// before it routes to an upstream: a composite's path wins over the
-// upstream the Host names.
-func (rt *Router) Handler(r *http.Request) http.Handler {
+// Match is the composite served at r's path. The listener asks before it
+// routes to an upstream: a composite's path wins over the upstream the Host
+// names.
+func (rt *Router) Match(r *http.Request) (Call, bool) {
 	if rt == nil {
-		return nil
+		return Call{}, false
 	}
 	path := r.URL.Path
 	if p, ok := rt.exact[path]; ok {
-		return call{p, nil}
+		return Call{p, nil}, true
 	}
 	for _, p := range rt.patterns {
 		if params, ok := p.match(path); ok {
-			return call{p, params}
+			return Call{p, params}, true
 		}
 	}
-	return nil
+	return Call{}, false
 }
 
-// call is a plan with the path parameters of one request.
-type call struct {
+// Call is a composite with the path parameters of one request.
+type Call struct {
 	p      *Plan
 	params map[string]string
 }
 
-func (c call) ServeHTTP(w http.ResponseWriter, r *http.Request) { c.p.serve(w, r, c.params) }
+func (c Call) ServeHTTP(w http.ResponseWriter, r *http.Request) { c.p.serve(w, r, c.params) }
 
 // Name is the composite's name (for the listener's access log).
-func (c call) Name() string { return c.p.name }
+func (c Call) Name() string { return c.p.name }
 
 type outcomeKey struct{}
 

@@ -93,7 +93,7 @@ func (l *listener) serve(w http.ResponseWriter, r *http.Request, rt *routes) {
 		writeLocalReply(w, r, reasonConnect, "CONNECT is not supported: send plain HTTP requests (the sidecar is not a tunnel)")
 		return
 	}
-	if h := rt.composites.Handler(r); h != nil {
+	if call, ok := rt.composites.Match(r); ok {
 		// A composite's path wins over the upstream the Host names. Its
 		// node calls go through the compartments as requests of their
 		// own, so they must not write into this request's access record;
@@ -104,11 +104,11 @@ func (l *listener) serve(w http.ResponseWriter, r *http.Request, rt *routes) {
 			r = r.WithContext(composite.WithOutcome(ctx, &outcome))
 			defer func() {
 				rec.mu.Lock()
-				rec.composite, rec.result = h.(interface{ Name() string }).Name(), outcome
+				rec.composite, rec.result = call.Name(), outcome
 				rec.mu.Unlock()
 			}()
 		}
-		h.ServeHTTP(w, r)
+		call.ServeHTTP(w, r)
 		return
 	}
 	c := rt.route(r)
