@@ -144,29 +144,35 @@ func (s *Server) Apply(cfg *config.Config) error {
 		opened[l.Address] = ln
 	}
 
-	// Composites compile against the new upstreams (validation has checked
-	// them; this only makes sure the commit below cannot fail on them).
-	for i := range cfg.Composites {
-		exists := func(name string) http.Handler {
-			if cfg.Upstream(name) == nil {
-				return nil
-			}
-			return http.NotFoundHandler()
+	// Composites compile now, so that the commit below cannot fail on them.
+	// Each node call goes through its upstream's compartment of this
+	// snapshot, by the same handler the listener uses for the app's own
+	// requests; comps is filled by the commit, before any request can reach
+	// a plan (the routes that lead to them are published after it).
+	comps := make(map[string]*compartment, len(cfg.Upstreams))
+	plans := map[string][]*composite.Plan{}
+	through := func(name string) http.Handler {
+		if cfg.Upstream(name) == nil {
+			return nil
 		}
-		if _, err := composite.Compile(&cfg.Composites[i], exists, s.metrics); err != nil {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { comps[name].proxy.ServeHTTP(w, r) })
+	}
+	for i := range cfg.Composites {
+		p, err := composite.Compile(&cfg.Composites[i], through, s.metrics)
+		if err != nil {
 			for _, o := range opened {
 				_ = o.Close()
 			}
 			undo()
 			return fmt.Errorf("applying config: composites[%d]: %w", i, err)
 		}
+		plans[p.Listener()] = append(plans[p.Listener()], p)
 	}
 
 	// Commit: nothing below fails.
 	pools, limits := s.resizePools(cfg)
 	logging := slices.ContainsFunc(cfg.Listeners, func(l config.Listener) bool { return l.AccessLog != nil })
 	ups := make(map[string]*upstream, len(cfg.Upstreams))
-	comps := make(map[string]*compartment, len(cfg.Upstreams))
 	order := make([]*compartment, 0, len(cfg.Upstreams))
 	hosts := map[string]*compartment{}
 	addrs := map[netip.AddrPort][]*compartment{} // for transparent listeners
@@ -207,7 +213,6 @@ func (s *Server) Apply(cfg *config.Config) error {
 			}
 		}
 	}
-	plans := s.compilePlans(cfg, comps)
 	live := map[string]bool{}
 	for _, lc := range cfg.Listeners {
 		rt := &routes{mode: lc.Mode, hosts: hosts, addrs: addrs, accessLog: lc.AccessLog,
@@ -250,31 +255,6 @@ func (s *Server) Apply(cfg *config.Config) error {
 	}
 	s.upstreams, s.compartments, s.cfg = ups, order, cfg
 	return nil
-}
-
-// compilePlans builds the snapshot's composites, by listener name. Each
-// node call goes through its upstream's compartment of this snapshot, by the
-// same handler the listener uses for the app's own requests.
-func (s *Server) compilePlans(cfg *config.Config, comps map[string]*compartment) map[string][]*composite.Plan {
-	if len(cfg.Composites) == 0 {
-		return nil
-	}
-	handler := func(name string) http.Handler {
-		if c := comps[name]; c != nil {
-			return c.proxy
-		}
-		return nil
-	}
-	plans := map[string][]*composite.Plan{}
-	for i := range cfg.Composites {
-		p, err := composite.Compile(&cfg.Composites[i], handler, s.metrics)
-		if err != nil { // checked before the commit: cannot happen
-			s.log.Error("composite left out", "composite", cfg.Composites[i].Name, "error", err)
-			continue
-		}
-		plans[p.Listener()] = append(plans[p.Listener()], p)
-	}
-	return plans
 }
 
 // hasListenerOn says whether cfg has a listener on host at addr's port (a
