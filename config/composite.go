@@ -99,16 +99,7 @@ func (c *Config) validateComposites(v *validator) {
 	for i := range c.Composites {
 		cp := &c.Composites[i]
 		p := fmt.Sprintf("composites[%d]", i)
-		switch {
-		case cp.Name == "":
-			v.add(p+".name", "is required")
-		case !validName(cp.Name):
-			v.add(p+".name", "%q may hold only letters, digits, '.', '_' and '-'", cp.Name)
-		case names[cp.Name] > 0:
-			v.add(p+".name", "%q is also the name of composites[%d]", cp.Name, names[cp.Name]-1)
-		default:
-			names[cp.Name] = i + 1
-		}
+		v.name(names, "composites", i, p, cp.Name, validName, nameRule)
 		if cp.Listener == "" {
 			v.add(p+".listener", "is required (the name of the listener that serves the composite)")
 		} else if !slices.ContainsFunc(c.Listeners, func(l Listener) bool { return l.Name == cp.Listener }) {
@@ -177,20 +168,15 @@ func validParamName(s string) bool {
 	return s != "" && !strings.ContainsAny(s, ".") && validName(s)
 }
 
+// validNodeName: a node's name is a step in a template reference
+// ({{nodes.NAME.body}}), and "_" starts the answer's own keys (_status).
+func validNodeName(s string) bool { return validParamName(s) && !strings.HasPrefix(s, "_") }
+
 func (c *Config) validateNodes(v *validator, p string, cp *Composite, params []string) {
 	index := map[string]int{}
 	for j, n := range cp.Nodes {
 		np := fmt.Sprintf("%s.nodes[%d]", p, j)
-		switch {
-		case n.Name == "":
-			v.add(np+".name", "is required")
-		case !validParamName(n.Name) || strings.HasPrefix(n.Name, "_"):
-			v.add(np+".name", "%q may hold only letters, digits, '_' and '-', and not start with '_'", n.Name)
-		case index[n.Name] > 0:
-			v.add(np+".name", "%q is also the name of %s.nodes[%d]", n.Name, p, index[n.Name]-1)
-		default:
-			index[n.Name] = j + 1
-		}
+		v.name(index, p+".nodes", j, np, n.Name, validNodeName, "may hold only letters, digits, '_' and '-', and not start with '_'")
 	}
 	deps := map[string][]string{}
 	var order []string

@@ -54,6 +54,25 @@ func (v *validator) add(path, format string, args ...any) {
 	v.errs = append(v.errs, &FieldError{Path: path, Msg: fmt.Sprintf(format, args...)})
 }
 
+// name checks the name of item i of list, at path p: present, allowed by
+// valid (nil: any name, else rule says what is allowed), and not the name
+// of an earlier item, which seen remembers.
+func (v *validator) name(seen map[string]int, list string, i int, p, name string, valid func(string) bool, rule string) {
+	switch {
+	case name == "":
+		v.add(p+".name", "is required")
+	case valid != nil && !valid(name):
+		v.add(p+".name", "%q %s", name, rule)
+	case seen[name] > 0:
+		v.add(p+".name", "%q is also the name of %s[%d]", name, list, seen[name]-1)
+	default:
+		seen[name] = i + 1
+	}
+}
+
+// nameRule is what validName allows, for messages.
+const nameRule = "may hold only letters, digits, '.', '_' and '-'"
+
 func (v *validator) err() error {
 	if len(v.errs) == 0 {
 		return nil
@@ -96,14 +115,7 @@ func (c *Config) validateListeners(v *validator) {
 	addrs := map[string]int{}
 	for i, l := range c.Listeners {
 		p := fmt.Sprintf("listeners[%d]", i)
-		switch {
-		case l.Name == "":
-			v.add(p+".name", "is required")
-		case names[l.Name] > 0:
-			v.add(p+".name", "%q is also the name of listeners[%d]", l.Name, names[l.Name]-1)
-		default:
-			names[l.Name] = i + 1
-		}
+		v.name(names, "listeners", i, p, l.Name, nil, "")
 		if _, _, err := splitListenAddr(l.Address); err != nil {
 			v.add(p+".address", "%q %v", l.Address, err)
 		} else if j := addrs[l.Address]; j > 0 {
@@ -142,16 +154,7 @@ func (c *Config) validateUpstreams(v *validator) {
 	for i := range c.Upstreams {
 		u := &c.Upstreams[i]
 		p := fmt.Sprintf("upstreams[%d]", i)
-		switch {
-		case u.Name == "":
-			v.add(p+".name", "is required")
-		case !validName(u.Name):
-			v.add(p+".name", "%q may hold only letters, digits, '.', '_' and '-'", u.Name)
-		case names[u.Name] > 0:
-			v.add(p+".name", "%q is also the name of upstreams[%d]", u.Name, names[u.Name]-1)
-		default:
-			names[u.Name] = i + 1
-		}
+		v.name(names, "upstreams", i, p, u.Name, validName, nameRule)
 		for j, h := range u.Hosts {
 			hp := fmt.Sprintf("%s.hosts[%d]", p, j)
 			key, err := HostKey(h)
