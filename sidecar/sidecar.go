@@ -130,11 +130,14 @@ func Start(o Options) (*Sidecar, error) {
 }
 
 func (s *Sidecar) apply(cfg *config.Config, source string) error {
+	v := cfg.Version()
+	// Held across the proxy's switch, so that whoever has seen the new
+	// routes answer also reads the new version (config_dump, /ready).
+	s.mu.Lock()
 	if err := s.proxy.Apply(cfg); err != nil {
+		s.mu.Unlock()
 		return err
 	}
-	v := cfg.Version()
-	s.mu.Lock()
 	s.applied = applied{cfg: cfg, version: v, source: source, at: time.Now()}
 	s.mu.Unlock()
 	s.metrics.ConfigApplied(v, source)
