@@ -10,6 +10,9 @@
 #       haproxy            (Debian's HAProxy),
 #       nginx              (Debian's nginx, one worker),
 #       [watertight-proxy] (the sidecar, listener mode "proxy"; with --targets)
+#       [watertight-h1conn], [watertight-nethttp]
+#                          (the sidecar with --upstream-http1 watertight or net/http:
+#                           its two HTTP/1.1 clients, whatever the default; with --targets)
 #     with fortio and h2load over HTTP/1.1 keep-alive and h2c: max throughput,
 #     p50/p90/p99 at 500 and 2000 req/s, CPU seconds per 1000 requests of the
 #     proxy process and its peak RSS.
@@ -76,6 +79,8 @@ PORT_NGINX_H2C=$((PORT_BASE + 7)) # h2c prior knowledge (nginx 1.22 cannot serve
 PORT_CADDY=$((PORT_BASE + 8))
 PORT_PPROF_WATERTIGHT=$((PORT_BASE + 10))
 PORT_PPROF_REVPROXY=$((PORT_BASE + 11))
+PORT_WT_H1CONN=$((PORT_BASE + 12))  # +0 listener, +1 admin
+PORT_WT_NETHTTP=$((PORT_BASE + 14)) # +0 listener, +1 admin
 # Isolation and weights experiments.
 PORT_ISO_UP=$((PORT_BASE + 120))     # +0 +1 +2: upstreams a, b, c
 PORT_ISO_WT=$((PORT_BASE + 130))     # +0..+2 listeners, +3 admin
@@ -261,6 +266,21 @@ upstreams:
     protocol: auto
     endpoints: [127.0.0.1:$PORT_UPSTREAM]
 EOF
+	# The same sidecar, one per HTTP/1.1 client (watertight-h1conn,
+	# watertight-nethttp): its own ports, the same upstream.
+	local port
+	for port in "$PORT_WT_H1CONN" "$PORT_WT_NETHTTP"; do
+		cat >"$OUT/watertight-$port.yaml" <<EOF
+admin: {address: 127.0.0.1:$((port + 1))}
+budget: 4096
+listeners:
+  - {name: upstream-mode, address: 127.0.0.1:$port, mode: upstream, upstream: bench}
+upstreams:
+  - name: bench
+    protocol: auto
+    endpoints: [127.0.0.1:$PORT_UPSTREAM]
+EOF
+	done
 	# HAProxy 2.6 (Debian 12): a clear-text HTTP bind speaks HTTP/1.1 and
 	# switches to HTTP/2 when a client opens with the h2 preface (prior
 	# knowledge), so one port serves both like the Go proxies. fc_http_major
@@ -478,6 +498,16 @@ start_servers() {
 	# test only, to measure runtime settings against the same baselines.
 	# shellcheck disable=SC2086 # word splitting wanted: VAR=value pairs
 	start watertight "$PORT_WATERTIGHT" env ${BENCH_SIDECAR_ENV:-} "$OUT/sidecar" run --config "$OUT/watertight.yaml" --log-level warn
+	if has_target watertight-h1conn; then
+		# shellcheck disable=SC2086
+		start watertight-h1conn "$PORT_WT_H1CONN" env ${BENCH_SIDECAR_ENV:-} "$OUT/sidecar" run \
+			--config "$OUT/watertight-$PORT_WT_H1CONN.yaml" --log-level warn --upstream-http1 watertight
+	fi
+	if has_target watertight-nethttp; then
+		# shellcheck disable=SC2086
+		start watertight-nethttp "$PORT_WT_NETHTTP" env ${BENCH_SIDECAR_ENV:-} "$OUT/sidecar" run \
+			--config "$OUT/watertight-$PORT_WT_NETHTTP.yaml" --log-level warn --upstream-http1 net/http
+	fi
 	start revproxy "$PORT_REVPROXY" "$OUT/revproxy" -addr "127.0.0.1:$PORT_REVPROXY" -upstream "127.0.0.1:$PORT_UPSTREAM"
 	start haproxy "$PORT_HAPROXY" haproxy -db -f "$OUT/haproxy.cfg"
 	start nginx "$PORT_NGINX" "$NGINX" -p "$OUT/nginx/" -e stderr -c "$OUT/nginx.conf"
@@ -485,6 +515,14 @@ start_servers() {
 		start caddy "$PORT_CADDY" env XDG_DATA_HOME="$OUT/caddy" XDG_CONFIG_HOME="$OUT/caddy" \
 			"$CADDY" run --config "$OUT/Caddyfile" --adapter caddyfile
 	fi
+}
+
+has_target() {
+	local t
+	for t in "${TARGETS[@]}"; do
+		[[ $t == "$1" ]] && return 0
+	done
+	return 1
 }
 
 # The process whose CPU and memory a target costs: the proxy; for direct,
@@ -502,6 +540,8 @@ target_port() { # TARGET [h1|h2]
 	direct) echo "$PORT_UPSTREAM" ;;
 	watertight) echo "$PORT_WATERTIGHT" ;;
 	watertight-proxy) echo "$PORT_WATERTIGHT_PROXY" ;;
+	watertight-h1conn) echo "$PORT_WT_H1CONN" ;;
+	watertight-nethttp) echo "$PORT_WT_NETHTTP" ;;
 	revproxy) echo "$PORT_REVPROXY" ;;
 	haproxy) echo "$PORT_HAPROXY" ;;
 	caddy) echo "$PORT_CADDY" ;;
@@ -882,7 +922,7 @@ main() {
 		sanity_check
 		warm_up
 		run_scenarios
-		stop upstream watertight revproxy haproxy nginx caddy
+		stop upstream watertight watertight-h1conn watertight-nethttp revproxy haproxy nginx caddy
 	fi
 	if part isolation || part weights; then
 		rm -rf "$OUT/iso-runs"

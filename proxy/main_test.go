@@ -1,15 +1,31 @@
 package proxy
 
 import (
+	"flag"
 	"fmt"
 	"io"
+	"os"
 	"testing"
 
 	"go.uber.org/goleak"
 	"google.golang.org/grpc/grpclog"
 )
 
+// upstreamHTTP1 runs the whole suite with either HTTP/1.1 client:
+//
+//	go test -race ./proxy/ -args -upstream-http1=watertight
+var upstreamHTTP1 = flag.String("upstream-http1", DefaultUpstreamHTTP1,
+	"the servers' HTTP/1.1 client for cleartext upstreams: "+HTTP1NetHTTP+" or "+HTTP1Watertight)
+
 func TestMain(m *testing.M) {
+	flag.Parse()
+	switch *upstreamHTTP1 {
+	case HTTP1NetHTTP, HTTP1Watertight:
+		DefaultUpstreamHTTP1 = *upstreamHTTP1
+	default:
+		fmt.Fprintf(os.Stderr, "-upstream-http1: %q is neither %q nor %q\n", *upstreamHTTP1, HTTP1NetHTTP, HTTP1Watertight)
+		os.Exit(2)
+	}
 	// gRPC's interop cases (grpc_interop_test.go) report a failure with
 	// grpclog's Fatal, which exits the process. Installed before any gRPC
 	// activity (SetLoggerV2 is not safe to call later), this logger panics

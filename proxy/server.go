@@ -37,6 +37,9 @@ type Options struct {
 	DrainTimeout time.Duration
 	// AccessLog receives the listeners' access logs (default: stdout).
 	AccessLog io.Writer
+	// UpstreamHTTP1 is the HTTP/1.1 client for cleartext upstreams:
+	// HTTP1Watertight or HTTP1NetHTTP (default DefaultUpstreamHTTP1).
+	UpstreamHTTP1 string
 }
 
 // Server runs the listeners and compartments of the config in force.
@@ -48,6 +51,7 @@ type Server struct {
 	errorLog *log.Logger
 	drain    time.Duration
 	pass     http.Handler
+	http1    string // the HTTP/1.1 client for cleartext upstreams
 
 	mu           sync.Mutex
 	cfg          *config.Config
@@ -76,7 +80,16 @@ func NewServer(o Options) *Server {
 	if o.AccessLog == nil {
 		o.AccessLog = os.Stdout
 	}
+	switch o.UpstreamHTTP1 {
+	case HTTP1NetHTTP, HTTP1Watertight:
+	case "":
+		o.UpstreamHTTP1 = DefaultUpstreamHTTP1
+	default: // callers check flags; this only keeps a server from starting without a client
+		o.Logger.Error("unknown upstream HTTP/1.1 client, using the default", "client", o.UpstreamHTTP1, "default", DefaultUpstreamHTTP1)
+		o.UpstreamHTTP1 = DefaultUpstreamHTTP1
+	}
 	s := &Server{
+		http1:     o.UpstreamHTTP1,
 		log:       o.Logger,
 		access:    newAccessLogger(o.AccessLog),
 		metrics:   o.Metrics,
@@ -113,7 +126,7 @@ func (s *Server) Apply(cfg *config.Config) error {
 	}
 	for i := range cfg.Upstreams {
 		u := &cfg.Upstreams[i]
-		k := keyOf(u, cfg.Budget)
+		k := keyOf(u, cfg.Budget, s.http1)
 		if up, ok := s.upstreams[u.Name]; ok && up.transports.key == k {
 			ts[u.Name] = up.transports
 			continue

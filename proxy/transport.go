@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/watertight/watertight/config"
+	"github.com/watertight/watertight/proxy/h1conn"
 )
 
 // transports is an upstream's own connection pools: one per protocol it
@@ -17,10 +18,25 @@ import (
 // dead upstream's hung connections cannot starve anyone else's dials.
 type transports struct {
 	key  transportKey
-	h1   *http.Transport // HTTP/1.1 (or ALPN-negotiated, over TLS with auto)
-	h2   *http.Transport // HTTP/2: h2c with prior knowledge, or h2 over TLS
-	auto bool            // choose per request: HTTP/2 if the app spoke it or it is gRPC
+	h1   http.RoundTripper // HTTP/1.1 (or ALPN-negotiated, over TLS with auto)
+	h2   http.RoundTripper // HTTP/2: h2c with prior knowledge, or h2 over TLS
+	auto bool              // choose per request: HTTP/2 if the app spoke it or it is gRPC
 }
+
+// The HTTP/1.1 clients a server can use for cleartext upstreams
+// (Options.UpstreamHTTP1).
+const (
+	// HTTP1NetHTTP is net/http's Transport.
+	HTTP1NetHTTP = "net/http"
+	// HTTP1Watertight is proxy/h1conn: requests written and answers read
+	// on the request's own goroutine, net/http's Transport for the rest.
+	HTTP1Watertight = "watertight"
+)
+
+// DefaultUpstreamHTTP1 is the HTTP/1.1 client of a server whose Options do
+// not choose. A variable so that the package's tests can run their whole
+// suite with either (-upstream-http1).
+var DefaultUpstreamHTTP1 = HTTP1Watertight
 
 // transportKey is everything a connection pool depends on; upstreams whose
 // key did not change keep their pools (and warm connections) across reloads.
@@ -28,10 +44,11 @@ type transportKey struct {
 	upstream, protocol, sni, caFile string
 	tls                             bool
 	maxIdle                         int
+	http1                           string // HTTP1NetHTTP or HTTP1Watertight
 }
 
-func keyOf(u *config.Upstream, budget int) transportKey {
-	k := transportKey{upstream: u.Name, protocol: u.Protocol, maxIdle: budget}
+func keyOf(u *config.Upstream, budget int, http1 string) transportKey {
+	k := transportKey{upstream: u.Name, protocol: u.Protocol, maxIdle: budget, http1: http1}
 	if u.TLS != nil {
 		k.tls, k.sni, k.caFile = true, u.TLS.SNI, u.TLS.CAFile
 	}
@@ -84,10 +101,23 @@ func newTransports(k transportKey) (*transports, error) {
 			},
 		}
 	}
+	// own puts h1conn in front of a cleartext HTTP/1.1 Transport, which
+	// keeps what h1conn hands back (upgrades, Expect, streamed bodies).
+	own := func(std *http.Transport) http.RoundTripper {
+		if k.tls || k.http1 != HTTP1Watertight {
+			return std
+		}
+		return &h1conn.Transport{
+			DialContext:    std.DialContext,
+			Fallback:       std,
+			MaxIdlePerHost: k.maxIdle,
+			IdleTimeout:    std.IdleConnTimeout,
+		}
+	}
 	t := &transports{key: k}
 	switch {
 	case k.protocol == config.ProtocolHTTP1:
-		t.h1 = mk(true, false)
+		t.h1 = own(mk(true, false))
 		t.h2 = t.h1
 	case k.protocol == config.ProtocolHTTP2:
 		t.h2 = mk(false, true)
@@ -96,23 +126,25 @@ func newTransports(k transportKey) (*transports, error) {
 		t.h1 = mk(true, true)
 		t.h2 = t.h1
 	default: // auto over cleartext: follow the app
-		t.h1, t.h2, t.auto = mk(true, false), mk(false, true), true
+		t.h1, t.h2, t.auto = own(mk(true, false)), mk(false, true), true
 	}
 	return t, nil
 }
 
 // forRequest picks the connection pool for one request.
-func (t *transports) forRequest(r *http.Request, grpc bool) *http.Transport {
+func (t *transports) forRequest(r *http.Request, grpc bool) http.RoundTripper {
 	if t.auto && (r.ProtoMajor == 2 || grpc) {
 		return t.h2
 	}
 	return t.h1
 }
 
+type idleCloser interface{ CloseIdleConnections() }
+
 func (t *transports) closeIdle() {
-	t.h1.CloseIdleConnections()
+	t.h1.(idleCloser).CloseIdleConnections()
 	if t.h2 != t.h1 {
-		t.h2.CloseIdleConnections()
+		t.h2.(idleCloser).CloseIdleConnections()
 	}
 }
 

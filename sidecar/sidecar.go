@@ -35,7 +35,10 @@ type Options struct {
 	AdminAddress string
 	// DrainTimeout bounds the graceful stop (default 15s).
 	DrainTimeout time.Duration
-	Logger       *slog.Logger
+	// UpstreamHTTP1 is the HTTP/1.1 client for cleartext upstreams
+	// (proxy.Options.UpstreamHTTP1).
+	UpstreamHTTP1 string
+	Logger        *slog.Logger
 }
 
 // Sidecar is a running sidecar.
@@ -88,7 +91,9 @@ func Start(o Options) (*Sidecar, error) {
 		return nil, errors.New("starting sidecar: no config (give --config FILE or --xds ADDR)")
 	}
 	s := &Sidecar{opts: o, log: o.Logger, metrics: metrics.New(), watchDone: make(chan struct{})}
-	s.proxy = proxy.NewServer(proxy.Options{Logger: o.Logger, Metrics: s.metrics, DrainTimeout: o.DrainTimeout})
+	s.proxy = proxy.NewServer(proxy.Options{
+		Logger: o.Logger, Metrics: s.metrics, DrainTimeout: o.DrainTimeout, UpstreamHTTP1: o.UpstreamHTTP1,
+	})
 	adminAddr := config.DefaultAdminAddress
 	if cfg != nil {
 		// From xDS the config arrives later: until it does, /ready says no.

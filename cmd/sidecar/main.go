@@ -21,6 +21,7 @@ import (
 
 	"github.com/watertight/watertight/admin"
 	"github.com/watertight/watertight/demo"
+	"github.com/watertight/watertight/proxy"
 	"github.com/watertight/watertight/sidecar"
 	"github.com/watertight/watertight/xds"
 )
@@ -154,11 +155,16 @@ func runProxy(args []string, stderr io.Writer) error {
 	nodeID := fs.String("node-id", "", "this sidecar's node ID for the control plane (with --xds), e.g. <pod>.<namespace>")
 	adminAddr := fs.String("admin", "", "admin address for /metrics /ready /healthz /config_dump (default: admin.address from the config, 127.0.0.1:15000)")
 	drain := fs.Duration("drain-timeout", 15*time.Second, "on SIGTERM, how long in-flight requests get to finish")
+	http1 := fs.String("upstream-http1", proxy.DefaultUpstreamHTTP1, "HTTP/1.1 client for cleartext upstreams: "+proxy.HTTP1Watertight+" (written for the sidecar) or "+proxy.HTTP1NetHTTP)
 	lf := addLogFlags(fs, "info")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
 	switch {
+	case *http1 != proxy.HTTP1Watertight && *http1 != proxy.HTTP1NetHTTP:
+		fmt.Fprintf(stderr, "sidecar run: --upstream-http1: %q is neither %q nor %q\n", *http1, proxy.HTTP1Watertight, proxy.HTTP1NetHTTP)
+		fs.Usage()
+		return errUsage
 	case (*configPath == "") == (*xdsAddr == ""):
 		fmt.Fprintln(stderr, "sidecar run: give either --config FILE or --xds HOST:PORT")
 		fs.Usage()
@@ -174,12 +180,13 @@ func runProxy(args []string, stderr io.Writer) error {
 	}
 	slog.SetDefault(log)
 	return sidecar.Run(context.Background(), sidecar.Options{
-		ConfigPath:   *configPath,
-		XDSAddress:   *xdsAddr,
-		NodeID:       *nodeID,
-		AdminAddress: *adminAddr,
-		DrainTimeout: *drain,
-		Logger:       log,
+		ConfigPath:    *configPath,
+		XDSAddress:    *xdsAddr,
+		NodeID:        *nodeID,
+		AdminAddress:  *adminAddr,
+		DrainTimeout:  *drain,
+		UpstreamHTTP1: *http1,
+		Logger:        log,
 	})
 }
 

@@ -59,6 +59,11 @@ func TestUsageAndVersion(t *testing.T) {
 		t.Errorf("run without --config: %d %q", code, errb.String())
 	}
 	errb.Reset()
+	if code := run([]string{"run", "--config", "x.yaml", "--upstream-http1", "fasthttp"}, &out, &errb); code != 2 ||
+		!strings.Contains(errb.String(), `--upstream-http1: "fasthttp" is neither "watertight" nor "net/http"`) {
+		t.Errorf("bad --upstream-http1: %d %q", code, errb.String())
+	}
+	errb.Reset()
 	if code := run([]string{"run", "--bogus"}, &out, &errb); code != 2 {
 		t.Errorf("run --bogus: %d", code)
 	}

@@ -1,0 +1,66 @@
+package h1conn
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync/atomic"
+)
+
+var errBodyClosed = errors.New("h1conn: read on closed response body")
+
+const (
+	bodyOpen int32 = iota
+	bodyEOF
+	bodyClosed
+)
+
+// body is a response body read from its connection. The connection is the
+// body's until the end (then it goes back to the pool) or until Close or
+// the context's end (then it is closed: what is left of the answer is not
+// worth reading, and may never come).
+type body struct {
+	t     *Transport
+	c     *conn
+	ctx   context.Context
+	rc    io.ReadCloser // http.ReadResponse's: framing and trailers
+	stop  func() bool   // unregisters the context watcher
+	keep  bool          // the connection may carry another request
+	state atomic.Int32
+}
+
+func (b *body) Read(p []byte) (int, error) {
+	switch b.state.Load() {
+	case bodyEOF:
+		return 0, io.EOF // rc is no longer ours to touch
+	case bodyClosed:
+		return 0, errBodyClosed
+	}
+	n, err := b.rc.Read(p)
+	switch {
+	case err == io.EOF:
+		if b.state.CompareAndSwap(bodyOpen, bodyEOF) {
+			b.t.release(b.c, b.stop, b.keep)
+		}
+	case err != nil:
+		if b.ctx.Err() != nil {
+			err = context.Cause(b.ctx)
+		}
+		err = fmt.Errorf("reading response body from %s: %w", b.c.addr, err)
+		if b.state.CompareAndSwap(bodyOpen, bodyClosed) {
+			b.t.release(b.c, b.stop, false)
+		}
+	}
+	return n, err
+}
+
+// Close before the end closes the connection; it does not drain what is
+// left, as the standard library's client body would, since a stuck upstream
+// may never send it.
+func (b *body) Close() error {
+	if b.state.CompareAndSwap(bodyOpen, bodyClosed) {
+		b.t.release(b.c, b.stop, false)
+	}
+	return nil
+}

@@ -1,0 +1,103 @@
+package h1conn
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"math"
+	"net"
+	"syscall"
+	"time"
+)
+
+const noLimit = math.MaxInt64
+
+var errHeadTooLarge = errors.New("response head larger than the limit")
+
+// conn is one connection to an endpoint, used by one request at a time.
+// Its buffers live as long as it does.
+type conn struct {
+	addr      string
+	nc        net.Conn
+	br        *bufio.Reader
+	bw        *bufio.Writer
+	raw       syscall.RawConn // nil if the connection has no file descriptor
+	abort     func()          // closes nc; a method value made once, not per request
+	probeFn   func(fd uintptr) bool
+	probed    bool // what the last probe found: alive
+	probeBuf  [1]byte
+	reused    bool
+	idleSince time.Time
+
+	limit   int64 // bytes the next reads may still take (the head limit)
+	nread   int64 // bytes read since the head began
+	written int64 // bytes written for the current request
+}
+
+func (t *Transport) dial(ctx context.Context, addr string) (*conn, error) {
+	nc, err := t.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err // net.OpError "dial" names the address
+	}
+	c := &conn{addr: addr, nc: nc, limit: noLimit}
+	c.br = bufio.NewReader(c)
+	c.bw = bufio.NewWriter(c)
+	c.abort = c.close
+	if sc, ok := nc.(syscall.Conn); ok {
+		if raw, err := sc.SyscallConn(); err == nil {
+			c.raw = raw
+			c.probeFn = c.probe
+		}
+	}
+	return c, nil
+}
+
+func (c *conn) Read(p []byte) (int, error) {
+	if c.limit <= 0 {
+		return 0, errHeadTooLarge
+	}
+	if int64(len(p)) > c.limit {
+		p = p[:c.limit]
+	}
+	n, err := c.nc.Read(p)
+	c.limit -= int64(n)
+	c.nread += int64(n)
+	return n, err
+}
+
+func (c *conn) Write(p []byte) (int, error) {
+	n, err := c.nc.Write(p)
+	c.written += int64(n)
+	return n, err
+}
+
+func (c *conn) close() { _ = c.nc.Close() }
+
+// alive says whether an idle connection can carry a request: the upstream
+// has neither closed it nor sent anything unasked. net/http's Transport
+// learns this from a read goroutine parked on every idle connection; one
+// non-blocking read when the connection is taken costs a syscall instead.
+func (c *conn) alive() bool {
+	if c.raw == nil {
+		return true
+	}
+	c.probed = false
+	if err := c.raw.Read(c.probeFn); err != nil {
+		return false
+	}
+	return c.probed
+}
+
+// probe runs inside RawConn.Read; the socket is non-blocking, so a read
+// with nothing to take returns EAGAIN at once. Returning true tells the
+// runtime not to wait for readability.
+func (c *conn) probe(fd uintptr) bool {
+	_, err := syscall.Read(int(fd), c.probeBuf[:])
+	c.probed = errors.Is(err, syscall.EAGAIN)
+	return true
+}
+
+// isReset: the peer reset the connection.
+func isReset(err error) bool {
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
