@@ -145,6 +145,29 @@ func errorsOf(t *testing.T, composites string) []*FieldError {
 	return ve.Errors
 }
 
+// wantExactly checks that errs are want (field path → message), each path
+// reported once, and nothing else.
+func wantExactly(t *testing.T, errs []*FieldError, want map[string]string) {
+	t.Helper()
+	got := map[string]string{}
+	for _, e := range errs {
+		if _, dup := got[e.Path]; dup {
+			t.Errorf("%s reported twice: %q and %q", e.Path, got[e.Path], e.Msg)
+		}
+		got[e.Path] = e.Msg
+	}
+	for path, msg := range want {
+		if got[path] != msg {
+			t.Errorf("%s: %q\nwant %q", path, got[path], msg)
+		}
+	}
+	for path, msg := range got {
+		if _, ok := want[path]; !ok {
+			t.Errorf("unexpected %s: %s", path, msg)
+		}
+	}
+}
+
 // A node in no cycle that depends on one, directly or through other nodes,
 // can never run: it is refused as unreachable, naming itself, the path to
 // the cycle and the cycle, besides the cycle's own error. Nodes that do not
@@ -169,23 +192,7 @@ func TestNodeDependingOnACycleIsUnreachable(t *testing.T) {
 		"composites[0].nodes[4]": `node "e" is unreachable: it depends on node "b" (e → d → b), which is in the dependency cycle a → b → a`,
 		"composites[0].nodes[5]": `node "x" is in a dependency cycle: x → y → x`,
 	}
-	got := map[string]string{}
-	for _, e := range errs {
-		if _, dup := got[e.Path]; dup {
-			t.Errorf("%s reported twice: %q and %q", e.Path, got[e.Path], e.Msg)
-		}
-		got[e.Path] = e.Msg
-	}
-	for path, msg := range want {
-		if got[path] != msg {
-			t.Errorf("%s: %q\nwant %q", path, got[path], msg)
-		}
-	}
-	for path, msg := range got {
-		if _, ok := want[path]; !ok {
-			t.Errorf("unexpected %s: %s", path, msg)
-		}
-	}
+	wantExactly(t, errs, want)
 }
 
 // A critical node with onMissingInput: skip (the default) that takes a weak
@@ -214,20 +221,7 @@ func TestCriticalNodeSkippingOnAWeakInputIsRefused(t *testing.T) {
 		"composites[0].nodes[3].critical": `critical node "k" takes weak node "x" as input with onMissingInput: skip: if "x" failed, "k" would be skipped and fail the composite; make "x" critical, or set onMissingInput: "null" on "k"`,
 		"composites[0].nodes[5].critical": `critical node "both" takes weak nodes "w", "x" as input with onMissingInput: skip: if one of them failed, "both" would be skipped and fail the composite; make them critical, or set onMissingInput: "null" on "both"`,
 	}
-	got := map[string]string{}
-	for _, e := range errs {
-		got[e.Path] = e.Msg
-	}
-	for path, msg := range want {
-		if got[path] != msg {
-			t.Errorf("%s: %q\nwant %q", path, got[path], msg)
-		}
-	}
-	for path, msg := range got {
-		if _, ok := want[path]; !ok {
-			t.Errorf("unexpected %s: %s", path, msg)
-		}
-	}
+	wantExactly(t, errs, want)
 
 	// Fixed either way, it is accepted.
 	for _, fix := range []string{
