@@ -17,6 +17,7 @@ import (
 
 	"github.com/watertight/watertight/config"
 	"github.com/watertight/watertight/internal/poll"
+	"github.com/watertight/watertight/internal/testmetrics"
 	"github.com/watertight/watertight/metrics"
 	"github.com/watertight/watertight/proxy"
 )
@@ -155,25 +156,7 @@ func (s *sidecar) url(t testing.TB) string {
 // metric reads one series of a family, or nil.
 func (s *sidecar) metric(t *testing.T, name string, labels map[string]string) *dto.Metric {
 	t.Helper()
-	mfs, err := s.reg.Prometheus().Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	next:
-		for _, m := range mf.GetMetric() {
-			for _, lp := range m.GetLabel() {
-				if v, ok := labels[lp.GetName()]; ok && v != lp.GetValue() {
-					continue next
-				}
-			}
-			return m
-		}
-	}
-	return nil
+	return testmetrics.Find(t, s.reg.Prometheus(), name, labels)
 }
 
 func eventually(t testing.TB, what string, cond func() bool) {

@@ -274,31 +274,11 @@ func grpcCtx(t *testing.T) context.Context {
 // requests reads watertight_requests_total{upstream=grpcup,result=result}.
 func (e *grpcEnv) requests(t *testing.T, result string) float64 {
 	t.Helper()
-	mfs, err := e.reg.Prometheus().Gather()
-	if err != nil {
-		t.Fatal(err)
+	m := findMetric(t, e.reg, "watertight_requests_total", map[string]string{"upstream": grpcUpstream, "result": result})
+	if m == nil {
+		t.Fatalf("no watertight_requests_total{upstream=%q,result=%q}", grpcUpstream, result)
 	}
-	for _, mf := range mfs {
-		if mf.GetName() != "watertight_requests_total" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			var up, res string
-			for _, l := range m.GetLabel() {
-				switch l.GetName() {
-				case "upstream":
-					up = l.GetValue()
-				case "result":
-					res = l.GetValue()
-				}
-			}
-			if up == grpcUpstream && res == result {
-				return m.GetCounter().GetValue()
-			}
-		}
-	}
-	t.Fatalf("no watertight_requests_total{upstream=%q,result=%q}", grpcUpstream, result)
-	return 0
+	return m.GetCounter().GetValue()
 }
 
 // active is the upstream's pool's Active count.

@@ -19,6 +19,7 @@ import (
 	"github.com/watertight/watertight/bulkhead"
 	"github.com/watertight/watertight/config"
 	"github.com/watertight/watertight/internal/poll"
+	"github.com/watertight/watertight/internal/testmetrics"
 	"github.com/watertight/watertight/internal/testupstream"
 	"github.com/watertight/watertight/metrics"
 )
@@ -83,31 +84,7 @@ func (p *testProxy) count(t testing.TB, upstream, result string) float64 {
 
 func findMetric(t testing.TB, reg *metrics.Registry, name string, labels map[string]string) *dto.Metric {
 	t.Helper()
-	mfs, err := reg.Prometheus().Gather()
-	if err != nil {
-		t.Fatalf("gather: %v", err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	next:
-		for _, m := range mf.GetMetric() {
-			for k, v := range labels {
-				found := false
-				for _, lp := range m.GetLabel() {
-					if lp.GetName() == k && lp.GetValue() == v {
-						found = true
-					}
-				}
-				if !found {
-					continue next
-				}
-			}
-			return m
-		}
-	}
-	return nil
+	return testmetrics.Find(t, reg.Prometheus(), name, labels)
 }
 
 // eventually polls cond until it holds or 5s pass.

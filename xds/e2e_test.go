@@ -42,6 +42,7 @@ import (
 
 	"github.com/watertight/watertight/internal/poll"
 	"github.com/watertight/watertight/internal/testlog"
+	"github.com/watertight/watertight/internal/testmetrics"
 	"github.com/watertight/watertight/internal/testupstream"
 	"github.com/watertight/watertight/sidecar"
 	"github.com/watertight/watertight/xds"
@@ -200,37 +201,11 @@ func eventually(t *testing.T, what string, cond func() bool) time.Duration {
 // metric sums the series of name whose labels include the given pairs.
 func metric(t *testing.T, g prometheus.Gatherer, name string, labels ...string) float64 {
 	t.Helper()
-	mfs, err := g.Gather()
-	if err != nil {
-		t.Fatalf("gathering metrics: %v", err)
+	want := map[string]string{}
+	for i := 0; i+1 < len(labels); i += 2 {
+		want[labels[i]] = labels[i+1]
 	}
-	sum := 0.0
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	series:
-		for _, m := range mf.GetMetric() {
-			for i := 0; i+1 < len(labels); i += 2 {
-				found := false
-				for _, lp := range m.GetLabel() {
-					if lp.GetName() == labels[i] && lp.GetValue() == labels[i+1] {
-						found = true
-					}
-				}
-				if !found {
-					continue series
-				}
-			}
-			switch {
-			case m.GetCounter() != nil:
-				sum += m.GetCounter().GetValue()
-			case m.GetGauge() != nil:
-				sum += m.GetGauge().GetValue()
-			}
-		}
-	}
-	return sum
+	return testmetrics.Sum(t, g, name, want)
 }
 
 func sidecarMetric(t *testing.T, s *sidecar.Sidecar, name string, labels ...string) float64 {

@@ -30,6 +30,7 @@ import (
 	grpcxds "google.golang.org/grpc/xds" // registers the xds resolver and balancers
 
 	"github.com/watertight/watertight/internal/testlog"
+	"github.com/watertight/watertight/internal/testmetrics"
 	"github.com/watertight/watertight/sidecar"
 	"github.com/watertight/watertight/xds"
 )
@@ -188,24 +189,7 @@ func limit(s *sidecar.Sidecar) int {
 // nacks sums the sidecar's watertight_xds_updates_total{result="nack"}.
 func nacks(t *testing.T, s *sidecar.Sidecar) float64 {
 	t.Helper()
-	sum := 0.0
-	mfs, err := s.Metrics().Prometheus().Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != "watertight_xds_updates_total" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "result" && l.GetValue() == "nack" {
-					sum += m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return sum
+	return testmetrics.Sum(t, s.Metrics().Prometheus(), "watertight_xds_updates_total", map[string]string{"result": "nack"})
 }
 
 func call(ctx context.Context, conn *grpc.ClientConn, body string) error {
