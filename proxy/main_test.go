@@ -21,7 +21,6 @@ func TestMain(m *testing.M) {
 	flag.Parse()
 	switch *upstreamHTTP1 {
 	case HTTP1NetHTTP, HTTP1Watertight:
-		DefaultUpstreamHTTP1 = *upstreamHTTP1
 	default:
 		fmt.Fprintf(os.Stderr, "-upstream-http1: %q is neither %q nor %q\n", *upstreamHTTP1, HTTP1NetHTTP, HTTP1Watertight)
 		os.Exit(2)

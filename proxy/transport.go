@@ -34,9 +34,8 @@ const (
 )
 
 // DefaultUpstreamHTTP1 is the HTTP/1.1 client of a server whose Options do
-// not choose. A variable so that the package's tests can run their whole
-// suite with either (-upstream-http1).
-var DefaultUpstreamHTTP1 = HTTP1Watertight
+// not choose.
+const DefaultUpstreamHTTP1 = HTTP1Watertight
 
 // transportKey is everything a connection pool depends on; upstreams whose
 // key did not change keep their pools (and warm connections) across reloads.

@@ -93,7 +93,7 @@ func (c *conn) alive() bool {
 // runtime not to wait for readability.
 func (c *conn) probe(fd uintptr) bool {
 	_, err := syscall.Read(int(fd), c.probeBuf[:])
-	c.probed = errors.Is(err, syscall.EAGAIN)
+	c.probed = err == syscall.EAGAIN // syscall.Read returns the bare Errno
 	return true
 }
 

@@ -151,9 +151,7 @@ func (t *Transport) exchange(ctx context.Context, c *conn, req *http.Request) (*
 	}
 	err := w.Write(c.bw)
 	if rb != nil && rb.err != nil {
-		stop()
-		c.close()
-		return nil, fmt.Errorf("reading the request body for %s: %w", c.addr, rb.err)
+		return fail("reading the request body for", rb.err)
 	}
 	if err == nil {
 		err = c.bw.Flush()
