@@ -132,15 +132,23 @@ composites:
 // calls still running, which their upstreams see.
 func TestCriticalFailureFailsFastAndCancelsTheRest(t *testing.T) {
 	canceled := make(chan string, 2)
-	slow := startUpstream(t, hangs(canceled))
+	arrived := make(chan struct{}, 2)
+	hang := hangs(canceled)
+	slow := startUpstream(t, func(w http.ResponseWriter, r *http.Request, body string) bool {
+		select {
+		case arrived <- struct{}{}:
+		default:
+		}
+		return hang(w, r, body)
+	})
 	// pay fails once both calls to slow have arrived there, so that slow
 	// can see them cancelled.
 	pay := startUpstream(t, func(w http.ResponseWriter, r *http.Request, _ string) bool {
-		for slow.active.Load() < 2 {
+		for range 2 {
 			select {
 			case <-r.Context().Done():
 				return true
-			case <-time.After(2 * time.Millisecond): // polling
+			case <-arrived:
 			}
 		}
 		w.WriteHeader(http.StatusInternalServerError)
