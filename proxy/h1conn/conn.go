@@ -30,7 +30,6 @@ type conn struct {
 	idleSince time.Time
 
 	limit   int64 // bytes the next reads may still take (the head limit)
-	nread   int64 // bytes read since the head began
 	written int64 // bytes written for the current request
 }
 
@@ -61,7 +60,6 @@ func (c *conn) Read(p []byte) (int, error) {
 	}
 	n, err := c.nc.Read(p)
 	c.limit -= int64(n)
-	c.nread += int64(n)
 	return n, err
 }
 

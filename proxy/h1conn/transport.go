@@ -163,13 +163,14 @@ func (t *Transport) exchange(ctx context.Context, c *conn, req *http.Request) (*
 		return fail("writing request to", err)
 	}
 
-	c.limit = t.maxHeaderBytes()
-	c.nread = 0
+	headLimit := t.maxHeaderBytes()
+	c.limit = headLimit
 	var resp *http.Response
 	for n := 0; ; n++ {
 		resp, err = http.ReadResponse(c.br, req)
 		if err != nil {
-			if c.nread == 0 && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || isReset(err)) {
+			// Not one byte of an answer came: the connection was stale.
+			if c.limit == headLimit && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || isReset(err)) {
 				err = fmt.Errorf("%w: %w", errStale, err)
 			}
 			return fail("reading response head from", err)
