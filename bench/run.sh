@@ -498,16 +498,17 @@ start_servers() {
 	# test only, to measure runtime settings against the same baselines.
 	# shellcheck disable=SC2086 # word splitting wanted: VAR=value pairs
 	start watertight "$PORT_WATERTIGHT" env ${BENCH_SIDECAR_ENV:-} "$OUT/sidecar" run --config "$OUT/watertight.yaml" --log-level warn
-	if has_target watertight-h1conn; then
+	# The sidecar with each of its HTTP/1.1 clients, when asked for.
+	local t port client
+	for t in watertight-h1conn watertight-nethttp; do
+		has_target "$t" || continue
+		port=$(target_port "$t")
+		client=watertight
+		[[ $t == watertight-nethttp ]] && client=net/http
 		# shellcheck disable=SC2086
-		start watertight-h1conn "$PORT_WT_H1CONN" env ${BENCH_SIDECAR_ENV:-} "$OUT/sidecar" run \
-			--config "$OUT/watertight-$PORT_WT_H1CONN.yaml" --log-level warn --upstream-http1 watertight
-	fi
-	if has_target watertight-nethttp; then
-		# shellcheck disable=SC2086
-		start watertight-nethttp "$PORT_WT_NETHTTP" env ${BENCH_SIDECAR_ENV:-} "$OUT/sidecar" run \
-			--config "$OUT/watertight-$PORT_WT_NETHTTP.yaml" --log-level warn --upstream-http1 net/http
-	fi
+		start "$t" "$port" env ${BENCH_SIDECAR_ENV:-} "$OUT/sidecar" run \
+			--config "$OUT/watertight-$port.yaml" --log-level warn --upstream-http1 "$client"
+	done
 	start revproxy "$PORT_REVPROXY" "$OUT/revproxy" -addr "127.0.0.1:$PORT_REVPROXY" -upstream "127.0.0.1:$PORT_UPSTREAM"
 	start haproxy "$PORT_HAPROXY" haproxy -db -f "$OUT/haproxy.cfg"
 	start nginx "$PORT_NGINX" "$NGINX" -p "$OUT/nginx/" -e stderr -c "$OUT/nginx.conf"
@@ -517,13 +518,7 @@ start_servers() {
 	fi
 }
 
-has_target() {
-	local t
-	for t in "${TARGETS[@]}"; do
-		[[ $t == "$1" ]] && return 0
-	done
-	return 1
-}
+has_target() { [[ " ${TARGETS[*]} " == *" $1 "* ]]; }
 
 # The process whose CPU and memory a target costs: the proxy; for direct,
 # the upstream itself (shown for scale, not as overhead).
