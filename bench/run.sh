@@ -13,6 +13,9 @@
 #       [watertight-h1conn], [watertight-nethttp]
 #                          (the sidecar with --upstream-http1 watertight or net/http:
 #                           its two HTTP/1.1 clients, whatever the default; with --targets)
+#       [gofloor-raw], [gofloor-std]
+#                          (bench/gofloor: the least a Go HTTP/1.1 proxy does, bytes only
+#                           or through net/http's wire code; HTTP/1.1 only; with --targets)
 #     with fortio and h2load over HTTP/1.1 keep-alive and h2c: max throughput,
 #     p50/p90/p99 at 500 and 2000 req/s, CPU seconds per 1000 requests of the
 #     proxy process and its peak RSS.
@@ -81,6 +84,8 @@ PORT_PPROF_WATERTIGHT=$((PORT_BASE + 10))
 PORT_PPROF_REVPROXY=$((PORT_BASE + 11))
 PORT_WT_H1CONN=$((PORT_BASE + 12))  # +0 listener, +1 admin
 PORT_WT_NETHTTP=$((PORT_BASE + 14)) # +0 listener, +1 admin
+PORT_GOFLOOR_RAW=$((PORT_BASE + 16))
+PORT_GOFLOOR_STD=$((PORT_BASE + 17))
 # Isolation and weights experiments.
 PORT_ISO_UP=$((PORT_BASE + 120))     # +0 +1 +2: upstreams a, b, c
 PORT_ISO_WT=$((PORT_BASE + 130))     # +0..+2 listeners, +3 admin
@@ -241,6 +246,7 @@ build() {
 	go build -o "$OUT/sidecar" ./cmd/sidecar
 	go build -o "$OUT/upstream" ./bench/upstream
 	go build -o "$OUT/revproxy" ./bench/revproxy
+	go build -o "$OUT/gofloor" ./bench/gofloor
 	go build -o "$OUT/report" ./bench/report
 	go build -o "$OUT/isolation" ./bench/isolation
 	if [[ $MODE == profile ]]; then
@@ -510,6 +516,11 @@ start_servers() {
 			--config "$OUT/watertight-$port.yaml" --log-level warn --upstream-http1 "$client"
 	done
 	start revproxy "$PORT_REVPROXY" "$OUT/revproxy" -addr "127.0.0.1:$PORT_REVPROXY" -upstream "127.0.0.1:$PORT_UPSTREAM"
+	for t in gofloor-raw gofloor-std; do
+		has_target "$t" || continue
+		start "$t" "$(target_port "$t")" "$OUT/gofloor" -mode "${t#gofloor-}" \
+			-addr "127.0.0.1:$(target_port "$t")" -upstream "127.0.0.1:$PORT_UPSTREAM"
+	done
 	start haproxy "$PORT_HAPROXY" haproxy -db -f "$OUT/haproxy.cfg"
 	start nginx "$PORT_NGINX" "$NGINX" -p "$OUT/nginx/" -e stderr -c "$OUT/nginx.conf"
 	if [[ -n $CADDY ]]; then
@@ -538,11 +549,16 @@ target_port() { # TARGET [h1|h2]
 	watertight-h1conn) echo "$PORT_WT_H1CONN" ;;
 	watertight-nethttp) echo "$PORT_WT_NETHTTP" ;;
 	revproxy) echo "$PORT_REVPROXY" ;;
+	gofloor-raw) echo "$PORT_GOFLOOR_RAW" ;;
+	gofloor-std) echo "$PORT_GOFLOOR_STD" ;;
 	haproxy) echo "$PORT_HAPROXY" ;;
 	caddy) echo "$PORT_CADDY" ;;
 	nginx) if [[ ${2:-h1} == h2 ]]; then echo "$PORT_NGINX_H2C"; else echo "$PORT_NGINX"; fi ;;
 	esac
 }
+
+# The gofloor targets are measuring tools that speak HTTP/1.1 only.
+h1_only() { [[ $1 == gofloor-* ]]; }
 
 # Only mode proxy routes by Host; everyone else gets the default authority.
 target_host() { [[ $1 == watertight-proxy ]] && echo bench || true; }
@@ -559,13 +575,14 @@ sanity_check() {
 		url=http://127.0.0.1:$(target_port "$t" h1)/_proto
 		got=$(curl -sS ${host:+-H "Host: $host"} "$url")
 		[[ $got == HTTP/1.1 ]] || die "$t over HTTP/1.1 reached the upstream as '$got'"
+		h1_only "$t" && continue
 		url=http://127.0.0.1:$(target_port "$t" h2)/_proto
 		want=HTTP/2.0
 		[[ $t == nginx ]] && want=HTTP/1.1
 		got=$(curl -sS --http2-prior-knowledge ${host:+-H "Host: $host"} "$url")
 		[[ $got == "$want" ]] || die "$t over h2c reached the upstream as '$got' (want $want)"
 	done
-	log "sanity check: every target passes HTTP/1.1 as HTTP/1.1 and h2c as h2c (nginx: h2c in, HTTP/1.1 out)"
+	log "sanity check: every target passes HTTP/1.1 as HTTP/1.1 and h2c as h2c (nginx: h2c in, HTTP/1.1 out; gofloor: HTTP/1.1 only)"
 }
 
 # The load commands. Same flags for every target; only the URL (and the
@@ -720,6 +737,7 @@ run_scenarios() {
 		log "scenario $sc: $desc"
 		for ((rep = 1; rep <= REPS; rep++)); do
 			for ((i = 0; i < n; i++)); do
+				[[ $sc == h2c-* ]] && h1_only "${TARGETS[(i + rep - 1) % n]}" && continue
 				run_one "$sc" "$kind" "$desc" "${TARGETS[(i + rep - 1) % n]}" "$rep"
 				sleep 1 # let sockets in TIME_WAIT and GC settle between targets
 			done
@@ -917,7 +935,7 @@ main() {
 		sanity_check
 		warm_up
 		run_scenarios
-		stop upstream watertight watertight-h1conn watertight-nethttp revproxy haproxy nginx caddy
+		stop upstream watertight watertight-h1conn watertight-nethttp revproxy gofloor-raw gofloor-std haproxy nginx caddy
 	fi
 	if part isolation || part weights; then
 		rm -rf "$OUT/iso-runs"

@@ -1,0 +1,135 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// start runs gofloor in front of h and returns its URL and how many
+// connections the upstream accepted.
+func start(t *testing.T, mode string, h http.HandlerFunc) (string, *atomic.Int32) {
+	t.Helper()
+	up := httptest.NewUnstartedServer(h)
+	conns := new(atomic.Int32)
+	up.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	up.Start()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- serve(ln, up.Listener.Addr().String(), modes[mode]) }()
+	t.Cleanup(func() {
+		ln.Close()
+		if err := <-done; !errors.Is(err, net.ErrClosed) {
+			t.Errorf("serve ended with %v, want net.ErrClosed", err)
+		}
+		// Closing the upstream's side ends every forwarding goroutine, even one a
+		// failed test left waiting.
+		up.CloseClientConnections()
+		up.Close()
+	})
+	return "http://" + ln.Addr().String(), conns
+}
+
+func client(t *testing.T) *http.Client {
+	tr := &http.Transport{MaxConnsPerHost: 1, DisableCompression: true}
+	t.Cleanup(tr.CloseIdleConnections)
+	// A mutation that forwards what it cannot frame hangs instead of failing; the
+	// timeout turns that into a failure.
+	return &http.Client{Transport: tr, Timeout: 10 * time.Second}
+}
+
+func TestForwardsKeepAliveRequests(t *testing.T) {
+	for mode := range modes {
+		t.Run(mode, func(t *testing.T) {
+			url, conns := start(t, mode, func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("X-Path", r.URL.Path)
+				fmt.Fprintf(w, "answer to %s %s", r.Method, r.URL.Path)
+			})
+			c := client(t)
+			for i := range 5 {
+				path := fmt.Sprintf("/r%d", i)
+				resp, err := c.Get(url + path)
+				if err != nil {
+					t.Fatalf("GET %s: %v", path, err)
+				}
+				body, err := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if err != nil {
+					t.Fatalf("reading %s: %v", path, err)
+				}
+				if want := "answer to GET " + path; string(body) != want || resp.Header.Get("X-Path") != path {
+					t.Fatalf("GET %s: got %q (X-Path %q), want %q", path, body, resp.Header.Get("X-Path"), want)
+				}
+			}
+			if n := conns.Load(); n != 1 {
+				t.Errorf("upstream saw %d connections for 5 keep-alive requests, want 1", n)
+			}
+		})
+	}
+}
+
+// Raw mode forwards only what the benchmark sends; anything else must end
+// the connection rather than be forwarded wrong.
+func TestRawDropsWhatItCannotFrame(t *testing.T) {
+	t.Run("request body", func(t *testing.T) {
+		reached := new(atomic.Int32)
+		url, _ := start(t, "raw", func(w http.ResponseWriter, r *http.Request) { reached.Add(1) })
+		resp, err := client(t).Post(url, "text/plain", strings.NewReader("body"))
+		if err == nil {
+			resp.Body.Close()
+			t.Fatalf("POST with a body got %s, want the connection dropped", resp.Status)
+		}
+		if reached.Load() != 0 {
+			t.Error("a request with a body reached the upstream")
+		}
+	})
+	t.Run("chunked answer", func(t *testing.T) {
+		url, _ := start(t, "raw", func(w http.ResponseWriter, r *http.Request) {
+			w.Write([]byte("part"))
+			w.(http.Flusher).Flush() // no Content-Length: chunked
+		})
+		resp, err := client(t).Get(url)
+		if err == nil {
+			resp.Body.Close()
+			t.Fatalf("chunked answer got %s, want the connection dropped", resp.Status)
+		}
+	})
+}
+
+func TestHeader(t *testing.T) {
+	head := []byte("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\ncontent-LENGTH:  12 \r\n\r\n")
+	if n, ok := contentLength(head); !ok || n != 12 {
+		t.Errorf("contentLength = %d, %v; want 12, true", n, ok)
+	}
+	twice := []byte("HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n")
+	if _, ok := contentLength(twice); ok {
+		t.Error("a repeated Content-Length was accepted")
+	}
+	if _, ok := contentLength([]byte("HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n")); ok {
+		t.Error("a Content-Length that is not a number was accepted")
+	}
+	if n, ok := contentLength([]byte("GET / HTTP/1.1\r\nHost: a\r\n\r\n")); !ok || n != 0 {
+		t.Errorf("no Content-Length: got %d, %v; want 0, true", n, ok)
+	}
+	if hasHeader(head, "content-type-x") || !hasHeader(head, "content-type") {
+		t.Error("hasHeader matched a prefix or missed an exact name")
+	}
+}
