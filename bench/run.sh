@@ -13,9 +13,10 @@
 #       [watertight-h1conn], [watertight-nethttp]
 #                          (the sidecar with --upstream-http1 watertight or net/http:
 #                           its two HTTP/1.1 clients, whatever the default; with --targets)
-#       [gofloor-raw], [gofloor-std]
-#                          (bench/gofloor: the least a Go HTTP/1.1 proxy does, bytes only
-#                           or through net/http's wire code; HTTP/1.1 only; with --targets)
+#       [gofloor-raw], [gofloor-std], [gofloor-srv], [gofloor-rp]
+#                          (bench/gofloor: the least a Go HTTP/1.1 proxy does, bytes only,
+#                           through net/http's wire code, then net/http's server and
+#                           ReverseProxy over the sidecar's client; HTTP/1.1 only; with --targets)
 #     with fortio and h2load over HTTP/1.1 keep-alive and h2c: max throughput,
 #     p50/p90/p99 at 500 and 2000 req/s, CPU seconds per 1000 requests of the
 #     proxy process and its peak RSS.
@@ -86,6 +87,8 @@ PORT_WT_H1CONN=$((PORT_BASE + 12))  # +0 listener, +1 admin
 PORT_WT_NETHTTP=$((PORT_BASE + 14)) # +0 listener, +1 admin
 PORT_GOFLOOR_RAW=$((PORT_BASE + 16))
 PORT_GOFLOOR_STD=$((PORT_BASE + 17))
+PORT_GOFLOOR_SRV=$((PORT_BASE + 18))
+PORT_GOFLOOR_RP=$((PORT_BASE + 19))
 # Isolation and weights experiments.
 PORT_ISO_UP=$((PORT_BASE + 120))     # +0 +1 +2: upstreams a, b, c
 PORT_ISO_WT=$((PORT_BASE + 130))     # +0..+2 listeners, +3 admin
@@ -516,7 +519,7 @@ start_servers() {
 			--config "$OUT/watertight-$port.yaml" --log-level warn --upstream-http1 "$client"
 	done
 	start revproxy "$PORT_REVPROXY" "$OUT/revproxy" -addr "127.0.0.1:$PORT_REVPROXY" -upstream "127.0.0.1:$PORT_UPSTREAM"
-	for t in gofloor-raw gofloor-std; do
+	for t in gofloor-raw gofloor-std gofloor-srv gofloor-rp; do
 		has_target "$t" || continue
 		start "$t" "$(target_port "$t")" "$OUT/gofloor" -mode "${t#gofloor-}" \
 			-addr "127.0.0.1:$(target_port "$t")" -upstream "127.0.0.1:$PORT_UPSTREAM"
@@ -551,6 +554,8 @@ target_port() { # TARGET [h1|h2]
 	revproxy) echo "$PORT_REVPROXY" ;;
 	gofloor-raw) echo "$PORT_GOFLOOR_RAW" ;;
 	gofloor-std) echo "$PORT_GOFLOOR_STD" ;;
+	gofloor-srv) echo "$PORT_GOFLOOR_SRV" ;;
+	gofloor-rp) echo "$PORT_GOFLOOR_RP" ;;
 	haproxy) echo "$PORT_HAPROXY" ;;
 	caddy) echo "$PORT_CADDY" ;;
 	nginx) if [[ ${2:-h1} == h2 ]]; then echo "$PORT_NGINX_H2C"; else echo "$PORT_NGINX"; fi ;;
@@ -935,7 +940,7 @@ main() {
 		sanity_check
 		warm_up
 		run_scenarios
-		stop upstream watertight watertight-h1conn watertight-nethttp revproxy gofloor-raw gofloor-std haproxy nginx caddy
+		stop upstream watertight watertight-h1conn watertight-nethttp revproxy gofloor-raw gofloor-std gofloor-srv gofloor-rp haproxy nginx caddy
 	fi
 	if part isolation || part weights; then
 		rm -rf "$OUT/iso-runs"

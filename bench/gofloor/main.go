@@ -14,6 +14,12 @@
 //     http.ReadResponse, Response.Write). It measures what parsing into
 //     net/http's types costs, without net/http's server, ReverseProxy or
 //     anything of Watertight's.
+//   - -mode srv: net/http's server, and a handler that sends the request it
+//     was given through the sidecar's own HTTP/1.1 client (proxy/h1conn) and
+//     copies the answer back. What the server costs over -mode std.
+//   - -mode rp: the same with httputil.ReverseProxy as the handler, still on
+//     h1conn. What ReverseProxy costs over -mode srv; what Watertight costs
+//     over this is routing, compartments and metrics.
 //
 // It is a measuring tool, not a proxy: raw mode forwards only what the
 // benchmark sends (requests without a body, answers with a Content-Length)
@@ -38,12 +44,13 @@ import (
 func main() {
 	addr := flag.String("addr", "127.0.0.1:18097", "listen address")
 	upstream := flag.String("upstream", "127.0.0.1:18080", "upstream host:port")
-	mode := flag.String("mode", "raw", "raw (bytes only) or std (net/http's wire code)")
+	mode := flag.String("mode", "raw", "raw (bytes only), std (net/http's wire code), srv (net/http's server + h1conn) or rp (ReverseProxy + h1conn)")
 	flag.Parse()
 
-	fwd, ok := modes[*mode]
-	if !ok {
-		fmt.Fprintf(os.Stderr, "gofloor: -mode %q: want raw or std\n", *mode)
+	fwd, loop := modes[*mode]
+	h, server := handlers[*mode]
+	if !loop && !server {
+		fmt.Fprintf(os.Stderr, "gofloor: -mode %q: want raw, std, srv or rp\n", *mode)
 		os.Exit(2)
 	}
 	ln, err := net.Listen("tcp", *addr)
@@ -51,10 +58,13 @@ func main() {
 		slog.Error("listening", "addr", *addr, "err", err)
 		os.Exit(1)
 	}
-	if err := serve(ln, *upstream, fwd); err != nil {
-		slog.Error("serving", "err", err)
-		os.Exit(1)
+	if server {
+		err = newServer(h(*upstream)).Serve(ln)
+	} else {
+		err = serve(ln, *upstream, fwd)
 	}
+	slog.Error("serving", "err", err)
+	os.Exit(1)
 }
 
 // A forwarder carries requests from client to upstream until either ends.

@@ -34,11 +34,23 @@ func start(t *testing.T, mode string, h http.HandlerFunc) (string, *atomic.Int32
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
-	go func() { done <- serve(ln, up.Listener.Addr().String(), modes[mode]) }()
+	var srv *http.Server
+	if h, ok := handlers[mode]; ok {
+		srv = newServer(h(up.Listener.Addr().String()))
+		go func() { done <- srv.Serve(ln) }()
+	} else {
+		go func() { done <- serve(ln, up.Listener.Addr().String(), modes[mode]) }()
+	}
 	t.Cleanup(func() {
-		ln.Close()
-		if err := <-done; !errors.Is(err, net.ErrClosed) {
-			t.Errorf("serve ended with %v, want net.ErrClosed", err)
+		want := net.ErrClosed
+		if srv != nil {
+			srv.Close()
+			want = http.ErrServerClosed
+		} else {
+			ln.Close()
+		}
+		if err := <-done; !errors.Is(err, want) {
+			t.Errorf("serving ended with %v, want %v", err, want)
 		}
 		// Closing the upstream's side ends every forwarding goroutine, even one a
 		// failed test left waiting.
@@ -48,7 +60,7 @@ func start(t *testing.T, mode string, h http.HandlerFunc) (string, *atomic.Int32
 	return "http://" + ln.Addr().String(), conns
 }
 
-func client(t *testing.T) *http.Client {
+func testClient(t *testing.T) *http.Client {
 	tr := &http.Transport{MaxConnsPerHost: 1, DisableCompression: true}
 	t.Cleanup(tr.CloseIdleConnections)
 	// A mutation that forwards what it cannot frame hangs instead of failing; the
@@ -57,13 +69,13 @@ func client(t *testing.T) *http.Client {
 }
 
 func TestForwardsKeepAliveRequests(t *testing.T) {
-	for mode := range modes {
+	for _, mode := range []string{"raw", "std", "srv", "rp"} {
 		t.Run(mode, func(t *testing.T) {
 			url, conns := start(t, mode, func(w http.ResponseWriter, r *http.Request) {
 				w.Header().Set("X-Path", r.URL.Path)
 				fmt.Fprintf(w, "answer to %s %s", r.Method, r.URL.Path)
 			})
-			c := client(t)
+			c := testClient(t)
 			for i := range 5 {
 				path := fmt.Sprintf("/r%d", i)
 				resp, err := c.Get(url + path)
@@ -92,7 +104,7 @@ func TestRawDropsWhatItCannotFrame(t *testing.T) {
 	t.Run("request body", func(t *testing.T) {
 		reached := new(atomic.Int32)
 		url, _ := start(t, "raw", func(w http.ResponseWriter, r *http.Request) { reached.Add(1) })
-		resp, err := client(t).Post(url, "text/plain", strings.NewReader("body"))
+		resp, err := testClient(t).Post(url, "text/plain", strings.NewReader("body"))
 		if err == nil {
 			resp.Body.Close()
 			t.Fatalf("POST with a body got %s, want the connection dropped", resp.Status)
@@ -106,7 +118,7 @@ func TestRawDropsWhatItCannotFrame(t *testing.T) {
 			w.Write([]byte("part"))
 			w.(http.Flusher).Flush() // no Content-Length: chunked
 		})
-		resp, err := client(t).Get(url)
+		resp, err := testClient(t).Get(url)
 		if err == nil {
 			resp.Body.Close()
 			t.Fatalf("chunked answer got %s, want the connection dropped", resp.Status)

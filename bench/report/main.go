@@ -37,7 +37,7 @@ import (
 )
 
 // Targets, in table order, and the baselines ratios are taken against.
-var targetOrder = []string{"direct", "watertight", "watertight-proxy", "watertight-h1conn", "watertight-nethttp", "revproxy", "gofloor-raw", "gofloor-std", "caddy", "haproxy", "nginx"}
+var targetOrder = []string{"direct", "watertight", "watertight-proxy", "watertight-h1conn", "watertight-nethttp", "revproxy", "gofloor-raw", "gofloor-std", "gofloor-srv", "gofloor-rp", "caddy", "haproxy", "nginx"}
 
 const (
 	baseDirect   = "direct"
