@@ -1,0 +1,329 @@
+package h1serve
+
+import (
+	"net/http"
+	"net/textproto"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// bufferBeforeChunking is how much of a body of unknown length is held back
+// so that a short answer still gets a Content-Length, as net/http's server
+// does (it holds 2 KiB too).
+const bufferBeforeChunking = 2048
+
+// response is the http.ResponseWriter of one request. It follows net/http's
+// server where a handler can tell: a Content-Length the handler set is
+// honoured and enforced, a short body of unknown length gets one, a longer
+// one or a flushed one is chunked, announced trailers follow a chunked body,
+// Content-Type is sniffed when unset, and Date is added.
+type response struct {
+	c      *conn
+	req    *http.Request
+	header http.Header
+
+	status        int
+	wroteHeader   bool // a final status was set
+	committed     bool // the status line and headers are in the write buffer
+	noBody        bool // HEAD, or a status without a body
+	chunked       bool
+	contentLength int64 // as the handler declared it; -1 when it did not
+	written       int64
+	held          []byte // body held back while its length is unknown
+	closeAfter    bool
+	err           error // the first write error
+
+	// The header as it was at WriteHeader: like net/http's server, later
+	// changes count only as trailers. It is kept serialised (in the
+	// connection's buffer), with what commit must know about it.
+	fields   []byte
+	hasType  bool     // Content-Type was set (even to nothing: no sniffing)
+	hasDate  bool     // Date was set
+	trailers []string // the Trailer header's values
+}
+
+func (w *response) Header() http.Header { return w.header }
+
+func (w *response) WriteHeader(code int) {
+	if w.wroteHeader {
+		return
+	}
+	if code < 100 || code > 999 {
+		panic("invalid WriteHeader code " + strconv.Itoa(code)) // as net/http's server
+	}
+	if code >= 100 && code <= 199 && code != http.StatusSwitchingProtocols {
+		// An informational answer goes out at once, with the headers set
+		// so far; the final one follows.
+		w.writeStatusLine(code)
+		w.write(appendFields(w.c.bw.AvailableBuffer(), w.header, true))
+		w.write([]byte("\r\n"))
+		w.flush()
+		return
+	}
+	w.wroteHeader, w.status = true, code
+	w.noBody = w.req.Method == http.MethodHead || !bodyAllowed(code)
+	h := w.header
+	if cl := h.Get("Content-Length"); cl != "" {
+		if n, err := strconv.ParseInt(cl, 10, 64); err == nil && n >= 0 {
+			w.contentLength = n
+		} else {
+			h.Del("Content-Length")
+		}
+	}
+	h.Del("Transfer-Encoding") // the framing is this writer's to choose
+	_, w.hasType = h["Content-Type"]
+	_, w.hasDate = h["Date"]
+	w.trailers = h["Trailer"]
+	if hasToken(h["Connection"], "close") {
+		w.closeAfter = true
+	}
+	w.fields = appendFields(w.c.fields[:0], h, false)
+	w.c.fields = w.fields // keeps the grown buffer for the next request
+}
+
+func (w *response) Write(p []byte) (int, error) {
+	if !w.wroteHeader {
+		w.WriteHeader(http.StatusOK)
+	}
+	if w.noBody {
+		if w.req.Method == http.MethodHead {
+			if !w.committed && !w.hasType && len(p) > 0 && bodyAllowed(w.status) {
+				w.sniff(p) // net/http's server sniffs a HEAD answer's body too
+			}
+			return len(p), nil
+		}
+		return 0, http.ErrBodyNotAllowed
+	}
+	if w.err != nil {
+		return 0, w.err
+	}
+	if w.contentLength >= 0 && w.written+int64(len(p)) > w.contentLength {
+		return 0, http.ErrContentLength
+	}
+	w.written += int64(len(p))
+	if !w.committed {
+		if w.contentLength < 0 && len(w.held)+len(p) <= bufferBeforeChunking {
+			w.held = append(w.held, p...)
+			return len(p), nil
+		}
+		if !w.hasType {
+			w.sniff(p)
+		}
+		w.commit(false)
+	}
+	w.writeBody(p)
+	if w.err != nil {
+		return 0, w.err
+	}
+	return len(p), nil
+}
+
+// Flush sends what is written so far; a body of unknown length is chunked
+// from then on.
+func (w *response) Flush() { _ = w.FlushError() }
+
+func (w *response) FlushError() error {
+	if !w.wroteHeader {
+		w.WriteHeader(http.StatusOK)
+	}
+	if !w.committed {
+		w.commit(false)
+	}
+	w.flush()
+	return w.err
+}
+
+// EnableFullDuplex: this loop lets a handler write while it reads the
+// request body, always.
+func (w *response) EnableFullDuplex() error { return nil }
+
+// finish ends the answer once the handler returned.
+func (w *response) finish() {
+	if !w.wroteHeader {
+		w.WriteHeader(http.StatusOK)
+	}
+	if !w.committed {
+		w.commit(true)
+	}
+	if w.chunked {
+		w.write([]byte("0\r\n"))
+		w.writeTrailers()
+		w.write([]byte("\r\n"))
+	}
+	if !w.noBody && w.contentLength >= 0 && w.written != w.contentLength {
+		w.closeAfter = true // the client counts on bytes that will not come
+	}
+	w.flush()
+}
+
+// commit writes the status line and the header of WriteHeader, deciding
+// the framing: the declared length, the held body's length when the handler
+// is done, or chunked.
+func (w *response) commit(final bool) {
+	if !w.hasType && len(w.held) > 0 {
+		w.sniff(w.held)
+	}
+	w.committed = true
+	w.writeStatusLine(w.status)
+	w.write(w.fields)
+	if !w.noBody && w.contentLength < 0 {
+		if final && len(w.trailers) == 0 && (w.req.Method != http.MethodHead || len(w.held) > 0) {
+			w.contentLength = int64(len(w.held))
+			w.writeField("Content-Length", strconv.Itoa(len(w.held)))
+		} else {
+			w.chunked = true
+			w.writeField("Transfer-Encoding", "chunked")
+		}
+	}
+	if !w.hasDate {
+		b := append(w.c.bw.AvailableBuffer(), "Date: "...)
+		b = time.Now().UTC().AppendFormat(b, http.TimeFormat)
+		w.write(append(b, "\r\n"...))
+	}
+	if !w.closeAfter && w.c.s.shuttingDown() {
+		w.closeAfter = true
+		w.writeField("Connection", "close")
+	}
+	w.write([]byte("\r\n"))
+	if len(w.held) > 0 {
+		held := w.held
+		w.held = nil
+		w.writeBody(held)
+	}
+}
+
+// sniff sets the Content-Type net/http's server would, from the first bytes
+// of the body.
+func (w *response) sniff(p []byte) {
+	w.hasType = true
+	if w.committed {
+		return
+	}
+	w.fields = appendField(w.fields, "Content-Type", http.DetectContentType(p))
+	w.c.fields = w.fields
+}
+
+func (w *response) writeStatusLine(code int) {
+	b := w.c.bw.AvailableBuffer()
+	b = append(b, "HTTP/1.1 "...)
+	b = strconv.AppendInt(b, int64(code), 10)
+	b = append(b, ' ')
+	b = append(b, http.StatusText(code)...)
+	b = append(b, "\r\n"...)
+	w.write(b)
+}
+
+// appendFields serialises h; informational says whether it is for a 1xx
+// answer, which carries no framing fields. Values are written as net/http's
+// server writes them: a CR or LF in one becomes a space, so no field can
+// smuggle in another.
+func appendFields(b []byte, h http.Header, informational bool) []byte {
+	for k, vv := range h {
+		if strings.HasPrefix(k, http.TrailerPrefix) {
+			continue
+		}
+		if informational && (k == "Content-Length" || k == "Transfer-Encoding") {
+			continue
+		}
+		for _, v := range vv {
+			b = appendField(b, k, v)
+		}
+	}
+	return b
+}
+
+func appendField(b []byte, k, v string) []byte {
+	b = append(b, k...)
+	b = append(b, ": "...)
+	b = appendValue(b, v)
+	return append(b, "\r\n"...)
+}
+
+func (w *response) writeField(k, v string) {
+	w.write(appendField(w.c.bw.AvailableBuffer(), k, v))
+}
+
+// writeTrailers writes the trailers after a chunked body: the fields the
+// Trailer header announced, and those set with http.TrailerPrefix.
+func (w *response) writeTrailers() {
+	for _, names := range w.trailers {
+		for name := range strings.SplitSeq(names, ",") {
+			name = textproto.CanonicalMIMEHeaderKey(strings.TrimSpace(name))
+			w.writeTrailer(name, w.header[name])
+		}
+	}
+	for k, vv := range w.header {
+		if name, ok := strings.CutPrefix(k, http.TrailerPrefix); ok {
+			w.writeTrailer(textproto.CanonicalMIMEHeaderKey(name), vv)
+		}
+	}
+}
+
+func (w *response) writeTrailer(name string, vv []string) {
+	if name == "" || name == "Content-Length" || name == "Transfer-Encoding" || name == "Trailer" {
+		return // never valid as trailers
+	}
+	for _, v := range vv {
+		w.writeField(name, v)
+	}
+}
+
+func appendValue(b []byte, v string) []byte {
+	v = strings.TrimSpace(v)
+	if !strings.ContainsAny(v, "\r\n") {
+		return append(b, v...)
+	}
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		if c == '\r' || c == '\n' {
+			c = ' '
+		}
+		b = append(b, c)
+	}
+	return b
+}
+
+func (w *response) writeBody(p []byte) {
+	if len(p) == 0 {
+		return
+	}
+	if w.chunked {
+		b := w.c.bw.AvailableBuffer()
+		b = strconv.AppendInt(b, int64(len(p)), 16)
+		b = append(b, "\r\n"...)
+		w.write(b)
+		w.write(p)
+		w.write([]byte("\r\n"))
+		return
+	}
+	w.write(p)
+}
+
+func (w *response) write(p []byte) {
+	if w.err == nil {
+		_, w.err = w.c.bw.Write(p)
+	}
+}
+
+func (w *response) flush() {
+	if w.err == nil {
+		w.err = w.c.bw.Flush()
+	}
+}
+
+// bodyAllowed reports whether a status may carry a body (RFC 9110).
+func bodyAllowed(status int) bool {
+	return (status < 100 || status > 199) && status != http.StatusNoContent && status != http.StatusNotModified
+}
+
+func hasToken(vv []string, token string) bool {
+	for _, v := range vv {
+		for t := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
