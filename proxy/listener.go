@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/watertight/watertight/composite"
+	"github.com/watertight/watertight/proxy/h1serve"
 )
 
 // Server limits for the app-facing ports. The app is trusted more than the
@@ -32,12 +33,13 @@ type listener struct {
 	pass   http.Handler // unknownHosts: passthrough
 	log    *accessLogger
 	acc    *acceptor
+	fast   *h1serve.Server // the app-side HTTP/1.1 loop; nil when net/http's server takes everything
 	done   chan struct{}
 }
 
 // newListener prepares a listener on ln; it serves once start is called
 // (after its routes are set).
-func newListener(name string, ln net.Listener, pass http.Handler, accessLog *accessLogger, errorLog *log.Logger) *listener {
+func newListener(name string, ln net.Listener, pass http.Handler, accessLog *accessLogger, errorLog *log.Logger, serve1 string) *listener {
 	l := &listener{name: name, addr: ln.Addr(), pass: pass, log: accessLog, done: make(chan struct{})}
 	var protocols http.Protocols
 	protocols.SetHTTP1(true)
@@ -50,15 +52,32 @@ func newListener(name string, ln net.Listener, pass http.Handler, accessLog *acc
 		IdleTimeout:       idleTimeout,
 		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: maxStreams},
 		ErrorLog:          errorLog,
-		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
-			if sc, ok := c.(*sortedConn); ok {
-				return context.WithValue(ctx, origDstKey{}, sc.dst)
-			}
-			return ctx
-		},
+		ConnContext:       connContext,
 	}
 	l.acc = newAcceptor(ln, l)
+	if serve1 == HTTP1Watertight {
+		l.fast = &h1serve.Server{
+			Handler:           l,
+			HandOff:           l.acc.hand,
+			ConnContext:       connContext,
+			HTTPServer:        l.srv,
+			ReadHeaderTimeout: readHeaderTimeout,
+			IdleTimeout:       idleTimeout,
+		}
+	}
 	return l
+}
+
+// connContext attaches a transparent connection's original destination;
+// a connection the app-side loop handed over is looked through.
+func connContext(ctx context.Context, c net.Conn) context.Context {
+	if nc, ok := c.(interface{ NetConn() net.Conn }); ok {
+		c = nc.NetConn()
+	}
+	if sc, ok := c.(*sortedConn); ok {
+		return context.WithValue(ctx, origDstKey{}, sc.dst)
+	}
+	return ctx
 }
 
 func (l *listener) start() {
@@ -131,10 +150,19 @@ func (l *listener) serve(w http.ResponseWriter, r *http.Request, rt *routes) {
 // shutdown stops accepting and waits for in-flight requests until ctx ends,
 // then closes what is left.
 func (l *listener) shutdown(ctx context.Context) error {
+	// Both servers drain at once: the app-side loop's connections and those
+	// it handed to net/http's server.
+	fast := make(chan error, 1)
+	if l.fast != nil {
+		go func() { fast <- l.fast.Shutdown(ctx) }()
+	} else {
+		fast <- nil
+	}
 	err := l.srv.Shutdown(ctx)
 	if err != nil {
 		_ = l.srv.Close()
 	}
+	err = errors.Join(err, <-fast)
 	<-l.done
 	return errors.Join(err, l.acc.closeTunnels(ctx))
 }

@@ -17,13 +17,21 @@ import (
 var upstreamHTTP1 = flag.String("upstream-http1", DefaultUpstreamHTTP1,
 	"the servers' HTTP/1.1 client for cleartext upstreams: "+HTTP1NetHTTP+" or "+HTTP1Watertight)
 
+// downstreamHTTP1 runs it with either app-side HTTP/1.1 server:
+//
+//	go test -race ./proxy/ -args -downstream-http1=watertight
+var downstreamHTTP1 = flag.String("downstream-http1", DefaultDownstreamHTTP1,
+	"the servers' app-side HTTP/1.1 server: "+HTTP1NetHTTP+" or "+HTTP1Watertight)
+
 func TestMain(m *testing.M) {
 	flag.Parse()
-	switch *upstreamHTTP1 {
-	case HTTP1NetHTTP, HTTP1Watertight:
-	default:
-		fmt.Fprintf(os.Stderr, "-upstream-http1: %q is neither %q nor %q\n", *upstreamHTTP1, HTTP1NetHTTP, HTTP1Watertight)
-		os.Exit(2)
+	for name, v := range map[string]string{"upstream-http1": *upstreamHTTP1, "downstream-http1": *downstreamHTTP1} {
+		switch v {
+		case HTTP1NetHTTP, HTTP1Watertight:
+		default:
+			fmt.Fprintf(os.Stderr, "-%s: %q is neither %q nor %q\n", name, v, HTTP1NetHTTP, HTTP1Watertight)
+			os.Exit(2)
+		}
 	}
 	// gRPC's interop cases (grpc_interop_test.go) report a failure with
 	// grpclog's Fatal, which exits the process. Installed before any gRPC

@@ -40,6 +40,10 @@ type Options struct {
 	// UpstreamHTTP1 is the HTTP/1.1 client for cleartext upstreams:
 	// HTTP1Watertight or HTTP1NetHTTP (default DefaultUpstreamHTTP1).
 	UpstreamHTTP1 string
+	// DownstreamHTTP1 is the HTTP/1.1 server on the app side:
+	// HTTP1Watertight (proxy/h1serve, handing what it does not serve to
+	// net/http's server) or HTTP1NetHTTP (default DefaultDownstreamHTTP1).
+	DownstreamHTTP1 string
 }
 
 // Server runs the listeners and compartments of the config in force.
@@ -52,6 +56,7 @@ type Server struct {
 	drain    time.Duration
 	pass     http.Handler
 	http1    string // the HTTP/1.1 client for cleartext upstreams
+	serve1   string // the HTTP/1.1 server on the app side
 
 	mu           sync.Mutex
 	cfg          *config.Config
@@ -80,16 +85,13 @@ func NewServer(o Options) *Server {
 	if o.AccessLog == nil {
 		o.AccessLog = os.Stdout
 	}
-	switch o.UpstreamHTTP1 {
-	case HTTP1NetHTTP, HTTP1Watertight:
-	case "":
-		o.UpstreamHTTP1 = DefaultUpstreamHTTP1
-	default: // callers check flags; this only keeps a server from starting without a client
-		o.Logger.Error("unknown upstream HTTP/1.1 client, using the default", "client", o.UpstreamHTTP1, "default", DefaultUpstreamHTTP1)
-		o.UpstreamHTTP1 = DefaultUpstreamHTTP1
-	}
+	// Callers check flags; this only keeps a server from starting without
+	// a client or server.
+	o.UpstreamHTTP1 = http1Choice(o.Logger, "upstream HTTP/1.1 client", o.UpstreamHTTP1, DefaultUpstreamHTTP1)
+	o.DownstreamHTTP1 = http1Choice(o.Logger, "app-side HTTP/1.1 server", o.DownstreamHTTP1, DefaultDownstreamHTTP1)
 	s := &Server{
 		http1:     o.UpstreamHTTP1,
+		serve1:    o.DownstreamHTTP1,
 		log:       o.Logger,
 		access:    newAccessLogger(o.AccessLog),
 		metrics:   o.Metrics,
@@ -102,6 +104,17 @@ func NewServer(o Options) *Server {
 	}
 	o.Metrics.SetPoolSource(s.Pools)
 	return s
+}
+
+func http1Choice(log *slog.Logger, what, v, def string) string {
+	switch v {
+	case HTTP1NetHTTP, HTTP1Watertight:
+		return v
+	case "":
+		return def
+	}
+	log.Error("unknown "+what+", using the default", "choice", v, "default", def)
+	return def
 }
 
 // Apply makes cfg (validated, with defaults set) the config in force. What
@@ -236,7 +249,7 @@ func (s *Server) Apply(cfg *config.Config) error {
 		}
 		l, ok := s.listeners[lc.Address]
 		if !ok {
-			l = newListener(lc.Name, opened[lc.Address], s.pass, s.access, s.errorLog)
+			l = newListener(lc.Name, opened[lc.Address], s.pass, s.access, s.errorLog, s.serve1)
 			s.listeners[lc.Address] = l
 		}
 		l.name = lc.Name

@@ -103,7 +103,7 @@ func (a *acceptor) run() {
 		backoff = 5 * time.Millisecond
 		rt := a.l.routes.Load()
 		if rt.mode != config.ModeTransparent {
-			a.hand(c)
+			a.serve(c)
 			continue
 		}
 		a.wg.Add(1)
@@ -114,7 +114,18 @@ func (a *acceptor) run() {
 	}
 }
 
-// hand gives a connection to the HTTP server.
+// serve gives an HTTP connection to the app-side HTTP/1.1 loop, if the
+// listener has one (it hands on what it does not serve), or else to
+// net/http's server.
+func (a *acceptor) serve(c net.Conn) {
+	if a.l.fast != nil {
+		go a.l.fast.ServeConn(c)
+		return
+	}
+	a.hand(c)
+}
+
+// hand gives a connection to net/http's server.
 func (a *acceptor) hand(c net.Conn) {
 	select {
 	case a.conns <- c:
@@ -141,18 +152,18 @@ func (c *sortedConn) Read(p []byte) (int, error) {
 func (a *acceptor) sort(c net.Conn, rt *routes) {
 	tc, ok := c.(*net.TCPConn)
 	if !ok {
-		a.hand(c)
+		a.serve(c)
 		return
 	}
 	dst, err := iptables.OriginalDst(tc)
 	dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
 	local := addrPort(c.LocalAddr())
 	if err != nil || dst == local {
-		a.hand(c) // addressed to the sidecar itself: routed by Host
+		a.serve(c) // addressed to the sidecar itself: routed by Host
 		return
 	}
 	if _, known := rt.addrs[dst]; known {
-		a.hand(&sortedConn{Conn: c, dst: dst}) // an upstream's address: HTTP by config
+		a.serve(&sortedConn{Conn: c, dst: dst}) // an upstream's address: HTTP by config
 		return
 	}
 	// An unknown destination: HTTP can still be placed by its Host.
@@ -163,7 +174,7 @@ func (a *acceptor) sort(c net.Conn, rt *routes) {
 		head, _ := sc.r.Peek(4)
 		_ = c.SetReadDeadline(time.Time{})
 		if looksLikeHTTP(head) {
-			a.hand(sc)
+			a.serve(sc)
 			return
 		}
 	}

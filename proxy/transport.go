@@ -37,6 +37,10 @@ const (
 // not choose.
 const DefaultUpstreamHTTP1 = HTTP1Watertight
 
+// DefaultDownstreamHTTP1 is the app-side HTTP/1.1 server of a server whose
+// Options do not name one.
+const DefaultDownstreamHTTP1 = HTTP1NetHTTP
+
 // transportKey is everything a connection pool depends on; upstreams whose
 // key did not change keep their pools (and warm connections) across reloads.
 type transportKey struct {

@@ -38,7 +38,10 @@ type Options struct {
 	// UpstreamHTTP1 is the HTTP/1.1 client for cleartext upstreams
 	// (proxy.Options.UpstreamHTTP1).
 	UpstreamHTTP1 string
-	Logger        *slog.Logger
+	// DownstreamHTTP1 is the app-side HTTP/1.1 server
+	// (proxy.Options.DownstreamHTTP1).
+	DownstreamHTTP1 string
+	Logger          *slog.Logger
 }
 
 // Sidecar is a running sidecar.
@@ -92,7 +95,7 @@ func Start(o Options) (*Sidecar, error) {
 	}
 	s := &Sidecar{opts: o, log: o.Logger, metrics: metrics.New(), watchDone: make(chan struct{})}
 	s.proxy = proxy.NewServer(proxy.Options{
-		Logger: o.Logger, Metrics: s.metrics, DrainTimeout: o.DrainTimeout, UpstreamHTTP1: o.UpstreamHTTP1,
+		Logger: o.Logger, Metrics: s.metrics, DrainTimeout: o.DrainTimeout, UpstreamHTTP1: o.UpstreamHTTP1, DownstreamHTTP1: o.DownstreamHTTP1,
 	})
 	adminAddr := config.DefaultAdminAddress
 	if cfg != nil {

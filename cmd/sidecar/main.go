@@ -156,6 +156,7 @@ func runProxy(args []string, stderr io.Writer) error {
 	adminAddr := fs.String("admin", "", "admin address for /metrics /ready /healthz /config_dump (default: admin.address from the config, 127.0.0.1:15000)")
 	drain := fs.Duration("drain-timeout", 15*time.Second, "on SIGTERM, how long in-flight requests get to finish")
 	http1 := fs.String("upstream-http1", proxy.DefaultUpstreamHTTP1, "HTTP/1.1 client for cleartext upstreams: "+proxy.HTTP1Watertight+" (written for the sidecar) or "+proxy.HTTP1NetHTTP)
+	serve1 := fs.String("downstream-http1", proxy.DefaultDownstreamHTTP1, "HTTP/1.1 server on the app side: "+proxy.HTTP1Watertight+" (a loop written for the sidecar, handing the rest to net/http) or "+proxy.HTTP1NetHTTP)
 	lf := addLogFlags(fs, "info")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -163,6 +164,10 @@ func runProxy(args []string, stderr io.Writer) error {
 	switch {
 	case *http1 != proxy.HTTP1Watertight && *http1 != proxy.HTTP1NetHTTP:
 		fmt.Fprintf(stderr, "sidecar run: --upstream-http1: %q is neither %q nor %q\n", *http1, proxy.HTTP1Watertight, proxy.HTTP1NetHTTP)
+		fs.Usage()
+		return errUsage
+	case *serve1 != proxy.HTTP1Watertight && *serve1 != proxy.HTTP1NetHTTP:
+		fmt.Fprintf(stderr, "sidecar run: --downstream-http1: %q is neither %q nor %q\n", *serve1, proxy.HTTP1Watertight, proxy.HTTP1NetHTTP)
 		fs.Usage()
 		return errUsage
 	case (*configPath == "") == (*xdsAddr == ""):
@@ -180,13 +185,14 @@ func runProxy(args []string, stderr io.Writer) error {
 	}
 	slog.SetDefault(log)
 	return sidecar.Run(context.Background(), sidecar.Options{
-		ConfigPath:    *configPath,
-		XDSAddress:    *xdsAddr,
-		NodeID:        *nodeID,
-		AdminAddress:  *adminAddr,
-		DrainTimeout:  *drain,
-		UpstreamHTTP1: *http1,
-		Logger:        log,
+		ConfigPath:      *configPath,
+		XDSAddress:      *xdsAddr,
+		NodeID:          *nodeID,
+		AdminAddress:    *adminAddr,
+		DrainTimeout:    *drain,
+		UpstreamHTTP1:   *http1,
+		DownstreamHTTP1: *serve1,
+		Logger:          log,
 	})
 }
 

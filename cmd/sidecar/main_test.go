@@ -63,6 +63,12 @@ func TestUsageAndVersion(t *testing.T) {
 		!strings.Contains(errb.String(), `--upstream-http1: "fasthttp" is neither "watertight" nor "net/http"`) {
 		t.Errorf("bad --upstream-http1: %d %q", code, errb.String())
 	}
+	out.Reset()
+	errb.Reset()
+	if code := run([]string{"run", "--config", "x.yaml", "--downstream-http1", "fasthttp"}, &out, &errb); code != 2 ||
+		!strings.Contains(errb.String(), `--downstream-http1: "fasthttp" is neither "watertight" nor "net/http"`) {
+		t.Errorf("bad --downstream-http1: %d %q", code, errb.String())
+	}
 	errb.Reset()
 	if code := run([]string{"run", "--bogus"}, &out, &errb); code != 2 {
 		t.Errorf("run --bogus: %d", code)
