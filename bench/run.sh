@@ -13,6 +13,9 @@
 #       [watertight-h1conn], [watertight-nethttp]
 #                          (the sidecar with --upstream-http1 watertight or net/http:
 #                           its two HTTP/1.1 clients, whatever the default; with --targets)
+#       [watertight-h1serve]
+#                          (the sidecar with --downstream-http1 watertight: its own
+#                           app-side HTTP/1.1 loop, proxy/h1serve; with --targets)
 #       [gofloor-raw], [gofloor-std], [gofloor-srv], [gofloor-rp]
 #                          (bench/gofloor: the least a Go HTTP/1.1 proxy does, bytes only,
 #                           through net/http's wire code, then net/http's server and
@@ -85,6 +88,7 @@ PORT_PPROF_WATERTIGHT=$((PORT_BASE + 10))
 PORT_PPROF_REVPROXY=$((PORT_BASE + 11))
 PORT_WT_H1CONN=$((PORT_BASE + 12))  # +0 listener, +1 admin
 PORT_WT_NETHTTP=$((PORT_BASE + 14)) # +0 listener, +1 admin
+PORT_WT_H1SERVE=$((PORT_BASE + 20)) # +0 listener, +1 admin
 PORT_GOFLOOR_RAW=$((PORT_BASE + 16))
 PORT_GOFLOOR_STD=$((PORT_BASE + 17))
 PORT_GOFLOOR_SRV=$((PORT_BASE + 18))
@@ -278,7 +282,7 @@ EOF
 	# The same sidecar, one per HTTP/1.1 client (watertight-h1conn,
 	# watertight-nethttp): its own ports, the same upstream.
 	local port
-	for port in "$PORT_WT_H1CONN" "$PORT_WT_NETHTTP"; do
+	for port in "$PORT_WT_H1CONN" "$PORT_WT_NETHTTP" "$PORT_WT_H1SERVE"; do
 		cat >"$OUT/watertight-$port.yaml" <<EOF
 admin: {address: 127.0.0.1:$((port + 1))}
 budget: 4096
@@ -507,16 +511,20 @@ start_servers() {
 	# test only, to measure runtime settings against the same baselines.
 	# shellcheck disable=SC2086 # word splitting wanted: VAR=value pairs
 	start watertight "$PORT_WATERTIGHT" env ${BENCH_SIDECAR_ENV:-} "$OUT/sidecar" run --config "$OUT/watertight.yaml" --log-level warn
-	# The sidecar with each of its HTTP/1.1 clients, when asked for.
-	local t port client
-	for t in watertight-h1conn watertight-nethttp; do
+	# The sidecar with each of its HTTP/1.1 clients, and with its own
+	# app-side loop, when asked for.
+	local t port flags
+	for t in watertight-h1conn watertight-nethttp watertight-h1serve; do
 		has_target "$t" || continue
 		port=$(target_port "$t")
-		client=watertight
-		[[ $t == watertight-nethttp ]] && client=net/http
+		case $t in
+		watertight-h1conn) flags=(--upstream-http1 watertight) ;;
+		watertight-nethttp) flags=(--upstream-http1 net/http) ;;
+		watertight-h1serve) flags=(--downstream-http1 watertight) ;;
+		esac
 		# shellcheck disable=SC2086
 		start "$t" "$port" env ${BENCH_SIDECAR_ENV:-} "$OUT/sidecar" run \
-			--config "$OUT/watertight-$port.yaml" --log-level warn --upstream-http1 "$client"
+			--config "$OUT/watertight-$port.yaml" --log-level warn "${flags[@]}"
 	done
 	start revproxy "$PORT_REVPROXY" "$OUT/revproxy" -addr "127.0.0.1:$PORT_REVPROXY" -upstream "127.0.0.1:$PORT_UPSTREAM"
 	for t in gofloor-raw gofloor-std gofloor-srv gofloor-rp; do
@@ -551,6 +559,7 @@ target_port() { # TARGET [h1|h2]
 	watertight-proxy) echo "$PORT_WATERTIGHT_PROXY" ;;
 	watertight-h1conn) echo "$PORT_WT_H1CONN" ;;
 	watertight-nethttp) echo "$PORT_WT_NETHTTP" ;;
+	watertight-h1serve) echo "$PORT_WT_H1SERVE" ;;
 	revproxy) echo "$PORT_REVPROXY" ;;
 	gofloor-raw) echo "$PORT_GOFLOOR_RAW" ;;
 	gofloor-std) echo "$PORT_GOFLOOR_STD" ;;
@@ -940,7 +949,7 @@ main() {
 		sanity_check
 		warm_up
 		run_scenarios
-		stop upstream watertight watertight-h1conn watertight-nethttp revproxy gofloor-raw gofloor-std gofloor-srv gofloor-rp haproxy nginx caddy
+		stop upstream watertight watertight-h1conn watertight-nethttp watertight-h1serve revproxy gofloor-raw gofloor-std gofloor-srv gofloor-rp haproxy nginx caddy
 	fi
 	if part isolation || part weights; then
 		rm -rf "$OUT/iso-runs"
