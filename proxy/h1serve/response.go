@@ -31,6 +31,7 @@ type response struct {
 	contentLength int64 // as the handler declared it; -1 when it did not
 	written       int64
 	held          []byte // body held back while its length is unknown
+	headBody      int64  // bytes a HEAD answer's handler wrote (not sent)
 	closeAfter    bool
 	err           error // the first write error
 
@@ -88,8 +89,16 @@ func (w *response) Write(p []byte) (int, error) {
 	}
 	if w.noBody {
 		if w.req.Method == http.MethodHead {
-			if !w.committed && !w.hasType && len(p) > 0 && bodyAllowed(w.status) {
-				w.sniff(p) // net/http's server sniffs a HEAD answer's body too
+			// The body is not sent, but net/http's server gives its
+			// length and type as it would for GET, when it can.
+			if !w.committed && bodyAllowed(w.status) {
+				if !w.hasType && len(p) > 0 {
+					w.sniff(p)
+				}
+				w.headBody += int64(len(p))
+				if w.headBody > bufferBeforeChunking {
+					w.commit(false)
+				}
 			}
 			return len(p), nil
 		}
@@ -167,8 +176,11 @@ func (w *response) commit(final bool) {
 	w.committed = true
 	w.writeStatusLine(w.status)
 	w.write(w.fields)
+	if w.noBody && final && w.headBody > 0 && w.contentLength < 0 && len(w.trailers) == 0 {
+		w.writeField("Content-Length", strconv.FormatInt(w.headBody, 10))
+	}
 	if !w.noBody && w.contentLength < 0 {
-		if final && len(w.trailers) == 0 && (w.req.Method != http.MethodHead || len(w.held) > 0) {
+		if final && len(w.trailers) == 0 {
 			w.contentLength = int64(len(w.held))
 			w.writeField("Content-Length", strconv.Itoa(len(w.held)))
 		} else {

@@ -264,7 +264,14 @@ func (c *conn) serve(ctx context.Context) (handedOff bool) {
 		if c.s.IdleTimeout > 0 {
 			_ = c.nc.SetReadDeadline(time.Now().Add(c.s.IdleTimeout))
 		}
-		if _, err := c.br.Peek(1); err != nil {
+		// Like net/http's server, wait for 4 bytes before any request but
+		// the first: fewer before the client closes end the connection
+		// without an answer.
+		need := 1
+		if c.served > 0 {
+			need = 4
+		}
+		if _, err := c.br.Peek(need); err != nil {
 			return false // closed, idle too long, or shut down
 		}
 		if !c.s.setActive(c, true) {
@@ -277,8 +284,10 @@ func (c *conn) serve(ctx context.Context) (handedOff bool) {
 		switch {
 		case errors.Is(err, errHeadTooLarge):
 			return c.handOff(nil) // net/http's server reads longer heads, or says 431
+		case isTimeout(err):
+			return false // a head too slow: net/http's server closes too
 		case err != nil:
-			return false // closed or timed out mid-head, which net/http's server would close too
+			return c.handOff(nil) // the client stopped mid-head: net/http's server says what it makes of it
 		case c.served == 0 && bytes.HasPrefix(head, http2Preface):
 			return c.handOff(nil)
 		}
@@ -341,7 +350,8 @@ func (c *conn) handOff(consumed []byte) bool {
 // comment. The header checks are the ones net/http's server makes before
 // calling a handler, so a request it would refuse is handed to it.
 func serves(req *http.Request, head []byte) bool {
-	if req.ProtoMajor != 1 || req.ProtoMinor != 1 || req.Method == http.MethodConnect || req.Close ||
+	// "OPTIONS *" is answered by net/http's server itself, not its handler.
+	if req.ProtoMajor != 1 || req.ProtoMinor != 1 || req.Method == http.MethodConnect || req.Close || req.RequestURI == "*" ||
 		len(req.TransferEncoding) > 0 || req.ContentLength < 0 || req.ContentLength > MaxInlineBody {
 		return false
 	}
@@ -349,9 +359,12 @@ func serves(req *http.Request, head []byte) bool {
 	if len(h["Expect"]) > 0 || len(h["Upgrade"]) > 0 || len(h["Connection"]) > 0 {
 		return false
 	}
-	// http.ReadRequest drops the Host field (it is req.Host); the server
-	// wants exactly one, and valid.
-	if hostFields(head) != 1 || !httpguts.ValidHostHeader(req.Host) {
+	// http.ReadRequest drops the Host field (req.Host may come from an
+	// absolute-form target instead); the server wants exactly one field,
+	// and a valid one.
+	// A folded field (obsolete line folding) is handed off too, so that
+	// the Host line read here is the whole field.
+	if n, host, folded := hostFields(head); n != 1 || folded || !httpguts.ValidHostHeader(host) {
 		return false
 	}
 	for k, vv := range h {
@@ -388,15 +401,19 @@ func headLength(buf []byte) int {
 	return 0
 }
 
-// hostFields counts the Host fields in a request head.
-func hostFields(head []byte) int {
-	n := 0
+// hostFields counts the Host fields in a request head and returns the
+// last one's value, and whether any field is folded onto a second line.
+func hostFields(head []byte) (n int, value string, folded bool) {
 	for line := range bytes.Lines(head) {
+		if line[0] == ' ' || line[0] == '\t' {
+			folded = true
+		}
 		if len(line) > 5 && line[4] == ':' && bytes.EqualFold(line[:4], []byte("host")) {
 			n++
+			value = string(bytes.Trim(line[5:], " \t\r\n")) // as textproto trims
 		}
 	}
-	return n
+	return n, value, folded
 }
 
 // serveRequest runs the handler on req; it reports whether the connection

@@ -46,7 +46,7 @@ func (l *chanListener) Accept() (net.Conn, error) {
 func (l *chanListener) Close() error   { return nil }
 func (l *chanListener) Addr() net.Addr { return l.addr }
 
-func startPair(t *testing.T, h http.Handler, tune ...func(*Server)) *pair {
+func startPair(t testing.TB, h http.Handler, tune ...func(*Server)) *pair {
 	t.Helper()
 	var protocols http.Protocols
 	protocols.SetHTTP1(true)
@@ -139,32 +139,39 @@ func exchange(t *testing.T, addr, raw string, n int) []string {
 			out = append(out, "error: "+err.Error())
 			return out
 		}
-		body, err := io.ReadAll(resp.Body)
-		s := fmt.Sprintf("%s\n", resp.Status)
-		var keys []string
-		for k := range resp.Header {
-			if k != "Date" {
-				keys = append(keys, k)
-			}
-		}
-		slices.Sort(keys)
-		for _, k := range keys {
-			s += fmt.Sprintf("%s: %q\n", k, resp.Header[k])
-		}
-		s += fmt.Sprintf("content-length %d, chunked %v\nbody %q\n", resp.ContentLength, slices.Contains(resp.TransferEncoding, "chunked"), body)
-		if err != nil {
-			s += "body error: " + err.Error() + "\n"
-		}
-		if len(resp.Trailer) > 0 {
-			s += fmt.Sprintf("trailer %v\n", resp.Trailer)
-		}
-		out = append(out, s)
+		out = append(out, describe(resp))
 	}
 	_ = c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
 	if _, err := br.ReadByte(); errors.Is(err, io.EOF) {
 		out = append(out, "closed")
 	}
 	return out
+}
+
+// describe reads resp to its end and returns what a client can tell of it:
+// status, framing, the headers but Date (sorted), body, trailers.
+func describe(resp *http.Response) string {
+	body, err := io.ReadAll(resp.Body)
+	s := fmt.Sprintf("%s %s content-length %d, chunked %v, close %v\n", resp.Proto, resp.Status, resp.ContentLength,
+		slices.Contains(resp.TransferEncoding, "chunked"), resp.Close)
+	var keys []string
+	for k := range resp.Header {
+		if k != "Date" {
+			keys = append(keys, k)
+		}
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		s += fmt.Sprintf("%s: %q\n", k, resp.Header[k])
+	}
+	s += fmt.Sprintf("body %q\n", body)
+	if err != nil {
+		s += "body error: " + err.Error() + "\n"
+	}
+	if len(resp.Trailer) > 0 {
+		s += fmt.Sprintf("trailer %v\n", resp.Trailer)
+	}
+	return s
 }
 
 const get = "GET /p HTTP/1.1\r\nHost: a\r\n\r\n"
