@@ -364,7 +364,7 @@ func serves(req *http.Request, head []byte) bool {
 	// and a valid one.
 	// A folded field (obsolete line folding) is handed off too, so that
 	// the Host line read here is the whole field.
-	if n, host, folded := hostFields(head); n != 1 || folded || !httpguts.ValidHostHeader(host) {
+	if n, host, folded := hostFields(head); n != 1 || folded || !httpguts.ValidHostHeader(string(host)) {
 		return false
 	}
 	for k, vv := range h {
@@ -403,14 +403,14 @@ func headLength(buf []byte) int {
 
 // hostFields counts the Host fields in a request head and returns the
 // last one's value, and whether any field is folded onto a second line.
-func hostFields(head []byte) (n int, value string, folded bool) {
+func hostFields(head []byte) (n int, value []byte, folded bool) {
 	for line := range bytes.Lines(head) {
 		if line[0] == ' ' || line[0] == '\t' {
 			folded = true
 		}
 		if len(line) > 5 && line[4] == ':' && bytes.EqualFold(line[:4], []byte("host")) {
 			n++
-			value = string(bytes.Trim(line[5:], " \t\r\n")) // as textproto trims
+			value = bytes.Trim(line[5:], " \t\r\n") // as textproto trims
 		}
 	}
 	return n, value, folded
@@ -422,8 +422,11 @@ func (c *conn) serveRequest(parent context.Context, req *http.Request) bool {
 	ctx, cancel := context.WithCancel(parent)
 	defer cancel()
 	req.RemoteAddr = c.remote
-	body := &requestBody{ReadCloser: req.Body, done: req.ContentLength == 0}
-	req.Body = body
+	var body *requestBody // nil when there is none: req.Body stays http.NoBody, as handlers expect
+	if req.ContentLength > 0 {
+		body = &requestBody{ReadCloser: req.Body}
+		req.Body = body
+	}
 	req = req.WithContext(ctx)
 	w := &response{c: c, req: req, header: make(http.Header), contentLength: -1}
 	c.arm(body, cancel)
@@ -437,7 +440,7 @@ func (c *conn) serveRequest(parent context.Context, req *http.Request) bool {
 	if w.err != nil || w.closeAfter {
 		return false
 	}
-	if !body.done {
+	if !body.finished() {
 		// The handler answered without reading the whole body (at most
 		// MaxInlineBody): read the rest so the next request starts clean.
 		if c.s.ReadHeaderTimeout > 0 {
@@ -470,6 +473,9 @@ func (b *requestBody) Read(p []byte) (int, error) {
 }
 
 func (b *requestBody) finished() bool {
+	if b == nil {
+		return true
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.done
