@@ -49,8 +49,11 @@ const readBufferSize = 4 << 10
 // conn.watch). Fast requests never pay for the watch. One ticker per server,
 // running only while requests do, instead of a timer per request: a timer
 // armed and stopped per request cost 15–25 % of the sidecar's CPU at
-// 2,000 req/s (the stopped timers still wake the idle thread).
-const watchEvery = 10 * time.Millisecond
+// 2,000 req/s (the stopped timers still wake the idle thread), and a 10 ms
+// ticker 15 % at 500 req/s, where the server idles between requests; at
+// 50 ms that is within noise (docs/benchmarks.md, runs 11 and 12). A client
+// that hangs up is noticed within 100 ms.
+const watchEvery = 50 * time.Millisecond
 
 // Server serves HTTP/1.1 connections given to ServeConn.
 type Server struct {
