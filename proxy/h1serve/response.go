@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // bufferBeforeChunking is how much of a body of unknown length is held back
@@ -36,9 +38,8 @@ type response struct {
 	err           error // the first write error
 
 	// The header as it was at WriteHeader: like net/http's server, later
-	// changes count only as trailers. It is kept serialised (in the
-	// connection's buffer), with what commit must know about it.
-	fields   []byte
+	// changes count only as trailers. It is kept serialised in the
+	// connection's buffer (conn.fields), with what commit must know of it.
 	hasType  bool     // Content-Type was set (even to nothing: no sniffing)
 	hasDate  bool     // Date was set
 	trailers []string // the Trailer header's values
@@ -76,11 +77,10 @@ func (w *response) WriteHeader(code int) {
 	_, w.hasType = h["Content-Type"]
 	_, w.hasDate = h["Date"]
 	w.trailers = h["Trailer"]
-	if hasToken(h["Connection"], "close") {
+	if httpguts.HeaderValuesContainsToken(h["Connection"], "close") {
 		w.closeAfter = true
 	}
-	w.fields = appendFields(w.c.fields[:0], h, false)
-	w.c.fields = w.fields // keeps the grown buffer for the next request
+	w.c.fields = appendFields(w.c.fields[:0], h, false)
 }
 
 func (w *response) Write(p []byte) (int, error) {
@@ -175,7 +175,7 @@ func (w *response) commit(final bool) {
 	}
 	w.committed = true
 	w.writeStatusLine(w.status)
-	w.write(w.fields)
+	w.write(w.c.fields)
 	if w.noBody && final && w.headBody > 0 && w.contentLength < 0 && len(w.trailers) == 0 {
 		w.writeField("Content-Length", strconv.FormatInt(w.headBody, 10))
 	}
@@ -212,8 +212,7 @@ func (w *response) sniff(p []byte) {
 	if w.committed {
 		return
 	}
-	w.fields = appendField(w.fields, "Content-Type", http.DetectContentType(p))
-	w.c.fields = w.fields
+	w.c.fields = appendField(w.c.fields, "Content-Type", http.DetectContentType(p))
 }
 
 func (w *response) writeStatusLine(code int) {
@@ -327,15 +326,4 @@ func (w *response) flush() {
 // bodyAllowed reports whether a status may carry a body (RFC 9110).
 func bodyAllowed(status int) bool {
 	return (status < 100 || status > 199) && status != http.StatusNoContent && status != http.StatusNotModified
-}
-
-func hasToken(vv []string, token string) bool {
-	for _, v := range vv {
-		for t := range strings.SplitSeq(v, ",") {
-			if strings.EqualFold(strings.TrimSpace(t), token) {
-				return true
-			}
-		}
-	}
-	return false
 }

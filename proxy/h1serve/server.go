@@ -453,7 +453,7 @@ func (c *conn) serveRequest(parent context.Context, req *http.Request) bool {
 			return false
 		}
 	}
-	return c.br.Buffered() > 0 || !c.s.shuttingDown()
+	return true // a shut-down server refuses the next request in setActive
 }
 
 // requestBody records when the request body has been read to its end: only

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/watertight/watertight/internal/poll"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -26,6 +28,21 @@ type pair struct {
 	fast, std string // addresses
 	handed    atomic.Int32
 	srv       *Server
+}
+
+// watching reports whether any connection's client-gone watch is reading.
+func (p *pair) watching() bool {
+	p.srv.mu.Lock()
+	defer p.srv.mu.Unlock()
+	for c := range p.srv.conns {
+		c.watchMu.Lock()
+		running := c.watchDone != nil
+		c.watchMu.Unlock()
+		if running {
+			return true
+		}
+	}
+	return false
 }
 
 // chanListener is the net.Listener HandOff feeds.
@@ -102,16 +119,11 @@ func startPair(t testing.TB, h http.Handler, tune ...func(*Server)) *pair {
 		}
 		// ServeConn returns once its connection is closed; wait for the
 		// last of them so goleak sees none.
-		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
+		poll.Until(t, 5*time.Second, "every connection to end after Close", func() bool {
 			p.srv.mu.Lock()
-			n := len(p.srv.conns)
-			p.srv.mu.Unlock()
-			if n == 0 {
-				return
-			}
-			time.Sleep(time.Millisecond)
-		}
-		t.Error("connections still served after Close")
+			defer p.srv.mu.Unlock()
+			return len(p.srv.conns) == 0
+		})
 	})
 	return p
 }
@@ -365,7 +377,7 @@ func TestNextRequestDuringASlowOne(t *testing.T) {
 	}
 	defer c.Close()
 	io.WriteString(c, "GET /first HTTP/1.1\r\nHost: a\r\n\r\n")
-	time.Sleep(3 * watchEvery) // not synchronisation: the watch starts only after this long
+	poll.Until(t, 5*time.Second, "the slow request's connection to be watched", p.watching)
 	io.WriteString(c, "GET /second HTTP/1.1\r\nHost: a\r\n\r\n")
 	close(release)
 	br := bufio.NewReader(c)
