@@ -6,9 +6,9 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
-	"sync"
 	"time"
 
+	"github.com/watertight/watertight/bench/internal/copybuf"
 	"github.com/watertight/watertight/proxy/h1conn"
 )
 
@@ -49,8 +49,8 @@ func forwardHandler(upstream string) http.Handler {
 			h[k] = v
 		}
 		w.WriteHeader(resp.StatusCode)
-		buf := bufferPool{}.Get()
-		defer bufferPool{}.Put(buf)
+		buf := copybuf.Pool{}.Get()
+		defer copybuf.Pool{}.Put(buf)
 		_, _ = io.CopyBuffer(w, resp.Body, buf)
 	})
 }
@@ -60,14 +60,6 @@ func reverseProxy(upstream string) http.Handler {
 	return &httputil.ReverseProxy{
 		Rewrite:    func(pr *httputil.ProxyRequest) { pr.SetURL(target) },
 		Transport:  client(),
-		BufferPool: bufferPool{},
+		BufferPool: copybuf.Pool{},
 	}
 }
-
-// bufferPool recycles ReverseProxy's 32 KiB copy buffers, as the sidecar does.
-type bufferPool struct{}
-
-var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
-
-func (bufferPool) Get() []byte  { return *copyBuffers.Get().(*[]byte) }
-func (bufferPool) Put(b []byte) { copyBuffers.Put(&b) }

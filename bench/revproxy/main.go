@@ -16,8 +16,9 @@ import (
 	"net/http"
 	"net/http/httputil"
 	_ "net/http/pprof" // only served when -pprof is set, on its own port
-	"sync"
 	"time"
+
+	"github.com/watertight/watertight/bench/internal/copybuf"
 )
 
 func main() {
@@ -65,7 +66,7 @@ func newProxy(upstream string, t *http.Transport, bufPool bool) *httputil.Revers
 		Transport: t,
 	}
 	if bufPool {
-		rp.BufferPool = pool{}
+		rp.BufferPool = copybuf.Pool{}
 	}
 	return rp
 }
@@ -87,11 +88,3 @@ func transport(h2c bool) *http.Transport {
 		DisableCompression:  true,
 	}
 }
-
-// pool recycles ReverseProxy's copy buffers.
-type pool struct{}
-
-var buffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
-
-func (pool) Get() []byte  { return *(buffers.Get().(*[]byte)) }
-func (pool) Put(b []byte) { buffers.Put(&b) }
