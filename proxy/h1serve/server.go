@@ -49,10 +49,11 @@ const readBufferSize = 4 << 10
 // conn.watch). Fast requests never pay for the watch. One ticker per server,
 // running only while requests do, instead of a timer per request: a timer
 // armed and stopped per request cost 15–25 % of the sidecar's CPU at
-// 2,000 req/s (the stopped timers still wake the idle thread), and a 10 ms
-// ticker 15 % at 500 req/s, where the server idles between requests; at
-// 50 ms that is within noise (docs/benchmarks.md, runs 11 and 12). A client
-// that hangs up is noticed within 100 ms.
+// 2,000 req/s (the stopped timers still wake the idle thread). At 500 req/s
+// the loop still costs about 15 % more CPU than net/http's server with a
+// 10 ms or a 50 ms ticker (docs/benchmarks.md, runs 11–13): the ticker is
+// not the whole story there. A client that hangs up is noticed within
+// 100 ms.
 const watchEvery = 50 * time.Millisecond
 
 // Server serves HTTP/1.1 connections given to ServeConn.
