@@ -144,6 +144,10 @@ func (l *listener) serve(w http.ResponseWriter, r *http.Request, rt *routes) {
 		// sending (HTTP/1.1 handlers are half duplex by default).
 		_ = http.NewResponseController(w).EnableFullDuplex()
 	}
+	if relayable(r) {
+		c.relay(w, r) // the hot case, past ReverseProxy
+		return
+	}
 	c.proxy.ServeHTTP(w, r)
 }
 

@@ -20,11 +20,12 @@ import (
 func main() {
 	configPath := flag.String("config", "", "sidecar YAML config file")
 	pprofAddr := flag.String("pprof", "127.0.0.1:18090", "address for /debug/pprof/")
+	downstream := flag.String("downstream-http1", "", "app-side HTTP/1.1 server, as sidecar run's flag (default: the sidecar's)")
 	flag.Parse()
 
 	go func() { log.Fatal(http.ListenAndServe(*pprofAddr, nil)) }()
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	if err := sidecar.Run(context.Background(), sidecar.Options{ConfigPath: *configPath, Logger: logger}); err != nil {
+	if err := sidecar.Run(context.Background(), sidecar.Options{ConfigPath: *configPath, Logger: logger, DownstreamHTTP1: *downstream}); err != nil {
 		log.Fatal(err)
 	}
 }

@@ -542,6 +542,9 @@ func (c *conn) disarm() bool {
 var aLongTimeAgo = time.Unix(1, 0)
 
 func isTimeout(err error) bool {
+	if err == nil {
+		return false // without errors.As, whose target would escape on every request
+	}
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
 }
