@@ -6,6 +6,7 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/http/httputil"
 	"sync"
 	"sync/atomic"
@@ -97,12 +98,19 @@ func newCompartment(u *config.Upstream, up *upstream, pool *bulkhead.Pool, limit
 // Every way out either hands the app a response whose body (an exchange)
 // holds the attempt's slot until it is closed, or returns a *localReply.
 func (c *compartment) RoundTrip(req *http.Request) (*http.Response, error) {
+	return c.roundTrip(req, nil)
+}
+
+// roundTrip is RoundTrip with the client trace of the request's attempts
+// (relay's, for 1xx answers; nil for none), added to the context the
+// request makes anyway rather than to a copy of the request.
+func (c *compartment) roundTrip(req *http.Request, trace *httptrace.ClientTrace) (*http.Response, error) {
 	if c.breaker != nil && c.breaker.Rejecting() {
 		// An open breaker refuses before the request costs anything.
 		c.metrics.Request(metrics.CircuitOpen, 0)
 		return nil, &localReply{result: metrics.CircuitOpen, upstream: c.name, err: errCircuitOpen}
 	}
-	r := c.begin(req)
+	r := c.begin(req, trace)
 	x, err := c.retries(r, req)
 	if err != nil {
 		var lr *localReply
@@ -135,7 +143,7 @@ func (c *compartment) RoundTrip(req *http.Request) (*http.Response, error) {
 // begin starts the request: its deadline is the smaller of the upstream's
 // timeout and the caller's, counted from arrival, so queueing and every
 // attempt come out of it.
-func (c *compartment) begin(req *http.Request) *request {
+func (c *compartment) begin(req *http.Request, trace *httptrace.ClientTrace) *request {
 	r := &request{c: c, start: time.Now(), parent: req.Context(), grpc: isGRPC(req)}
 	if c.accessLog {
 		r.rec = accessRecordOf(r.parent)
@@ -144,10 +152,14 @@ func (c *compartment) begin(req *http.Request) *request {
 	if t, ok := callerTimeout(req, r.grpc); ok && (d == 0 || t < d) {
 		d = t
 	}
+	ctx := r.parent
+	if trace != nil {
+		ctx = httptrace.WithClientTrace(ctx, trace)
+	}
 	if d == 0 {
-		r.ctx, r.cancel = r.parent, noCancel
+		r.ctx, r.cancel = ctx, noCancel
 	} else {
-		r.ctx, r.cancel = context.WithDeadline(r.parent, r.start.Add(d))
+		r.ctx, r.cancel = context.WithDeadline(ctx, r.start.Add(d))
 	}
 	if c.budget != nil {
 		c.budget.RecordExecution()

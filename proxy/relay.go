@@ -94,7 +94,9 @@ var emptyUserAgent = []string{""}
 
 // relaying is one relayed request's own state, in one allocation.
 type relaying struct {
+	req   http.Request
 	url   url.URL
+	body  noopClose
 	trace httptrace.ClientTrace
 	w     http.ResponseWriter
 
@@ -105,9 +107,13 @@ type relaying struct {
 // relay sends r (relayable) through the compartment and copies the
 // answer back, as ReverseProxy.ServeHTTP does.
 func (c *compartment) relay(w http.ResponseWriter, r *http.Request) {
-	f := &relaying{url: *r.URL, w: w, roundTrips: true}
+	// One allocation for the request the transport gets (a shallow copy,
+	// as Request.WithContext makes), its URL (the attempts address it) and
+	// the client trace. The header is r's own: the server made it for this
+	// handler and nobody reads it after.
+	f := &relaying{req: *r, url: *r.URL, w: w, roundTrips: true}
 	f.trace.Got1xxResponse = f.got1xx
-	out := r.WithContext(httptrace.WithClientTrace(r.Context(), &f.trace))
+	out := &f.req
 	out.URL = &f.url
 	out.Close = false
 	if r.ContentLength == 0 {
@@ -116,16 +122,16 @@ func (c *compartment) relay(w http.ResponseWriter, r *http.Request) {
 		// The transport closes the body it was given when it fails; the
 		// app's own must stay open for the server (ReverseProxy's
 		// noopCloseReader, for the same reason).
-		body := &noopClose{r: out.Body}
-		out.Body = body
-		defer body.Close()
+		f.body.r = out.Body
+		out.Body = &f.body
+		defer f.body.Close()
 	}
 	h := out.Header
 	if h == nil {
 		h = http.Header{}
 		out.Header = h
 	}
-	// The relaying fields (Forwarded, X-Forwarded-*) stay: they are the
+	// The forwarding fields (Forwarded, X-Forwarded-*) stay: they are the
 	// app's to set (see forwardingHeaders).
 	if c.hostRewrite != "" && isLocalAuthority(r.Host) {
 		out.Host = c.hostRewrite
@@ -134,7 +140,7 @@ func (c *compartment) relay(w http.ResponseWriter, r *http.Request) {
 		h["User-Agent"] = emptyUserAgent
 	}
 
-	res, err := c.RoundTrip(out)
+	res, err := c.roundTrip(out, &f.trace)
 	f.mu.Lock()
 	f.roundTrips = false
 	f.mu.Unlock()

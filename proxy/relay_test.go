@@ -45,7 +45,12 @@ func TestRelayMatchesReverseProxy(t *testing.T) {
 		if !relayable(r) {
 			t.Errorf("%s %s: not relayable, the comparison would compare ReverseProxy with itself", r.Method, r.URL)
 		}
+		host, target := r.Host, r.URL.String()
 		c.relay(w, r)
+		// The access log reads the app's request after the handler.
+		if r.Host != host || r.URL.String() != target {
+			t.Errorf("relay changed the app's request: Host %q, URL %q; was %q, %q", r.Host, r.URL, host, target)
+		}
 	}
 	viaRP := func(w http.ResponseWriter, r *http.Request) { c.proxy.ServeHTTP(w, r) }
 

@@ -149,7 +149,10 @@ func (t *Transport) exchange(ctx context.Context, c *conn, req *http.Request) (*
 		r2.Body = rb
 		w = &r2
 	}
-	err := w.Write(c.bw)
+	var err error
+	if rb != nil || !writeHead(c.bw, req) {
+		err = w.Write(c.bw)
+	}
 	if rb != nil && rb.err != nil {
 		return fail("reading the request body for", rb.err)
 	}
