@@ -25,6 +25,7 @@ func main() {
 
 	go func() { log.Fatal(http.ListenAndServe(*pprofAddr, nil)) }()
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	sidecar.TuneGC(os.Getenv) // as sidecar run does
 	if err := sidecar.Run(context.Background(), sidecar.Options{ConfigPath: *configPath, Logger: logger, DownstreamHTTP1: *downstream}); err != nil {
 		log.Fatal(err)
 	}

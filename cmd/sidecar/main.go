@@ -184,6 +184,7 @@ func runProxy(args []string, stderr io.Writer) error {
 		return err
 	}
 	slog.SetDefault(log)
+	sidecar.TuneGC(os.Getenv)
 	return sidecar.Run(context.Background(), sidecar.Options{
 		ConfigPath:      *configPath,
 		XDSAddress:      *xdsAddr,
