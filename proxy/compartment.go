@@ -280,7 +280,7 @@ func (c *compartment) attempt(r *request, ctx context.Context, cancel context.Ca
 	req.URL.Scheme = c.transports.scheme()
 	req.URL.Host = x.ep.addr
 	if dl, ok := x.ctx.Deadline(); ok {
-		propagateDeadline(req.Header, r.grpc, time.Until(dl))
+		propagateDeadline(req.Header, r.grpc, time.Until(dl), &c.up.deadline)
 	}
 	resp, err := c.transports.forRequest(req, r.grpc).RoundTrip(req.WithContext(x.ctx))
 	if err != nil {

@@ -3,6 +3,7 @@ package proxy
 import (
 	"net/http"
 	"strconv"
+	"sync/atomic"
 	"time"
 )
 
@@ -87,19 +88,30 @@ func formatGRPCTimeout(d time.Duration) string {
 }
 
 // propagateDeadline tells the upstream how much time is left. The header
-// names are canonical already, so the map is written directly; a value the
-// caller sent is overwritten in place.
-func propagateDeadline(h http.Header, grpc bool, left time.Duration) {
-	key, value := headerRequestTimeout, ""
+// names are canonical already, so the map is written directly. The value is
+// a new slice, never written into: an HTTP/1.1 value may be last's, which
+// other requests share.
+func propagateDeadline(h http.Header, grpc bool, left time.Duration, last *atomic.Pointer[deadlineField]) {
 	if grpc {
-		key, value = headerGRPCTimeout, formatGRPCTimeout(left)
-	} else {
-		var buf [24]byte
-		value = string(append(strconv.AppendInt(buf[:0], max(left.Milliseconds(), 0), 10), 'm', 's'))
-	}
-	if v := h[key]; len(v) == 1 {
-		v[0] = value
+		h[headerGRPCTimeout] = []string{formatGRPCTimeout(left)}
 		return
 	}
-	h[key] = []string{value}
+	ms := max(left.Milliseconds(), 0)
+	if f := last.Load(); f != nil && f.ms == ms {
+		h[headerRequestTimeout] = f.value
+		return
+	}
+	var buf [24]byte
+	f := &deadlineField{ms: ms, value: []string{string(append(strconv.AppendInt(buf[:0], ms, 10), 'm', 's'))}}
+	last.Store(f)
+	h[headerRequestTimeout] = f.value
+}
+
+// deadlineField is the X-Request-Timeout value last sent by a compartment.
+// Under load most requests to an upstream leave within the same
+// millisecond of their deadline, so they share it instead of formatting
+// and allocating their own (two allocations per request).
+type deadlineField struct {
+	ms    int64
+	value []string
 }

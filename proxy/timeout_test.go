@@ -4,6 +4,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -188,5 +189,35 @@ func TestQueueingCountsAndReports(t *testing.T) {
 		if !strings.Contains(body, want) {
 			t.Errorf("metrics lack %s", want)
 		}
+	}
+}
+
+// TestPropagateDeadlineSharesNoWrites: requests leaving in the same
+// millisecond share one X-Request-Timeout value, and a later call (a retry)
+// gives its header a value of its own rather than writing into the shared
+// one.
+func TestPropagateDeadlineSharesNoWrites(t *testing.T) {
+	var last atomic.Pointer[deadlineField]
+	a, b := http.Header{}, http.Header{headerRequestTimeout: {"999999ms"}}
+	propagateDeadline(a, false, 1500*time.Millisecond+300*time.Microsecond, &last)
+	propagateDeadline(b, false, 1500*time.Millisecond, &last)
+	if got := b.Get(headerRequestTimeout); got != "1500ms" {
+		t.Fatalf("X-Request-Timeout = %q, want 1500ms (the caller's own value replaced)", got)
+	}
+	if &a[headerRequestTimeout][0] != &b[headerRequestTimeout][0] {
+		t.Error("two requests in the same millisecond did not share the value")
+	}
+	propagateDeadline(a, false, 200*time.Millisecond, &last)
+	if got, other := a.Get(headerRequestTimeout), b.Get(headerRequestTimeout); got != "200ms" || other != "1500ms" {
+		t.Fatalf("after a retry: its header %q (want 200ms), the other request's %q (want 1500ms)", got, other)
+	}
+	propagateDeadline(a, false, -time.Second, &last)
+	if got := a.Get(headerRequestTimeout); got != "0ms" {
+		t.Fatalf("a passed deadline sends %q, want 0ms", got)
+	}
+	g := http.Header{}
+	propagateDeadline(g, true, 1500*time.Millisecond, &last)
+	if got := g.Get(headerGRPCTimeout); got != formatGRPCTimeout(1500*time.Millisecond) {
+		t.Fatalf("grpc-timeout = %q", got)
 	}
 }

@@ -33,6 +33,8 @@ type upstream struct {
 	// closedAt is when the breaker last closed (unix nanoseconds), for the
 	// warm-up of the pool's limit; 0 when not warming.
 	closedAt atomic.Int64
+	// deadline is the X-Request-Timeout value last sent (see propagateDeadline).
+	deadline atomic.Pointer[deadlineField]
 }
 
 // retryBudget is failsafe-go's budget as its retry executor uses it: every

@@ -282,7 +282,11 @@ func (c *conn) serve(ctx context.Context) (handedOff bool) {
 			return false
 		}
 		if c.s.ReadHeaderTimeout > 0 {
-			_ = c.nc.SetReadDeadline(time.Now().Add(c.s.ReadHeaderTimeout))
+			// A head that came whole needs no deadline to finish arriving
+			// (it usually does come whole: one timer change fewer).
+			if buf, _ := c.br.Peek(c.br.Buffered()); headLength(buf) == 0 {
+				_ = c.nc.SetReadDeadline(time.Now().Add(c.s.ReadHeaderTimeout))
+			}
 		}
 		head, err := c.peekHead()
 		switch {

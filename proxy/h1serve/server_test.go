@@ -518,3 +518,39 @@ func TestHeadLength(t *testing.T) {
 		}
 	}
 }
+
+// TestReadHeaderTimeout: a head that stops arriving halfway is given up on
+// (the connection closed without an answer, as net/http's server does); a
+// head that arrives in pieces within the time is served.
+func TestReadHeaderTimeout(t *testing.T) {
+	p := startPair(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }),
+		func(s *Server) { s.ReadHeaderTimeout = 100 * time.Millisecond })
+	dial := func() (net.Conn, *bufio.Reader) {
+		c, err := net.Dial("tcp", p.fast)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		return c, bufio.NewReader(c)
+	}
+
+	c, br := dial()
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: a\r\n") // and nothing more
+	start := time.Now()
+	if b, err := br.ReadByte(); err != io.EOF {
+		t.Fatalf("a stalled head got %q, %v; want the connection closed", b, err)
+	}
+	if took := time.Since(start); took > 3*time.Second {
+		t.Errorf("the stalled head was given up on after %v", took)
+	}
+
+	c, br = dial()
+	io.WriteString(c, "GET / HTTP/1.1\r\n")
+	time.Sleep(20 * time.Millisecond) // a pause well inside the timeout: the head comes in two pieces
+	io.WriteString(c, "Host: a\r\n\r\n")
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("a head in two pieces: %v, %v", resp, err)
+	}
+}
