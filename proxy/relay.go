@@ -42,7 +42,7 @@ func relayable(r *http.Request) bool {
 	}
 	h := r.Header
 	for _, k := range hopHeaders {
-		if _, ok := h[k]; ok {
+		if _, ok := h[k]; ok && !droppable(h, k) {
 			return false
 		}
 	}
@@ -50,6 +50,36 @@ func relayable(r *http.Request) bool {
 		return false
 	}
 	return queryIsClean(r.URL.RawQuery)
+}
+
+// droppable: a hop-by-hop field many clients send on every request, which
+// ReverseProxy would only remove: Connection naming nothing but keep-alive
+// (the default of HTTP/1.1; Java's, Node's and Python's clients send it),
+// Keep-Alive, and Proxy-Connection (curl's, through a proxy). relay removes
+// them too (dropHopByHop).
+func droppable(h http.Header, k string) bool {
+	switch k {
+	case "Keep-Alive", "Proxy-Connection":
+		return true
+	case "Connection":
+		for _, v := range h[k] {
+			for t := range strings.SplitSeq(v, ",") {
+				if t = textproto.TrimString(t); t != "" && !strings.EqualFold(t, "keep-alive") {
+					return false
+				}
+			}
+		}
+		return true
+	}
+	return false
+}
+
+// dropHopByHop removes the hop-by-hop fields relayable let through. They are
+// the app's request's own: nobody reads them after the handler.
+func dropHopByHop(h http.Header) {
+	delete(h, "Connection")
+	delete(h, "Keep-Alive")
+	delete(h, "Proxy-Connection")
 }
 
 // hopHeaders are the fields ReverseProxy removes as hop-by-hop, in
@@ -131,6 +161,7 @@ func (c *compartment) relay(w http.ResponseWriter, r *http.Request) {
 		h = http.Header{}
 		out.Header = h
 	}
+	dropHopByHop(h)
 	// The forwarding fields (Forwarded, X-Forwarded-*) stay: they are the
 	// app's to set (see forwardingHeaders).
 	if c.hostRewrite != "" && isLocalAuthority(r.Host) {

@@ -9,9 +9,9 @@
 //
 // What it serves itself, on the connection's goroutine: HTTP/1.1 requests
 // whose head fits the read buffer, without Upgrade, Expect, CONNECT or a
-// chunked body, with a body of at most MaxInlineBody bytes, that do not ask
-// to close the connection and whose Host and header fields net/http's server
-// would accept. Everything else (the HTTP/2 preface, HTTP/1.0, malformed or
+// chunked body, with a body of at most MaxInlineBody bytes, whose Connection
+// field (if any) names only keep-alive, and whose Host and header fields
+// net/http's server would accept. Everything else (the HTTP/2 preface, HTTP/1.0, malformed or
 // large heads, upgrades, 100-continue, streamed uploads) goes to HandOff with
 // the bytes of that request replayed, so net/http's server answers it exactly
 // as it would have from the start. The request head is parsed by
@@ -28,7 +28,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/textproto"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -364,7 +366,7 @@ func serves(req *http.Request, head []byte) bool {
 		return false
 	}
 	h := req.Header
-	if len(h["Expect"]) > 0 || len(h["Upgrade"]) > 0 || len(h["Connection"]) > 0 {
+	if len(h["Expect"]) > 0 || len(h["Upgrade"]) > 0 || !onlyKeepAlive(h["Connection"]) {
 		return false
 	}
 	// http.ReadRequest drops the Host field (req.Host may come from an
@@ -381,6 +383,22 @@ func serves(req *http.Request, head []byte) bool {
 		}
 		for _, v := range vv {
 			if !httpguts.ValidHeaderFieldValue(v) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// onlyKeepAlive: a Connection field that names nothing but keep-alive, as
+// Java's, Node's and Python's clients send on every request. net/http's
+// server acts on no such token of an HTTP/1.1 request (only on close, which
+// ReadRequest turns into req.Close, and on an h2c upgrade), so the loop
+// serves it; any other token is handed off.
+func onlyKeepAlive(vv []string) bool {
+	for _, v := range vv {
+		for t := range strings.SplitSeq(v, ",") {
+			if t = textproto.TrimString(t); t != "" && !strings.EqualFold(t, "keep-alive") {
 				return false
 			}
 		}

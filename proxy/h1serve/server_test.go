@@ -288,6 +288,8 @@ func TestSameAnswersAsNetHTTP(t *testing.T) {
 		{name: "chunked request body", n: 1, handOff: true, raw: "POST /p HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n", h: echo},
 		{name: "large request body", n: 1, handOff: true, raw: "POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 70000\r\n\r\n" + strings.Repeat("b", 70000), h: echo},
 		{name: "Connection close", n: 1, handOff: true, raw: "GET /p HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", h: echo},
+		{name: "Connection keep-alive", n: 2, raw: "GET /p HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\r\n" + "GET /q HTTP/1.1\r\nHost: a\r\nConnection: Keep-Alive, keep-alive\r\n\r\n", h: echo},
+		{name: "Connection other token", n: 1, handOff: true, raw: "GET /p HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\n\r\n", h: echo},
 		{name: "Upgrade", n: 1, handOff: true, raw: "GET /p HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", h: echo},
 		{name: "CONNECT", n: 1, handOff: true, raw: "CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", h: echo},
 		{name: "no Host", n: 1, handOff: true, raw: "GET /p HTTP/1.1\r\n\r\n", h: echo},
