@@ -18,16 +18,18 @@ import (
 	"golang.org/x/net/http/httpguts"
 )
 
-// The hot case past ReverseProxy (docs/relaying-path.md, step 2b).
+// The hot case past ReverseProxy (docs/forwarding-path.md, step 2b).
 //
-// Most of what the app sends is a plain HTTP/1.1 request: no upgrade, no
-// Expect, no hop-by-hop fields, a query ReverseProxy would leave as it is.
+// Most of what the app sends is a plain HTTP/1.1 or HTTP/2 request (a gRPC
+// call among them): no upgrade, no Expect, no hop-by-hop fields but those
+// that only say keep-alive or TE: trailers, a query ReverseProxy would leave
+// as it is.
 // For those, relay does what httputil.ReverseProxy.ServeHTTP does, in the
 // same order and with the same error handling, minus the work that only the
 // general case needs: the request is not cloned (the server made it for this
 // handler and nobody reads it after; relay gives the transport a shallow
 // copy with its own URL and context and edits the header in place), the
-// hop-by-hop fields are already known to be absent, and the answer's header
+// hop-by-hop fields are known, and the answer's header
 // moves to the ResponseWriter without being copied value by value. Run 8
 // priced ReverseProxy at 10-25 µs per request; this is written by hand
 // because no library offers ReverseProxy's behaviour without its clone.
@@ -37,7 +39,7 @@ import (
 
 // relayable says whether relay serves r exactly as ReverseProxy would.
 func relayable(r *http.Request) bool {
-	if r.ProtoMajor != 1 || r.ProtoMinor != 1 || r.Close || len(r.TransferEncoding) > 0 || r.Trailer != nil {
+	if !(r.ProtoMajor == 1 && r.ProtoMinor == 1 || r.ProtoMajor == 2) || r.Close || len(r.TransferEncoding) > 0 || r.Trailer != nil {
 		return false
 	}
 	h := r.Header
@@ -55,12 +57,17 @@ func relayable(r *http.Request) bool {
 // droppable: a hop-by-hop field many clients send on every request, which
 // ReverseProxy would only remove: Connection naming nothing but keep-alive
 // (the default of HTTP/1.1; Java's, Node's and Python's clients send it),
-// Keep-Alive, and Proxy-Connection (curl's, through a proxy). relay removes
-// them too (dropHopByHop).
+// Keep-Alive, and Proxy-Connection (curl's, through a proxy), which relay
+// removes too (dropHopByHop); and TE: trailers, which ReverseProxy passes on.
 func droppable(h http.Header, k string) bool {
 	switch k {
 	case "Keep-Alive", "Proxy-Connection":
 		return true
+	case "Te":
+		// gRPC's clients say "TE: trailers"; ReverseProxy removes TE and
+		// puts exactly that back, so it passes as it is.
+		v := h[k]
+		return len(v) == 1 && v[0] == "trailers"
 	case "Connection":
 		for _, v := range h[k] {
 			for t := range strings.SplitSeq(v, ",") {
@@ -77,6 +84,7 @@ func droppable(h http.Header, k string) bool {
 // dropHopByHop removes the hop-by-hop fields relayable let through. They are
 // the app's request's own: nobody reads them after the handler.
 func dropHopByHop(h http.Header) {
+	// TE: trailers stays (see droppable).
 	delete(h, "Connection")
 	delete(h, "Keep-Alive")
 	delete(h, "Proxy-Connection")

@@ -5,9 +5,12 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httptrace"
+	"net/textproto"
 	"slices"
 	"strings"
 	"sync"
@@ -23,23 +26,8 @@ import (
 // app-side servers, and compares what the upstream received and what the
 // app got back, byte for byte but for Date and the deadline's milliseconds.
 func TestRelayMatchesReverseProxy(t *testing.T) {
-	var mu sync.Mutex
-	var seen string // the last request the upstream received
-	upstream := startUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, _ := io.ReadAll(r.Body)
-		mu.Lock()
-		seen = dumpSeen(r, body)
-		mu.Unlock()
-		relayCase(w, r, body)
-	}))
-	cfg := &config.Config{
-		Listeners: []config.Listener{{Name: "app", Address: "127.0.0.1:0", Mode: config.ModeUpstream, Upstream: "u"}},
-		Upstreams: []config.Upstream{{Name: "u", Hosts: []string{"u.example"}, Endpoints: []config.Endpoint{{Address: upstream}}}},
-	}
-	p := startProxy(t, cfg)
-	p.mu.Lock()
-	c := p.compartments[0]
-	p.mu.Unlock()
+	f := newRelayFixture(t)
+	c := f.c
 
 	hot := func(w http.ResponseWriter, r *http.Request) {
 		if !relayable(r) {
@@ -59,7 +47,7 @@ func TestRelayMatchesReverseProxy(t *testing.T) {
 		{"no user agent", "GET /plain HTTP/1.1\r\nHost: u.example\r\n\r\n"},
 		{"local authority", "GET /plain HTTP/1.1\r\nHost: 127.0.0.1:9001\r\n\r\n"},
 		{"query", "GET /plain?a=1&b=%20x&c HTTP/1.1\r\nHost: u.example\r\n\r\n"},
-		{"relaying fields", "GET /plain HTTP/1.1\r\nHost: u.example\r\nX-Forwarded-For: 10.0.0.1\r\nForwarded: for=10.0.0.1\r\nX-Forwarded-Proto: https\r\n\r\n"},
+		{"forwarding fields", "GET /plain HTTP/1.1\r\nHost: u.example\r\nX-Forwarded-For: 10.0.0.1\r\nForwarded: for=10.0.0.1\r\nX-Forwarded-Proto: https\r\n\r\n"},
 		{"head", "HEAD /plain HTTP/1.1\r\nHost: u.example\r\n\r\n"},
 		{"keep-alive fields", "GET /plain HTTP/1.1\r\nHost: u.example\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nProxy-Connection: Keep-Alive\r\n\r\n"},
 		{"post", "POST /echo HTTP/1.1\r\nHost: u.example\r\nContent-Type: text/plain\r\nContent-Length: 11\r\n\r\nhello there"},
@@ -91,13 +79,9 @@ func TestRelayMatchesReverseProxy(t *testing.T) {
 			for _, rq := range requests {
 				t.Run(rq.name, func(t *testing.T) {
 					exchange := func(addr string) (string, string) {
-						mu.Lock()
-						seen = ""
-						mu.Unlock()
+						f.reset()
 						got := rawExchange(t, addr, rq.raw)
-						mu.Lock()
-						defer mu.Unlock()
-						return seen, got
+						return f.last(), got
 					}
 					seenRP, gotRP := exchange(slow)
 					seenF, gotF := exchange(fast)
@@ -114,6 +98,46 @@ func TestRelayMatchesReverseProxy(t *testing.T) {
 			}
 		})
 	}
+}
+
+// relayFixture is a proxy with one upstream u answering relayCase, and
+// what that upstream last received.
+type relayFixture struct {
+	c    *compartment
+	mu   sync.Mutex
+	seen string
+}
+
+func newRelayFixture(t *testing.T) *relayFixture {
+	f := &relayFixture{}
+	upstream := startUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		f.mu.Lock()
+		f.seen = dumpSeen(r, body)
+		f.mu.Unlock()
+		relayCase(w, r, body)
+	}))
+	cfg := &config.Config{
+		Listeners: []config.Listener{{Name: "app", Address: "127.0.0.1:0", Mode: config.ModeUpstream, Upstream: "u"}},
+		Upstreams: []config.Upstream{{Name: "u", Hosts: []string{"u.example"}, Endpoints: []config.Endpoint{{Address: upstream}}}},
+	}
+	p := startProxy(t, cfg)
+	p.mu.Lock()
+	f.c = p.compartments[0]
+	p.mu.Unlock()
+	return f
+}
+
+func (f *relayFixture) reset() {
+	f.mu.Lock()
+	f.seen = ""
+	f.mu.Unlock()
+}
+
+func (f *relayFixture) last() string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.seen
 }
 
 // relayCase is the upstream's answer for each path of the test above.
@@ -199,7 +223,7 @@ func dumpSeen(r *http.Request, body []byte) string {
 		}
 	}) {
 		v := r.Header[k]
-		if k == headerRequestTimeout {
+		if k == headerRequestTimeout || k == headerGRPCTimeout {
 			v = []string{"(set)"}
 		}
 		fmt.Fprintf(&b, "%s: %q\n", k, v)
@@ -371,7 +395,9 @@ func TestRelayable(t *testing.T) {
 		{"GET / HTTP/1.0\r\nHost: a\r\n\r\n", false},
 		{"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", false},
 		{"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", false},
-		{"GET / HTTP/1.1\r\nHost: a\r\nTe: trailers\r\n\r\n", false},
+		{"GET / HTTP/1.1\r\nHost: a\r\nTe: trailers\r\n\r\n", true},
+		{"GET / HTTP/1.1\r\nHost: a\r\nTe: trailers, deflate\r\n\r\n", false},
+		{"GET / HTTP/1.1\r\nHost: a\r\nTe: deflate\r\n\r\n", false},
 		{"GET / HTTP/1.1\r\nHost: a\r\nKeep-Alive: 5\r\n\r\n", true},
 		{"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\n\r\n", true},
 		{"GET / HTTP/1.1\r\nHost: a\r\nConnection: Keep-Alive, keep-alive\r\nConnection: keep-alive\r\n\r\n", true},
@@ -394,9 +420,106 @@ func TestRelayable(t *testing.T) {
 			t.Errorf("relayable(%.60q) = %v, want %v", c.raw, got, c.want)
 		}
 	}
-	h2 := httptest.NewRequest("GET", "/", nil)
-	h2.ProtoMajor, h2.ProtoMinor = 2, 0
-	if relayable(h2) {
-		t.Error("an HTTP/2 request is relayable; ReverseProxy must keep those")
+	h2 := httptest.NewRequest("POST", "/pkg.Svc/Call", nil)
+	h2.ProtoMajor, h2.ProtoMinor, h2.ContentLength = 2, 0, -1
+	h2.Header.Set("Te", "trailers")
+	h2.Header.Set("Content-Type", "application/grpc")
+	if !relayable(h2) {
+		t.Error("a gRPC call over HTTP/2 is not relayable")
+	}
+}
+
+// TestRelayMatchesReverseProxyH2C is the same comparison for the app's
+// HTTP/2 (h2c) requests, gRPC's shape among them, with Go's own HTTP/2
+// client as the app.
+func TestRelayMatchesReverseProxyH2C(t *testing.T) {
+	f := newRelayFixture(t)
+	c := f.c
+	h2cServer := func(h http.HandlerFunc) string {
+		s := httptest.NewUnstartedServer(h)
+		s.Config.Protocols = new(http.Protocols)
+		s.Config.Protocols.SetHTTP1(true)
+		s.Config.Protocols.SetUnencryptedHTTP2(true)
+		s.Start()
+		t.Cleanup(s.Close)
+		return "http://" + s.Listener.Addr().String()
+	}
+	fast := h2cServer(func(w http.ResponseWriter, r *http.Request) {
+		if r.ProtoMajor != 2 || !relayable(r) {
+			t.Errorf("%s %s %s: not relayable", r.Proto, r.Method, r.URL)
+		}
+		c.relay(w, r)
+	})
+	slow := h2cServer(func(w http.ResponseWriter, r *http.Request) { c.proxy.ServeHTTP(w, r) })
+	app := client(true)
+	defer app.CloseIdleConnections()
+
+	requests := []struct {
+		name, method, path, body string
+		header                   http.Header
+	}{
+		{"plain", "GET", "/plain", "", nil},
+		{"grpc shape", "POST", "/echo", "\x00\x00\x00\x00\x02hi", http.Header{"Content-Type": {"application/grpc"}, "Te": {"trailers"}}},
+		{"post", "POST", "/echo", "hello there", http.Header{"Content-Type": {"text/plain"}}},
+		{"streamed answer", "GET", "/stream", "", nil},
+		{"event stream", "GET", "/sse", "", nil},
+		{"announced trailers", "GET", "/trailers", "", nil},
+		{"prefixed trailers", "GET", "/prefixed-trailer", "", nil},
+		{"early hints", "GET", "/early", "", nil},
+		{"no content", "GET", "/nocontent", "", nil},
+		{"not modified", "GET", "/notmodified", "", nil},
+		{"hop-by-hop answer", "GET", "/hop", "", nil},
+		{"repeated fields", "GET", "/multi", "", nil},
+		{"large", "GET", "/large", "", nil},
+		{"failure status", "GET", "/fail", "", nil},
+		{"cut answer", "GET", "/cut", "", nil},
+		{"unasked switch", "GET", "/switch", "", nil},
+	}
+	for _, rq := range requests {
+		t.Run(rq.name, func(t *testing.T) {
+			exchange := func(base string) (string, string) {
+				f.reset()
+				var body io.Reader
+				if rq.body != "" {
+					body = strings.NewReader(rq.body)
+				}
+				var b strings.Builder
+				trace := &httptrace.ClientTrace{Got1xxResponse: func(code int, h textproto.MIMEHeader) error {
+					fmt.Fprintf(&b, "%d\n", code)
+					writeSorted(&b, http.Header(h))
+					return nil
+				}}
+				req, err := http.NewRequestWithContext(httptrace.WithClientTrace(t.Context(), trace), rq.method, base+rq.path, body)
+				if err != nil {
+					t.Fatal(err)
+				}
+				req.Host = "u.example"
+				maps.Copy(req.Header, rq.header)
+				resp, err := app.Do(req)
+				if err != nil {
+					fmt.Fprintf(&b, "error: %v", strings.ReplaceAll(err.Error(), base, "(app port)"))
+				} else {
+					got, err := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					resp.Header.Del("Date")
+					fmt.Fprintf(&b, "%s %s, length %d\n", resp.Proto, resp.Status, resp.ContentLength)
+					writeSorted(&b, resp.Header)
+					fmt.Fprintf(&b, "body %q cut %v\ntrailer:\n", got, err != nil)
+					writeSorted(&b, resp.Trailer)
+				}
+				return f.last(), b.String()
+			}
+			seenRP, gotRP := exchange(slow)
+			seenF, gotF := exchange(fast)
+			if seenF != seenRP {
+				t.Errorf("the upstream received\n%s\nthrough relay, and through ReverseProxy\n%s", seenF, seenRP)
+			}
+			if gotF != gotRP {
+				t.Errorf("the app got\n%s\nthrough relay, and through ReverseProxy\n%s", gotF, gotRP)
+			}
+			if !strings.Contains(gotF, "HTTP/2.0") && rq.name != "cut answer" {
+				t.Errorf("not an HTTP/2 answer: %s", gotF)
+			}
+		})
 	}
 }
