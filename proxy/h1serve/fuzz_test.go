@@ -3,6 +3,7 @@ package h1serve
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -38,6 +39,12 @@ func echoRequest(w http.ResponseWriter, r *http.Request) {
 // sent until it closed, normalised: header order (net/http's server sorts,
 // the loop does not) and Date do not count.
 func rawExchange(t testing.TB, addr string, raw []byte) string {
+	return normalise(raw, sendRaw(t, addr, raw))
+}
+
+// sendRaw writes raw, half-closes, and returns what the server sent until
+// it closed.
+func sendRaw(t testing.TB, addr string, raw []byte) []byte {
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -49,15 +56,14 @@ func rawExchange(t testing.TB, addr string, raw []byte) string {
 		_ = c.(*net.TCPConn).CloseWrite()
 	}()
 	out, err := io.ReadAll(c)
-	if err != nil && !isTimeout(err) && !strings.Contains(err.Error(), "connection reset") {
+	if err != nil && !isTimeout(err) && !errors.Is(err, net.ErrClosed) && !strings.Contains(err.Error(), "connection reset") {
 		t.Fatalf("reading: %v", err)
 	}
-	return normalise(raw, out)
+	return out
 }
 
-// normalise parses the answers in out, taking each one's method from the
-// requests in raw (a HEAD answer has no body).
-func normalise(raw, out []byte) string {
+// requestMethods is the method of each request in raw, in order.
+func requestMethods(raw []byte) []string {
 	var methods []string
 	rr := bufio.NewReader(bytes.NewReader(raw))
 	for {
@@ -68,6 +74,13 @@ func normalise(raw, out []byte) string {
 		methods = append(methods, req.Method)
 		_, _ = io.Copy(io.Discard, req.Body)
 	}
+	return methods
+}
+
+// normalise parses the answers in out, taking each one's method from the
+// requests in raw (a HEAD answer has no body).
+func normalise(raw, out []byte) string {
+	methods := requestMethods(raw)
 	var b strings.Builder
 	br := bufio.NewReader(bytes.NewReader(out))
 	for i := 0; ; i++ {

@@ -43,6 +43,7 @@ type response struct {
 	hasType  bool     // Content-Type was set (even to nothing: no sniffing)
 	hasDate  bool     // Date was set
 	trailers []string // the Trailer header's values
+	prefixed bool     // a trailer was set with http.TrailerPrefix
 }
 
 func (w *response) Header() http.Header { return w.header }
@@ -58,7 +59,7 @@ func (w *response) WriteHeader(code int) {
 		// An informational answer goes out at once, with the headers set
 		// so far; the final one follows.
 		w.writeStatusLine(code)
-		w.write(appendFields(w.c.bw.AvailableBuffer(), w.header, true))
+		w.write(appendFields(w.c.bw.AvailableBuffer(), w.header, omitLength))
 		w.write([]byte("\r\n"))
 		w.flush()
 		return
@@ -75,49 +76,81 @@ func (w *response) WriteHeader(code int) {
 	}
 	h.Del("Transfer-Encoding") // the framing is this writer's to choose
 	_, w.hasType = h["Content-Type"]
+	if h.Get("Content-Encoding") != "" {
+		w.hasType = true // net/http's server does not sniff an encoded body (Go issue 31753)
+	}
 	_, w.hasDate = h["Date"]
 	w.trailers = h["Trailer"]
+	w.prefixed = hasPrefixedTrailer(h)
 	if httpguts.HeaderValuesContainsToken(h["Connection"], "close") {
 		w.closeAfter = true
 	}
-	w.c.fields = appendFields(w.c.fields[:0], h, false)
+	// A status without a body carries no length, and a 304 no type
+	// either: net/http's server leaves them out (suppressedHeaders).
+	omit := omitNone
+	switch {
+	case code == http.StatusNotModified:
+		omit = omitType | omitLength
+	case !bodyAllowed(code):
+		omit = omitLength
+	}
+	w.c.fields = appendFields(w.c.fields[:0], h, omit)
 }
+
+// What appendFields leaves out.
+const (
+	omitNone   = 0
+	omitLength = 1 << iota // Content-Length and Transfer-Encoding
+	omitType               // Content-Type
+)
 
 func (w *response) Write(p []byte) (int, error) {
 	if !w.wroteHeader {
 		w.WriteHeader(http.StatusOK)
 	}
+	if len(p) == 0 {
+		return 0, nil // before any other check, as net/http's server
+	}
 	if w.noBody {
-		if w.req.Method == http.MethodHead {
-			// The body is not sent, but net/http's server gives its
-			// length and type as it would for GET, when it can.
-			if !w.committed && bodyAllowed(w.status) {
-				if !w.hasType && len(p) > 0 {
-					w.sniff(p)
-				}
-				w.headBody += int64(len(p))
-				if w.headBody > bufferBeforeChunking {
-					w.commit(false)
-				}
-			}
-			return len(p), nil
+		if w.req.Method != http.MethodHead || !bodyAllowed(w.status) {
+			return 0, http.ErrBodyNotAllowed
 		}
-		return 0, http.ErrBodyNotAllowed
+		// HEAD: the body is not sent, but net/http's server counts it
+		// against a declared length, and gives its length and type as it
+		// would for GET when it can.
+		w.written += int64(len(p))
+		if w.contentLength >= 0 && w.written > w.contentLength {
+			return 0, http.ErrContentLength
+		}
+		if !w.committed {
+			if len(w.held) < sniffLen {
+				w.held = append(w.held, p[:min(len(p), sniffLen-len(w.held))]...)
+			}
+			w.headBody += int64(len(p))
+			if w.headBody > bufferBeforeChunking {
+				w.commit(false)
+			}
+		}
+		return len(p), nil
 	}
 	if w.err != nil {
 		return 0, w.err
 	}
-	if w.contentLength >= 0 && w.written+int64(len(p)) > w.contentLength {
+	// A refused write still counts, as in net/http's server: every later
+	// write is refused too, and the connection closes after the answer.
+	w.written += int64(len(p))
+	if w.contentLength >= 0 && w.written > w.contentLength {
 		return 0, http.ErrContentLength
 	}
-	w.written += int64(len(p))
 	if !w.committed {
-		if w.contentLength < 0 && len(w.held)+len(p) <= bufferBeforeChunking {
+		// The first 2 KiB are held, with a declared length too: net/http's
+		// server sniffs the type from all it holds when it commits.
+		if len(w.held)+len(p) <= bufferBeforeChunking {
 			w.held = append(w.held, p...)
 			return len(p), nil
 		}
 		if !w.hasType {
-			w.sniff(p)
+			w.sniff(sniffPrefix(w.held, p))
 		}
 		w.commit(false)
 	}
@@ -176,11 +209,11 @@ func (w *response) commit(final bool) {
 	w.committed = true
 	w.writeStatusLine(w.status)
 	w.write(w.c.fields)
-	if w.noBody && final && w.headBody > 0 && w.contentLength < 0 && len(w.trailers) == 0 {
+	if w.noBody && final && w.headBody > 0 && w.contentLength < 0 && len(w.trailers) == 0 && !w.prefixed {
 		w.writeField("Content-Length", strconv.FormatInt(w.headBody, 10))
 	}
 	if !w.noBody && w.contentLength < 0 {
-		if final && len(w.trailers) == 0 {
+		if final && len(w.trailers) == 0 && !w.prefixed {
 			w.contentLength = int64(len(w.held))
 			w.writeField("Content-Length", strconv.Itoa(len(w.held)))
 		} else {
@@ -201,7 +234,9 @@ func (w *response) commit(final bool) {
 	if len(w.held) > 0 {
 		held := w.held
 		w.held = nil
-		w.writeBody(held)
+		if !w.noBody { // a HEAD answer's held bytes were only for sniffing
+			w.writeBody(held)
+		}
 	}
 }
 
@@ -220,21 +255,27 @@ func (w *response) writeStatusLine(code int) {
 	b = append(b, "HTTP/1.1 "...)
 	b = strconv.AppendInt(b, int64(code), 10)
 	b = append(b, ' ')
-	b = append(b, http.StatusText(code)...)
+	if text := http.StatusText(code); text != "" {
+		b = append(b, text...)
+	} else {
+		b = append(b, "status code "...) // net/http's server's words
+		b = strconv.AppendInt(b, int64(code), 10)
+	}
 	b = append(b, "\r\n"...)
 	w.write(b)
 }
 
-// appendFields serialises h; informational says whether it is for a 1xx
-// answer, which carries no framing fields. Values are written as net/http's
-// server writes them: a CR or LF in one becomes a space, so no field can
-// smuggle in another.
-func appendFields(b []byte, h http.Header, informational bool) []byte {
+// appendFields serialises h but for the fields omit names (a 1xx answer
+// and a status without a body carry no framing fields). Like net/http's
+// server, it drops a field with an invalid name and writes a CR or LF in a
+// value as a space, so no field can smuggle in another.
+func appendFields(b []byte, h http.Header, omit int) []byte {
 	for k, vv := range h {
 		if strings.HasPrefix(k, http.TrailerPrefix) {
 			continue
 		}
-		if informational && (k == "Content-Length" || k == "Transfer-Encoding") {
+		if omit&omitLength != 0 && (k == "Content-Length" || k == "Transfer-Encoding") ||
+			omit&omitType != 0 && k == "Content-Type" || !httpguts.ValidHeaderFieldName(k) {
 			continue
 		}
 		for _, v := range vv {
@@ -272,8 +313,8 @@ func (w *response) writeTrailers() {
 }
 
 func (w *response) writeTrailer(name string, vv []string) {
-	if name == "" || name == "Content-Length" || name == "Transfer-Encoding" || name == "Trailer" {
-		return // never valid as trailers
+	if name == "" || !httpguts.ValidTrailerHeader(name) {
+		return // a field RFC 9110 forbids in trailers, which net/http's server drops too
 	}
 	for _, v := range vv {
 		w.writeField(name, v)
@@ -281,7 +322,7 @@ func (w *response) writeTrailer(name string, vv []string) {
 }
 
 func appendValue(b []byte, v string) []byte {
-	v = strings.TrimSpace(v)
+	v = textproto.TrimString(v) // spaces and tabs only, as net/http's server trims
 	if !strings.ContainsAny(v, "\r\n") {
 		return append(b, v...)
 	}
@@ -326,4 +367,31 @@ func (w *response) flush() {
 // bodyAllowed reports whether a status may carry a body (RFC 9110).
 func bodyAllowed(status int) bool {
 	return (status < 100 || status > 199) && status != http.StatusNoContent && status != http.StatusNotModified
+}
+
+// hasPrefixedTrailer: the handler set a trailer with http.TrailerPrefix
+// before WriteHeader, which makes the body chunked, as a Trailer field does
+// (one set later still goes out, if the body is chunked anyway).
+func hasPrefixedTrailer(h http.Header) bool {
+	for k := range h {
+		if strings.HasPrefix(k, http.TrailerPrefix) {
+			return true
+		}
+	}
+	return false
+}
+
+// sniffLen is how much of a body net/http's server sniffs.
+const sniffLen = 512
+
+// sniffPrefix is what net/http's server sniffs when it commits: the first
+// 512 bytes of what it holds and what is being written.
+func sniffPrefix(held, p []byte) []byte {
+	if len(held) == 0 {
+		return p[:min(len(p), sniffLen)]
+	}
+	if len(held) >= sniffLen {
+		return held[:sniffLen]
+	}
+	return append(held[:len(held):len(held)], p[:min(len(p), sniffLen-len(held))]...)
 }

@@ -263,6 +263,10 @@ func (c *conn) serve(ctx context.Context) (handedOff bool) {
 			if v != http.ErrAbortHandler {
 				slog.Error("panic serving a request", "remote", c.remote, "panic", v)
 			}
+			// What the answer had committed goes out before the
+			// connection closes, as net/http's server sends it: a client
+			// that got part of an answer knows the request arrived.
+			_ = c.bw.Flush()
 			handedOff = false
 		}
 	}()
