@@ -13,9 +13,10 @@
 #       [watertight-h1conn], [watertight-nethttp]
 #                          (the sidecar with --upstream-http1 watertight or net/http:
 #                           its two HTTP/1.1 clients, whatever the default; with --targets)
-#       [watertight-h1serve]
-#                          (the sidecar with --downstream-http1 watertight: its own
-#                           app-side HTTP/1.1 loop, proxy/h1serve; with --targets)
+#       [watertight-h1serve], [watertight-netserve]
+#                          (the sidecar with --downstream-http1 watertight, its own
+#                           app-side HTTP/1.1 loop, proxy/h1serve (the default), or
+#                           net/http: every app connection to net/http's server; with --targets)
 #       [gofloor-raw], [gofloor-std], [gofloor-srv], [gofloor-rp]
 #                          (bench/gofloor: the least a Go HTTP/1.1 proxy does, bytes only,
 #                           through net/http's wire code, then net/http's server and
@@ -89,6 +90,7 @@ PORT_PPROF_REVPROXY=$((PORT_BASE + 11))
 PORT_WT_H1CONN=$((PORT_BASE + 12))  # +0 listener, +1 admin
 PORT_WT_NETHTTP=$((PORT_BASE + 14)) # +0 listener, +1 admin
 PORT_WT_H1SERVE=$((PORT_BASE + 20)) # +0 listener, +1 admin
+PORT_WT_NETSERVE=$((PORT_BASE + 22)) # +0 listener, +1 admin
 PORT_GOFLOOR_RAW=$((PORT_BASE + 16))
 PORT_GOFLOOR_STD=$((PORT_BASE + 17))
 PORT_GOFLOOR_SRV=$((PORT_BASE + 18))
@@ -282,7 +284,7 @@ EOF
 	# The same sidecar, one per HTTP/1.1 client (watertight-h1conn,
 	# watertight-nethttp): its own ports, the same upstream.
 	local port
-	for port in "$PORT_WT_H1CONN" "$PORT_WT_NETHTTP" "$PORT_WT_H1SERVE"; do
+	for port in "$PORT_WT_H1CONN" "$PORT_WT_NETHTTP" "$PORT_WT_H1SERVE" "$PORT_WT_NETSERVE"; do
 		cat >"$OUT/watertight-$port.yaml" <<EOF
 admin: {address: 127.0.0.1:$((port + 1))}
 budget: 4096
@@ -514,13 +516,14 @@ start_servers() {
 	# The sidecar with each of its HTTP/1.1 clients, and with its own
 	# app-side loop, when asked for.
 	local t port flags
-	for t in watertight-h1conn watertight-nethttp watertight-h1serve; do
+	for t in watertight-h1conn watertight-nethttp watertight-h1serve watertight-netserve; do
 		has_target "$t" || continue
 		port=$(target_port "$t")
 		case $t in
 		watertight-h1conn) flags=(--upstream-http1 watertight) ;;
 		watertight-nethttp) flags=(--upstream-http1 net/http) ;;
 		watertight-h1serve) flags=(--downstream-http1 watertight) ;;
+		watertight-netserve) flags=(--downstream-http1 net/http) ;;
 		esac
 		# shellcheck disable=SC2086
 		start "$t" "$port" env ${BENCH_SIDECAR_ENV:-} "$OUT/sidecar" run \
@@ -560,6 +563,7 @@ target_port() { # TARGET [h1|h2]
 	watertight-h1conn) echo "$PORT_WT_H1CONN" ;;
 	watertight-nethttp) echo "$PORT_WT_NETHTTP" ;;
 	watertight-h1serve) echo "$PORT_WT_H1SERVE" ;;
+	watertight-netserve) echo "$PORT_WT_NETSERVE" ;;
 	revproxy) echo "$PORT_REVPROXY" ;;
 	gofloor-raw) echo "$PORT_GOFLOOR_RAW" ;;
 	gofloor-std) echo "$PORT_GOFLOOR_STD" ;;
@@ -949,7 +953,7 @@ main() {
 		sanity_check
 		warm_up
 		run_scenarios
-		stop upstream watertight watertight-h1conn watertight-nethttp watertight-h1serve revproxy gofloor-raw gofloor-std gofloor-srv gofloor-rp haproxy nginx caddy
+		stop upstream watertight watertight-h1conn watertight-nethttp watertight-h1serve watertight-netserve revproxy gofloor-raw gofloor-std gofloor-srv gofloor-rp haproxy nginx caddy
 	fi
 	if part isolation || part weights; then
 		rm -rf "$OUT/iso-runs"

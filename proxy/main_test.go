@@ -19,7 +19,7 @@ var upstreamHTTP1 = flag.String("upstream-http1", DefaultUpstreamHTTP1,
 
 // downstreamHTTP1 runs it with either app-side HTTP/1.1 server:
 //
-//	go test -race ./proxy/ -args -downstream-http1=watertight
+//	go test -race ./proxy/ -args -downstream-http1=net/http
 var downstreamHTTP1 = flag.String("downstream-http1", DefaultDownstreamHTTP1,
 	"the servers' app-side HTTP/1.1 server: "+HTTP1NetHTTP+" or "+HTTP1Watertight)
 

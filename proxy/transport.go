@@ -38,8 +38,9 @@ const (
 const DefaultUpstreamHTTP1 = HTTP1Watertight
 
 // DefaultDownstreamHTTP1 is the app-side HTTP/1.1 server of a server whose
-// Options do not name one.
-const DefaultDownstreamHTTP1 = HTTP1NetHTTP
+// Options do not name one: the sidecar's own loop, which hands what it does
+// not serve to net/http's server (docs/forwarding-path.md, step 2a).
+const DefaultDownstreamHTTP1 = HTTP1Watertight
 
 // transportKey is everything a connection pool depends on; upstreams whose
 // key did not change keep their pools (and warm connections) across reloads.
