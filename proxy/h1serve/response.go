@@ -226,7 +226,7 @@ func (w *response) commit(final bool) {
 		b = time.Now().UTC().AppendFormat(b, http.TimeFormat)
 		w.write(append(b, "\r\n"...))
 	}
-	if !w.closeAfter && w.c.s.shuttingDown() {
+	if !w.closeAfter && w.c.s.shutting.Load() {
 		w.closeAfter = true
 		w.writeField("Connection", "close")
 	}

@@ -32,6 +32,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http/httpguts"
@@ -78,10 +79,11 @@ type Server struct {
 	IdleTimeout       time.Duration
 
 	mu       sync.Mutex
-	conns    map[*conn]bool      // true while a request is being served
-	active   map[*conn]time.Time // the connections serving a request, and since when
+	conns    map[*conn]struct{}  // every connection the loop serves
+	active   map[*conn]time.Time // those serving a request, and since when; the rest are idle
 	watching bool                // watchLoop runs
-	shutting bool
+	// shutting is set under mu; the answers read it without the lock.
+	shutting atomic.Bool
 	idle     chan struct{} // closed and renewed whenever a connection leaves or goes idle
 }
 
@@ -112,12 +114,12 @@ func (s *Server) ServeConn(nc net.Conn) {
 // request, and waits for them until ctx ends; then it closes what is left.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
-	s.shutting = true
+	s.shutting.Store(true)
 	s.mu.Unlock()
 	for {
 		s.mu.Lock()
-		for c, active := range s.conns {
-			if !active {
+		for c := range s.conns {
+			if _, active := s.active[c]; !active {
 				_ = c.nc.Close()
 			}
 		}
@@ -138,7 +140,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // Close closes every connection at once.
 func (s *Server) Close() {
 	s.mu.Lock()
-	s.shutting = true
+	s.shutting.Store(true)
 	for c := range s.conns {
 		_ = c.nc.Close()
 	}
@@ -163,13 +165,13 @@ func (s *Server) changed() {
 func (s *Server) track(c *conn) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.shutting {
+	if s.shutting.Load() {
 		return false
 	}
 	if s.conns == nil {
-		s.conns, s.active = map[*conn]bool{}, map[*conn]time.Time{}
+		s.conns, s.active = map[*conn]struct{}{}, map[*conn]time.Time{}
 	}
-	s.conns[c] = false
+	s.conns[c] = struct{}{}
 	return true
 }
 
@@ -186,10 +188,9 @@ func (s *Server) untrack(c *conn) {
 func (s *Server) setActive(c *conn, active bool) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.shutting && active {
+	if s.shutting.Load() && active {
 		return false
 	}
-	s.conns[c] = active
 	if !active {
 		delete(s.active, c)
 		s.changed()
@@ -227,12 +228,6 @@ func (s *Server) watchLoop() {
 			c.watch()
 		}
 	}
-}
-
-func (s *Server) shuttingDown() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.shutting
 }
 
 // conn is one app connection.
