@@ -16,6 +16,8 @@ import (
 	"sync/atomic"
 
 	"golang.org/x/net/http/httpguts"
+
+	"github.com/watertight/watertight/proxy/h1serve"
 )
 
 // The hot case past ReverseProxy (docs/forwarding-path.md, step 2b).
@@ -69,14 +71,7 @@ func droppable(h http.Header, k string) bool {
 		v := h[k]
 		return len(v) == 1 && v[0] == "trailers"
 	case "Connection":
-		for _, v := range h[k] {
-			for t := range strings.SplitSeq(v, ",") {
-				if t = textproto.TrimString(t); t != "" && !strings.EqualFold(t, "keep-alive") {
-					return false
-				}
-			}
-		}
-		return true
+		return h1serve.OnlyKeepAlive(h[k])
 	}
 	return false
 }

@@ -76,7 +76,7 @@ func (w *response) WriteHeader(code int) {
 	}
 	h.Del("Transfer-Encoding") // the framing is this writer's to choose
 	_, w.hasType = h["Content-Type"]
-	if h.Get("Content-Encoding") != "" {
+	if ce := h["Content-Encoding"]; len(ce) > 0 && ce[0] != "" {
 		w.hasType = true // net/http's server does not sniff an encoded body (Go issue 31753)
 	}
 	_, w.hasDate = h["Date"]

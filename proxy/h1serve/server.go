@@ -365,7 +365,7 @@ func serves(req *http.Request, head []byte) bool {
 		return false
 	}
 	h := req.Header
-	if len(h["Expect"]) > 0 || len(h["Upgrade"]) > 0 || !onlyKeepAlive(h["Connection"]) {
+	if len(h["Expect"]) > 0 || len(h["Upgrade"]) > 0 || !OnlyKeepAlive(h["Connection"]) {
 		return false
 	}
 	// http.ReadRequest drops the Host field (req.Host may come from an
@@ -389,12 +389,13 @@ func serves(req *http.Request, head []byte) bool {
 	return true
 }
 
-// onlyKeepAlive: a Connection field that names nothing but keep-alive, as
-// Java's, Node's and Python's clients send on every request. net/http's
-// server acts on no such token of an HTTP/1.1 request (only on close, which
-// ReadRequest turns into req.Close, and on an h2c upgrade), so the loop
-// serves it; any other token is handed off.
-func onlyKeepAlive(vv []string) bool {
+// OnlyKeepAlive: a Connection field (its values vv) that names nothing but
+// keep-alive, as Java's, Node's and Python's clients send on every request.
+// net/http's server acts on no such token of an HTTP/1.1 request (only on
+// close, which ReadRequest turns into req.Close, and on an h2c upgrade), so
+// the loop serves it; any other token is handed off. The proxy's relay
+// takes the same requests past ReverseProxy.
+func OnlyKeepAlive(vv []string) bool {
 	for _, v := range vv {
 		for t := range strings.SplitSeq(v, ",") {
 			if t = textproto.TrimString(t); t != "" && !strings.EqualFold(t, "keep-alive") {
