@@ -2,9 +2,9 @@
 // upstream, the compartment every request to it passes through.
 //
 // The request path, top to bottom: listener.ServeHTTP (route by listener or
-// Host) → compartment.relay for a plain HTTP/1.1 request, ReverseProxy for
-// the rest (hop-by-hop headers, streaming, trailers, upgrades) →
-// compartment.RoundTrip (deadline → bulkhead → endpoint → forward) →
+// Host) → compartment.relay for a plain HTTP/1.1 or HTTP/2 request (gRPC
+// included), ReverseProxy for the rest (upgrades, Expect, chunked uploads,
+// other hop-by-hop fields) → compartment.RoundTrip (deadline → bulkhead → endpoint → forward) →
 // exchange (holds the slot until the response body ends, then judges it).
 package proxy
 
