@@ -17,6 +17,10 @@
 #                          (the sidecar with --downstream-http1 watertight, its own
 #                           app-side HTTP/1.1 loop, proxy/h1serve (the default), or
 #                           net/http: every app connection to net/http's server; with --targets)
+#       [watertight-neth2]  (the sidecar with --downstream-http2 net/http
+#                           --upstream-http2 net/http: net/http's HTTP/2 server and
+#                           client instead of proxy/h2serve and proxy/h2conn, the
+#                           defaults; with --targets)
 #       [gofloor-raw], [gofloor-std], [gofloor-srv], [gofloor-rp]
 #                          (bench/gofloor: the least a Go HTTP/1.1 proxy does, bytes only,
 #                           through net/http's wire code, then net/http's server and
@@ -91,6 +95,7 @@ PORT_WT_H1CONN=$((PORT_BASE + 12))  # +0 listener, +1 admin
 PORT_WT_NETHTTP=$((PORT_BASE + 14)) # +0 listener, +1 admin
 PORT_WT_H1SERVE=$((PORT_BASE + 20)) # +0 listener, +1 admin
 PORT_WT_NETSERVE=$((PORT_BASE + 22)) # +0 listener, +1 admin
+PORT_WT_NETH2=$((PORT_BASE + 24))    # +0 listener, +1 admin
 PORT_GOFLOOR_RAW=$((PORT_BASE + 16))
 PORT_GOFLOOR_STD=$((PORT_BASE + 17))
 PORT_GOFLOOR_SRV=$((PORT_BASE + 18))
@@ -284,7 +289,7 @@ EOF
 	# The same sidecar, one per HTTP/1.1 client (watertight-h1conn,
 	# watertight-nethttp): its own ports, the same upstream.
 	local port
-	for port in "$PORT_WT_H1CONN" "$PORT_WT_NETHTTP" "$PORT_WT_H1SERVE" "$PORT_WT_NETSERVE"; do
+	for port in "$PORT_WT_H1CONN" "$PORT_WT_NETHTTP" "$PORT_WT_H1SERVE" "$PORT_WT_NETSERVE" "$PORT_WT_NETH2"; do
 		cat >"$OUT/watertight-$port.yaml" <<EOF
 admin: {address: 127.0.0.1:$((port + 1))}
 budget: 4096
@@ -516,7 +521,7 @@ start_servers() {
 	# The sidecar with each of its HTTP/1.1 clients, and with its own
 	# app-side loop, when asked for.
 	local t port flags
-	for t in watertight-h1conn watertight-nethttp watertight-h1serve watertight-netserve; do
+	for t in watertight-h1conn watertight-nethttp watertight-h1serve watertight-netserve watertight-neth2; do
 		has_target "$t" || continue
 		port=$(target_port "$t")
 		case $t in
@@ -524,6 +529,7 @@ start_servers() {
 		watertight-nethttp) flags=(--upstream-http1 net/http) ;;
 		watertight-h1serve) flags=(--downstream-http1 watertight) ;;
 		watertight-netserve) flags=(--downstream-http1 net/http) ;;
+		watertight-neth2) flags=(--downstream-http2 net/http --upstream-http2 net/http) ;;
 		esac
 		# shellcheck disable=SC2086
 		start "$t" "$port" env ${BENCH_SIDECAR_ENV:-} "$OUT/sidecar" run \
@@ -564,6 +570,7 @@ target_port() { # TARGET [h1|h2]
 	watertight-nethttp) echo "$PORT_WT_NETHTTP" ;;
 	watertight-h1serve) echo "$PORT_WT_H1SERVE" ;;
 	watertight-netserve) echo "$PORT_WT_NETSERVE" ;;
+	watertight-neth2) echo "$PORT_WT_NETH2" ;;
 	revproxy) echo "$PORT_REVPROXY" ;;
 	gofloor-raw) echo "$PORT_GOFLOOR_RAW" ;;
 	gofloor-std) echo "$PORT_GOFLOOR_STD" ;;
@@ -953,7 +960,7 @@ main() {
 		sanity_check
 		warm_up
 		run_scenarios
-		stop upstream watertight watertight-h1conn watertight-nethttp watertight-h1serve watertight-netserve revproxy gofloor-raw gofloor-std gofloor-srv gofloor-rp haproxy nginx caddy
+		stop upstream watertight watertight-h1conn watertight-nethttp watertight-h1serve watertight-netserve watertight-neth2 revproxy gofloor-raw gofloor-std gofloor-srv gofloor-rp haproxy nginx caddy
 	fi
 	if part isolation || part weights; then
 		rm -rf "$OUT/iso-runs"

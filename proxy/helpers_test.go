@@ -38,7 +38,7 @@ func startProxy(t testing.TB, cfg *config.Config) *testProxy {
 		t.Fatalf("test config invalid: %v", err)
 	}
 	reg := metrics.New()
-	s := NewServer(Options{Metrics: reg, DrainTimeout: 5 * time.Second, UpstreamHTTP1: *upstreamHTTP1, DownstreamHTTP1: *downstreamHTTP1})
+	s := NewServer(Options{Metrics: reg, DrainTimeout: 5 * time.Second, UpstreamHTTP1: *upstreamHTTP1, UpstreamHTTP2: *upstreamHTTP2, DownstreamHTTP1: *downstreamHTTP1, DownstreamHTTP2: *downstreamHTTP2})
 	if err := s.Apply(cfg); err != nil {
 		t.Fatalf("apply: %v", err)
 	}

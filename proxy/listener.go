@@ -12,6 +12,7 @@ import (
 
 	"github.com/watertight/watertight/composite"
 	"github.com/watertight/watertight/proxy/h1serve"
+	"github.com/watertight/watertight/proxy/h2serve"
 )
 
 // Server limits for the app-facing ports. The app is trusted more than the
@@ -34,12 +35,13 @@ type listener struct {
 	log    *accessLogger
 	acc    *acceptor
 	fast   *h1serve.Server // the app-side HTTP/1.1 loop; nil when net/http's server takes everything
+	h2     *h2serve.Server // the app-side h2c server behind fast; nil when net/http's serves h2c
 	done   chan struct{}
 }
 
 // newListener prepares a listener on ln; it serves once start is called
 // (after its routes are set).
-func newListener(name string, ln net.Listener, pass http.Handler, accessLog *accessLogger, errorLog *log.Logger, serve1 string) *listener {
+func newListener(name string, ln net.Listener, pass http.Handler, accessLog *accessLogger, errorLog *log.Logger, serve1, serve2 string) *listener {
 	l := &listener{name: name, addr: ln.Addr(), pass: pass, log: accessLog, done: make(chan struct{})}
 	var protocols http.Protocols
 	protocols.SetHTTP1(true)
@@ -63,6 +65,18 @@ func newListener(name string, ln net.Listener, pass http.Handler, accessLog *acc
 			HTTPServer:        l.srv,
 			ReadHeaderTimeout: readHeaderTimeout,
 			IdleTimeout:       idleTimeout,
+		}
+		if serve2 == HTTP1Watertight {
+			l.h2 = &h2serve.Server{
+				Handler:              l,
+				ConnContext:          connContext,
+				HTTPServer:           l.srv,
+				MaxConcurrentStreams: maxStreams,
+				MaxHeaderBytes:       maxHeaderBytes,
+				IdleTimeout:          idleTimeout,
+			}
+			// Its own goroutine: the loop lets go of the connection.
+			l.fast.HandOffHTTP2 = func(c net.Conn) { go l.h2.ServeConn(c) }
 		}
 	}
 	return l
@@ -156,17 +170,22 @@ func (l *listener) serve(w http.ResponseWriter, r *http.Request, rt *routes) {
 func (l *listener) shutdown(ctx context.Context) error {
 	// Both servers drain at once: the app-side loop's connections and those
 	// it handed to net/http's server.
-	fast := make(chan error, 1)
+	fast, h2 := make(chan error, 1), make(chan error, 1)
 	if l.fast != nil {
 		go func() { fast <- l.fast.Shutdown(ctx) }()
 	} else {
 		fast <- nil
 	}
+	if l.h2 != nil {
+		go func() { h2 <- l.h2.Shutdown(ctx) }()
+	} else {
+		h2 <- nil
+	}
 	err := l.srv.Shutdown(ctx)
 	if err != nil {
 		_ = l.srv.Close()
 	}
-	err = errors.Join(err, <-fast)
+	err = errors.Join(err, <-fast, <-h2)
 	<-l.done
 	return errors.Join(err, l.acc.closeTunnels(ctx))
 }

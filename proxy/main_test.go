@@ -23,9 +23,22 @@ var upstreamHTTP1 = flag.String("upstream-http1", DefaultUpstreamHTTP1,
 var downstreamHTTP1 = flag.String("downstream-http1", DefaultDownstreamHTTP1,
 	"the servers' app-side HTTP/1.1 server: "+HTTP1NetHTTP+" or "+HTTP1Watertight)
 
+// upstreamHTTP2 runs it with either h2c client:
+//
+//	go test -race ./proxy/ -args -upstream-http2=watertight
+var upstreamHTTP2 = flag.String("upstream-http2", DefaultUpstreamHTTP2,
+	"the servers' h2c client for cleartext upstreams: "+HTTP1NetHTTP+" or "+HTTP1Watertight)
+
+// downstreamHTTP2 runs it with either app-side h2c server (behind the
+// watertight HTTP/1.1 server; net/http's serves h2c itself):
+//
+//	go test -race ./proxy/ -args -downstream-http2=net/http
+var downstreamHTTP2 = flag.String("downstream-http2", DefaultDownstreamHTTP2,
+	"the servers' app-side h2c server: "+HTTP1NetHTTP+" or "+HTTP1Watertight)
+
 func TestMain(m *testing.M) {
 	flag.Parse()
-	for name, v := range map[string]string{"upstream-http1": *upstreamHTTP1, "downstream-http1": *downstreamHTTP1} {
+	for name, v := range map[string]string{"upstream-http1": *upstreamHTTP1, "downstream-http1": *downstreamHTTP1, "downstream-http2": *downstreamHTTP2, "upstream-http2": *upstreamHTTP2} {
 		switch v {
 		case HTTP1NetHTTP, HTTP1Watertight:
 		default:

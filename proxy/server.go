@@ -41,10 +41,18 @@ type Options struct {
 	// UpstreamHTTP1 is the HTTP/1.1 client for cleartext upstreams:
 	// HTTP1Watertight or HTTP1NetHTTP (default DefaultUpstreamHTTP1).
 	UpstreamHTTP1 string
+	// UpstreamHTTP2 is the h2c client for cleartext upstreams:
+	// HTTP1Watertight (proxy/h2conn) or HTTP1NetHTTP (default
+	// DefaultUpstreamHTTP2).
+	UpstreamHTTP2 string
 	// DownstreamHTTP1 is the HTTP/1.1 server on the app side:
 	// HTTP1Watertight (proxy/h1serve, handing what it does not serve to
 	// net/http's server) or HTTP1NetHTTP (default DefaultDownstreamHTTP1).
 	DownstreamHTTP1 string
+	// DownstreamHTTP2 is the h2c server on the app side: HTTP1Watertight
+	// (proxy/h2serve) or HTTP1NetHTTP (default DefaultDownstreamHTTP2).
+	// It takes effect behind the watertight HTTP/1.1 server only.
+	DownstreamHTTP2 string
 }
 
 // Server runs the listeners and compartments of the config in force.
@@ -57,7 +65,9 @@ type Server struct {
 	drain    time.Duration
 	pass     http.Handler
 	http1    string // the HTTP/1.1 client for cleartext upstreams
+	http2    string // the h2c client
 	serve1   string // the HTTP/1.1 server on the app side
+	serve2   string // the h2c server on the app side
 
 	mu           sync.Mutex
 	cfg          *config.Config
@@ -89,10 +99,14 @@ func NewServer(o Options) *Server {
 	// Callers check flags; this only keeps a server from starting without
 	// a client or server.
 	o.UpstreamHTTP1 = http1Choice(o.Logger, "upstream HTTP/1.1 client", o.UpstreamHTTP1, DefaultUpstreamHTTP1)
+	o.UpstreamHTTP2 = http1Choice(o.Logger, "upstream h2c client", o.UpstreamHTTP2, DefaultUpstreamHTTP2)
 	o.DownstreamHTTP1 = http1Choice(o.Logger, "app-side HTTP/1.1 server", o.DownstreamHTTP1, DefaultDownstreamHTTP1)
+	o.DownstreamHTTP2 = http1Choice(o.Logger, "app-side h2c server", o.DownstreamHTTP2, DefaultDownstreamHTTP2)
 	s := &Server{
 		http1:     o.UpstreamHTTP1,
+		http2:     o.UpstreamHTTP2,
 		serve1:    o.DownstreamHTTP1,
+		serve2:    o.DownstreamHTTP2,
 		log:       o.Logger,
 		access:    newAccessLogger(o.AccessLog),
 		metrics:   o.Metrics,
@@ -140,7 +154,7 @@ func (s *Server) Apply(cfg *config.Config) error {
 	}
 	for i := range cfg.Upstreams {
 		u := &cfg.Upstreams[i]
-		k := keyOf(u, cfg.Budget, s.http1)
+		k := keyOf(u, cfg.Budget, s.http1, s.http2)
 		if up, ok := s.upstreams[u.Name]; ok && up.transports.key == k {
 			ts[u.Name] = up.transports
 			continue
@@ -250,7 +264,7 @@ func (s *Server) Apply(cfg *config.Config) error {
 		}
 		l, ok := s.listeners[lc.Address]
 		if !ok {
-			l = newListener(lc.Name, opened[lc.Address], s.pass, s.access, s.errorLog, s.serve1)
+			l = newListener(lc.Name, opened[lc.Address], s.pass, s.access, s.errorLog, s.serve1, s.serve2)
 			s.listeners[lc.Address] = l
 		}
 		l.name = lc.Name

@@ -11,6 +11,7 @@ import (
 
 	"github.com/watertight/watertight/config"
 	"github.com/watertight/watertight/proxy/h1conn"
+	"github.com/watertight/watertight/proxy/h2conn"
 )
 
 // transports is an upstream's own connection pools: one per protocol it
@@ -42,6 +43,17 @@ const DefaultUpstreamHTTP1 = HTTP1Watertight
 // not serve to net/http's server (docs/forwarding-path.md, step 2a).
 const DefaultDownstreamHTTP1 = HTTP1Watertight
 
+// DefaultUpstreamHTTP2 is the h2c client of a server whose Options do not
+// choose: proxy/h2conn, which hands what it does not take to net/http's
+// (docs/forwarding-path.md, step 3).
+const DefaultUpstreamHTTP2 = HTTP1Watertight
+
+// DefaultDownstreamHTTP2 is the app-side h2c server of a server whose
+// Options do not name one: proxy/h2serve (docs/forwarding-path.md, step 3),
+// behind the app-side HTTP/1.1 loop, which recognises the preface. With
+// net/http's HTTP/1.1 server on the app side, net/http serves h2c too.
+const DefaultDownstreamHTTP2 = HTTP1Watertight
+
 // transportKey is everything a connection pool depends on; upstreams whose
 // key did not change keep their pools (and warm connections) across reloads.
 type transportKey struct {
@@ -49,10 +61,11 @@ type transportKey struct {
 	tls                             bool
 	maxIdle                         int
 	http1                           string // HTTP1NetHTTP or HTTP1Watertight
+	http2                           string // the same, for h2c
 }
 
-func keyOf(u *config.Upstream, budget int, http1 string) transportKey {
-	k := transportKey{upstream: u.Name, protocol: u.Protocol, maxIdle: budget, http1: http1}
+func keyOf(u *config.Upstream, budget int, http1, http2 string) transportKey {
+	k := transportKey{upstream: u.Name, protocol: u.Protocol, maxIdle: budget, http1: http1, http2: http2}
 	if u.TLS != nil {
 		k.tls, k.sni, k.caFile = true, u.TLS.SNI, u.TLS.CAFile
 	}
@@ -118,11 +131,28 @@ func newTransports(k transportKey) (*transports, error) {
 			IdleTimeout:    std.IdleConnTimeout,
 		}
 	}
+	// own2 puts h2conn in front of a cleartext HTTP/2 Transport, which
+	// keeps what h2conn hands back (Expect: 100-continue).
+	own2 := func(std *http.Transport) http.RoundTripper {
+		if k.tls || k.http2 != HTTP1Watertight {
+			return std
+		}
+		return &h2conn.Transport{
+			DialContext:     std.DialContext,
+			Fallback:        std,
+			IdleTimeout:     std.IdleConnTimeout,
+			ReadIdleTimeout: std.HTTP2.SendPingTimeout,
+			PingTimeout:     std.HTTP2.PingTimeout,
+		}
+	}
 	t := &transports{key: k}
 	switch {
 	case k.protocol == config.ProtocolHTTP1:
 		t.h1 = own(mk(true, false))
 		t.h2 = t.h1
+	case k.protocol == config.ProtocolHTTP2 && !k.tls:
+		t.h2 = own2(mk(false, true))
+		t.h1 = t.h2
 	case k.protocol == config.ProtocolHTTP2:
 		t.h2 = mk(false, true)
 		t.h1 = t.h2
@@ -130,7 +160,7 @@ func newTransports(k transportKey) (*transports, error) {
 		t.h1 = mk(true, true)
 		t.h2 = t.h1
 	default: // auto over cleartext: follow the app
-		t.h1, t.h2, t.auto = own(mk(true, false)), mk(false, true), true
+		t.h1, t.h2, t.auto = own(mk(true, false)), own2(mk(false, true)), true
 	}
 	return t, nil
 }

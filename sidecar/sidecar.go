@@ -38,9 +38,15 @@ type Options struct {
 	// UpstreamHTTP1 is the HTTP/1.1 client for cleartext upstreams
 	// (proxy.Options.UpstreamHTTP1).
 	UpstreamHTTP1 string
+	// UpstreamHTTP2 is the h2c client for cleartext upstreams
+	// (proxy.Options.UpstreamHTTP2).
+	UpstreamHTTP2 string
 	// DownstreamHTTP1 is the app-side HTTP/1.1 server
 	// (proxy.Options.DownstreamHTTP1).
 	DownstreamHTTP1 string
+	// DownstreamHTTP2 is the app-side h2c server
+	// (proxy.Options.DownstreamHTTP2).
+	DownstreamHTTP2 string
 	Logger          *slog.Logger
 }
 
@@ -95,7 +101,7 @@ func Start(o Options) (*Sidecar, error) {
 	}
 	s := &Sidecar{opts: o, log: o.Logger, metrics: metrics.New(), watchDone: make(chan struct{})}
 	s.proxy = proxy.NewServer(proxy.Options{
-		Logger: o.Logger, Metrics: s.metrics, DrainTimeout: o.DrainTimeout, UpstreamHTTP1: o.UpstreamHTTP1, DownstreamHTTP1: o.DownstreamHTTP1,
+		Logger: o.Logger, Metrics: s.metrics, DrainTimeout: o.DrainTimeout, UpstreamHTTP1: o.UpstreamHTTP1, UpstreamHTTP2: o.UpstreamHTTP2, DownstreamHTTP1: o.DownstreamHTTP1, DownstreamHTTP2: o.DownstreamHTTP2,
 	})
 	adminAddr := config.DefaultAdminAddress
 	if cfg != nil {

@@ -157,11 +157,21 @@ func runProxy(args []string, stderr io.Writer) error {
 	drain := fs.Duration("drain-timeout", 15*time.Second, "on SIGTERM, how long in-flight requests get to finish")
 	http1 := fs.String("upstream-http1", proxy.DefaultUpstreamHTTP1, "HTTP/1.1 client for cleartext upstreams: "+proxy.HTTP1Watertight+" (written for the sidecar) or "+proxy.HTTP1NetHTTP)
 	serve1 := fs.String("downstream-http1", proxy.DefaultDownstreamHTTP1, "HTTP/1.1 server on the app side: "+proxy.HTTP1Watertight+" (a loop written for the sidecar, handing the rest to net/http) or "+proxy.HTTP1NetHTTP)
+	http2 := fs.String("upstream-http2", proxy.DefaultUpstreamHTTP2, "h2c client for cleartext upstreams: "+proxy.HTTP1Watertight+" (written for the sidecar) or "+proxy.HTTP1NetHTTP)
+	serve2 := fs.String("downstream-http2", proxy.DefaultDownstreamHTTP2, "h2c server on the app side, behind the "+proxy.HTTP1Watertight+" HTTP/1.1 server: "+proxy.HTTP1Watertight+" (written for the sidecar) or "+proxy.HTTP1NetHTTP)
 	lf := addLogFlags(fs, "info")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
 	switch {
+	case *http2 != proxy.HTTP1Watertight && *http2 != proxy.HTTP1NetHTTP:
+		fmt.Fprintf(stderr, "sidecar run: --upstream-http2: %q is neither %q nor %q\n", *http2, proxy.HTTP1Watertight, proxy.HTTP1NetHTTP)
+		fs.Usage()
+		return errUsage
+	case *serve2 != proxy.HTTP1Watertight && *serve2 != proxy.HTTP1NetHTTP:
+		fmt.Fprintf(stderr, "sidecar run: --downstream-http2: %q is neither %q nor %q\n", *serve2, proxy.HTTP1Watertight, proxy.HTTP1NetHTTP)
+		fs.Usage()
+		return errUsage
 	case *http1 != proxy.HTTP1Watertight && *http1 != proxy.HTTP1NetHTTP:
 		fmt.Fprintf(stderr, "sidecar run: --upstream-http1: %q is neither %q nor %q\n", *http1, proxy.HTTP1Watertight, proxy.HTTP1NetHTTP)
 		fs.Usage()
@@ -192,7 +202,9 @@ func runProxy(args []string, stderr io.Writer) error {
 		AdminAddress:    *adminAddr,
 		DrainTimeout:    *drain,
 		UpstreamHTTP1:   *http1,
+		UpstreamHTTP2:   *http2,
 		DownstreamHTTP1: *serve1,
+		DownstreamHTTP2: *serve2,
 		Logger:          log,
 	})
 }

@@ -66,6 +66,9 @@ type Server struct {
 	// HandOff takes a connection this loop gives up on, reading first the
 	// bytes it had read and not served. Required.
 	HandOff func(net.Conn)
+	// HandOffHTTP2, if set, takes the connections that open with the
+	// HTTP/2 preface instead of HandOff, reading the preface first.
+	HandOffHTTP2 func(net.Conn)
 	// ConnContext returns the base context of a connection's requests.
 	ConnContext func(context.Context, net.Conn) context.Context
 	// HTTPServer is the net/http server that HandOff feeds. Requests carry
@@ -351,7 +354,11 @@ func (c *conn) handOff(consumed []byte) bool {
 	c.src.mu.Lock()
 	pending := slices.Concat(consumed, buffered, c.src.pending)
 	c.src.mu.Unlock()
-	c.s.HandOff(&replayConn{Conn: c.nc, pending: pending})
+	to := c.s.HandOff
+	if c.s.HandOffHTTP2 != nil && c.served == 0 && bytes.HasPrefix(pending, http2Preface) {
+		to = c.s.HandOffHTTP2
+	}
+	to(&replayConn{Conn: c.nc, pending: pending})
 	return true
 }
 

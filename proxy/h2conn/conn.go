@@ -1,0 +1,740 @@
+package h2conn
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/textproto"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/net/http/httpguts"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+const (
+	defaultWindow = 65535
+	maxWindow     = 1<<31 - 1
+	minFrameSize  = 16384
+	// What an upstream may send before we read it: per stream, and on the
+	// connection (net/http's Transport uses 4 MiB and 1 GiB).
+	streamWindow = 4 << 20
+	connWindow   = 16 << 20
+	// Until the upstream's SETTINGS say otherwise (net/http assumes 100
+	// too).
+	initialMaxStreams = 100
+	maxHeaderList     = 10 << 20
+	writeBufferSize   = 4 << 10
+	bodyChunk         = 16 << 10
+)
+
+// clientConn is one connection to an upstream. Its read loop reads every
+// frame; the callers write their own frames under wmu.
+type clientConn struct {
+	t    *Transport
+	addr string
+	nc   net.Conn
+	fr   *http2.Framer
+
+	// The write side, under wmu (see lockWrite).
+	wmu      sync.Mutex
+	writers  atomic.Int32
+	bw       *bufio.Writer
+	henc     *hpack.Encoder
+	hbuf     []byte
+	werr     error
+	wnames   names
+	maxFrame atomic.Uint32 // the largest frame the upstream reads
+
+	names names // the read loop's
+
+	// The rest under mu.
+	mu         sync.Mutex
+	window     sync.Cond
+	streams    map[uint32]*clientStream
+	nextID     uint32
+	reserved   int
+	maxStreams uint32
+	sendWindow int64
+	peerWindow int32
+	recvWindow int32
+	recvUnsent int32
+	goingAway  bool  // GOAWAY received: no new streams
+	broken     error // the connection is done
+	idleSince  time.Time
+	idleTimer  *time.Timer
+	lastRead   atomic.Int64 // unix nanoseconds of the last frame read
+	pingTimer  *time.Timer
+	pinged     bool
+	settled    bool          // the upstream's first SETTINGS came
+	settledc   chan struct{} // closed then, or when the connection ends first
+}
+
+func newClientConn(t *Transport, addr string, nc net.Conn) (*clientConn, error) {
+	cc := &clientConn{
+		t: t, addr: addr, nc: nc,
+		streams: map[uint32]*clientStream{}, nextID: 1,
+		maxStreams: initialMaxStreams, sendWindow: defaultWindow, peerWindow: defaultWindow,
+		recvWindow: connWindow, settledc: make(chan struct{}),
+	}
+	cc.window.L = &cc.mu
+	cc.maxFrame.Store(minFrameSize)
+	cc.bw = bufio.NewWriterSize(stickyWriter{cc}, writeBufferSize)
+	cc.fr = http2.NewFramer(cc.bw, bufio.NewReaderSize(nc, 4<<10))
+	cc.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	cc.fr.MaxHeaderListSize = maxHeaderList
+	cc.henc = hpack.NewEncoder(hpackBuffer{cc})
+	cc.lastRead.Store(time.Now().UnixNano())
+	cc.lockWrite()
+	_, _ = cc.bw.WriteString(http2.ClientPreface)
+	_ = cc.fr.WriteSettings(
+		http2.Setting{ID: http2.SettingEnablePush, Val: 0},
+		http2.Setting{ID: http2.SettingInitialWindowSize, Val: streamWindow},
+		http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: maxHeaderList},
+	)
+	_ = cc.fr.WriteWindowUpdate(0, connWindow-defaultWindow)
+	if err := cc.unlockWrite(); err != nil {
+		return nil, fmt.Errorf("h2conn: starting HTTP/2 with %s: %w", addr, err)
+	}
+	cc.mu.Lock()
+	cc.goIdle()
+	cc.mu.Unlock()
+	return cc, nil
+}
+
+type stickyWriter struct{ cc *clientConn }
+
+func (w stickyWriter) Write(p []byte) (int, error) {
+	if w.cc.werr != nil {
+		return 0, w.cc.werr
+	}
+	n, err := w.cc.nc.Write(p)
+	if err != nil {
+		w.cc.werr = fmt.Errorf("h2conn: writing to %s: %w", w.cc.addr, err)
+		_ = w.cc.nc.Close()
+	}
+	return n, err
+}
+
+type hpackBuffer struct{ cc *clientConn }
+
+func (b hpackBuffer) Write(p []byte) (int, error) {
+	b.cc.hbuf = append(b.cc.hbuf, p...)
+	return len(p), nil
+}
+
+// lockWrite and unlockWrite: as in proxy/h2serve, only the last of the
+// writers waiting flushes, so requests that arrive together share a write.
+func (cc *clientConn) lockWrite() {
+	cc.writers.Add(1)
+	cc.wmu.Lock()
+}
+
+func (cc *clientConn) unlockWrite() error {
+	var err error
+	if cc.writers.Add(-1) == 0 {
+		err = cc.bw.Flush()
+	}
+	err = errors.Join(err, cc.werr)
+	cc.wmu.Unlock()
+	return err
+}
+
+// reserve takes a stream slot for a request about to be sent.
+func (cc *clientConn) reserve() bool {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	if cc.goingAway || cc.broken != nil || cc.nextID > maxStreamID ||
+		uint32(len(cc.streams)+cc.reserved) >= cc.maxStreams {
+		return false
+	}
+	cc.reserved++
+	return true
+}
+
+const maxStreamID = 1<<31 - 1
+
+func (cc *clientConn) idleNow() bool {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	return len(cc.streams) == 0 && cc.reserved == 0
+}
+
+// close ends the connection and every stream on it with err.
+func (cc *clientConn) close(err error) {
+	cc.mu.Lock()
+	if cc.broken == nil {
+		cc.broken = err
+	}
+	for _, cs := range cc.streams {
+		cs.fail(fmt.Errorf("h2conn: connection to %s: %w", cc.addr, err), false)
+	}
+	if cc.idleTimer != nil {
+		cc.idleTimer.Stop()
+	}
+	if cc.pingTimer != nil {
+		cc.pingTimer.Stop()
+	}
+	if !cc.settled {
+		cc.settled = true
+		close(cc.settledc)
+	}
+	cc.window.Broadcast()
+	cc.mu.Unlock()
+	cc.t.forget(cc)
+	_ = cc.nc.Close()
+}
+
+// readLoop reads the upstream's frames until the connection ends.
+func (cc *clientConn) readLoop() {
+	var err error
+	defer func() { cc.close(err) }()
+	for {
+		var f http2.Frame
+		f, err = cc.fr.ReadFrame()
+		if err != nil {
+			var se http2.StreamError
+			if errors.As(err, &se) {
+				cc.resetStream(se.StreamID, se.Code, fmt.Errorf("h2conn: invalid answer from %s: %w", cc.addr, err))
+				continue
+			}
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF // a cut answer must not read as a clean end
+			}
+			err = fmt.Errorf("reading: %w", err)
+			return
+		}
+		cc.lastRead.Store(time.Now().UnixNano())
+		if err = cc.process(f); err != nil {
+			var ce http2.ConnectionError
+			if errors.As(err, &ce) {
+				cc.lockWrite()
+				_ = cc.fr.WriteGoAway(0, http2.ErrCode(ce), nil)
+				_ = cc.unlockWrite()
+			}
+			return
+		}
+	}
+}
+
+func (cc *clientConn) process(f http2.Frame) error {
+	switch f := f.(type) {
+	case *http2.MetaHeadersFrame:
+		return cc.processHeaders(f)
+	case *http2.DataFrame:
+		return cc.processData(f)
+	case *http2.SettingsFrame:
+		return cc.processSettings(f)
+	case *http2.WindowUpdateFrame:
+		cc.mu.Lock()
+		defer cc.mu.Unlock()
+		if f.StreamID == 0 {
+			cc.sendWindow += int64(f.Increment)
+			if cc.sendWindow > maxWindow {
+				return http2.ConnectionError(http2.ErrCodeFlowControl)
+			}
+		} else if cs := cc.streams[f.StreamID]; cs != nil {
+			cs.sendWindow += int64(f.Increment)
+			if cs.sendWindow > maxWindow {
+				cs.fail(fmt.Errorf("h2conn: %s overflowed a stream's window", cc.addr), false)
+				go cc.resetStream(f.StreamID, http2.ErrCodeFlowControl, nil)
+			}
+		}
+		cc.window.Broadcast()
+	case *http2.RSTStreamFrame:
+		cc.mu.Lock()
+		if cs := cc.streams[f.StreamID]; cs != nil {
+			err := error(http2.StreamError{StreamID: f.StreamID, Code: f.ErrCode})
+			refused := f.ErrCode == http2.ErrCodeRefusedStream && !cs.answered
+			if f.ErrCode == http2.ErrCodeNo && cs.remoteDone {
+				// The answer is complete; the upstream needs no more of
+				// the request (RFC 9113, 8.1).
+				cs.stopSending()
+			} else {
+				cs.fail(fmt.Errorf("h2conn: %s reset the stream: %w", cc.addr, err), refused)
+			}
+		}
+		cc.mu.Unlock()
+	case *http2.PingFrame:
+		if f.IsAck() {
+			cc.mu.Lock()
+			cc.pinged = false
+			cc.mu.Unlock()
+			return nil
+		}
+		cc.lockWrite()
+		_ = cc.fr.WritePing(true, f.Data)
+		return cc.unlockWrite()
+	case *http2.GoAwayFrame:
+		cc.mu.Lock()
+		cc.goingAway = true
+		for id, cs := range cc.streams {
+			if id > f.LastStreamID {
+				cs.fail(fmt.Errorf("h2conn: %s went away (GOAWAY %v)", cc.addr, f.ErrCode), true)
+			}
+		}
+		last := len(cc.streams) == 0
+		cc.mu.Unlock()
+		cc.t.forget(cc)
+		if last {
+			return io.EOF
+		}
+	case *http2.PushPromiseFrame:
+		return http2.ConnectionError(http2.ErrCodeProtocol) // we said SETTINGS_ENABLE_PUSH=0
+	}
+	return nil
+}
+
+func (cc *clientConn) processSettings(f *http2.SettingsFrame) error {
+	if f.IsAck() {
+		return nil
+	}
+	err := f.ForeachSetting(func(s http2.Setting) error {
+		if err := s.Valid(); err != nil {
+			return err
+		}
+		// mu and wmu are never held together here: writers take wmu
+		// and then mu.
+		switch s.ID {
+		case http2.SettingMaxConcurrentStreams:
+			cc.mu.Lock()
+			cc.maxStreams = s.Val
+			cc.mu.Unlock()
+		case http2.SettingInitialWindowSize:
+			cc.mu.Lock()
+			delta := int64(s.Val) - int64(cc.peerWindow)
+			cc.peerWindow = int32(s.Val)
+			for _, cs := range cc.streams {
+				cs.sendWindow += delta
+			}
+			cc.window.Broadcast()
+			cc.mu.Unlock()
+		case http2.SettingMaxFrameSize:
+			cc.maxFrame.Store(s.Val)
+		case http2.SettingHeaderTableSize:
+			cc.wmu.Lock()
+			cc.henc.SetMaxDynamicTableSizeLimit(s.Val)
+			cc.wmu.Unlock()
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	cc.lockWrite()
+	_ = cc.fr.WriteSettingsAck()
+	err = cc.unlockWrite()
+	cc.mu.Lock()
+	if !cc.settled {
+		cc.settled = true
+		close(cc.settledc)
+	}
+	cc.mu.Unlock()
+	return err
+}
+
+// resetStream fails a stream and tells the upstream.
+func (cc *clientConn) resetStream(id uint32, code http2.ErrCode, err error) {
+	cc.mu.Lock()
+	if cs := cc.streams[id]; cs != nil {
+		cs.fail(err, false)
+	}
+	cc.mu.Unlock()
+	cc.lockWrite()
+	_ = cc.fr.WriteRSTStream(id, code)
+	_ = cc.unlockWrite()
+}
+
+func (cc *clientConn) processHeaders(f *http2.MetaHeadersFrame) error {
+	cc.mu.Lock()
+	cs := cc.streams[f.StreamID]
+	if cs == nil {
+		never := f.StreamID%2 == 0 || f.StreamID >= cc.nextID
+		cc.mu.Unlock()
+		if never {
+			return http2.ConnectionError(http2.ErrCodeProtocol)
+		}
+		return nil // a stream we gave up on
+	}
+	if cs.answered {
+		// Trailers.
+		defer cc.mu.Unlock()
+		if !f.StreamEnded() || len(f.PseudoFields()) > 0 {
+			cs.fail(fmt.Errorf("h2conn: %s sent malformed trailers", cc.addr), false)
+			go cc.resetStream(cs.id, http2.ErrCodeProtocol, nil)
+			return nil
+		}
+		if cs.trailer == nil {
+			cs.trailer = http.Header{}
+		}
+		for _, hf := range f.RegularFields() {
+			k := cc.names.canonical(hf.Name)
+			cs.trailer[k] = append(cs.trailer[k], hf.Value)
+		}
+		cs.gotTrailer = true
+		cs.endOfAnswer()
+		return nil
+	}
+	cc.mu.Unlock()
+	status, err := strconv.Atoi(f.PseudoValue("status"))
+	if err != nil || status < 100 || status > 999 || len(f.PseudoValue("status")) != 3 {
+		cc.resetStream(f.StreamID, http2.ErrCodeProtocol, fmt.Errorf("h2conn: %s answered with a malformed :status %q", cc.addr, f.PseudoValue("status")))
+		return nil
+	}
+	regular := f.RegularFields()
+	h := make(http.Header, len(regular))
+	var trailer http.Header
+	for _, hf := range regular {
+		k := cc.names.canonical(hf.Name)
+		if k == "Trailer" {
+			for t := range strings.SplitSeq(hf.Value, ",") {
+				if t = textproto.TrimString(t); t != "" && httpguts.ValidTrailerHeader(http.CanonicalHeaderKey(t)) {
+					if trailer == nil {
+						trailer = http.Header{}
+					}
+					trailer[http.CanonicalHeaderKey(t)] = nil
+				}
+			}
+			continue
+		}
+		h[k] = append(h[k], hf.Value)
+	}
+	if status < 200 {
+		if f.StreamEnded() {
+			cc.resetStream(f.StreamID, http2.ErrCodeProtocol, fmt.Errorf("h2conn: %s ended the stream with a %d", cc.addr, status))
+			return nil
+		}
+		if cs.trace != nil && cs.trace.Got1xxResponse != nil {
+			if err := cs.trace.Got1xxResponse(status, textproto.MIMEHeader(h)); err != nil {
+				cc.resetStream(f.StreamID, http2.ErrCodeCancel, err)
+			}
+		}
+		return nil
+	}
+	res := &http.Response{
+		Status:     strconv.Itoa(status) + " " + http.StatusText(status),
+		StatusCode: status,
+		Proto:      "HTTP/2.0",
+		ProtoMajor: 2,
+		Header:     h,
+		Trailer:    trailer,
+		Request:    cs.req,
+	}
+	if http.StatusText(status) == "" {
+		res.Status = strconv.Itoa(status)
+	}
+	res.ContentLength = -1
+	if vv := h["Content-Length"]; len(vv) == 1 {
+		if n, err := strconv.ParseUint(vv[0], 10, 63); err == nil {
+			res.ContentLength = int64(n)
+		}
+	} else if len(vv) == 0 && f.StreamEnded() && !cs.head {
+		res.ContentLength = 0
+	}
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	if cs.done {
+		return nil // failed meanwhile
+	}
+	cs.answered = true
+	if res.ContentLength >= 0 {
+		cs.declLen = res.ContentLength
+	}
+	cs.noBody = cs.head || status == http.StatusNoContent || status == http.StatusNotModified
+	if f.StreamEnded() {
+		cs.endOfAnswer()
+	}
+	if cs.noBody || f.StreamEnded() && cs.bodyErr == io.EOF {
+		res.Body = http.NoBody
+	} else {
+		res.Body = &cs.body // with a length promised and none sent, its error
+	}
+	cs.res = res
+	close(cs.resc)
+	return nil
+}
+
+func (cc *clientConn) processData(f *http2.DataFrame) error {
+	n := int32(f.Length)
+	cc.mu.Lock()
+	if n > cc.recvWindow {
+		cc.mu.Unlock()
+		return http2.ConnectionError(http2.ErrCodeFlowControl)
+	}
+	cc.recvWindow -= n
+	cs := cc.streams[f.StreamID]
+	if cs == nil || !cs.answered || cs.remoteDone {
+		inc := cc.release(n)
+		cc.mu.Unlock()
+		cc.sendWindowUpdates(0, inc, 0)
+		if cs != nil && !cs.answered {
+			cc.resetStream(f.StreamID, http2.ErrCodeProtocol, fmt.Errorf("h2conn: %s sent DATA before HEADERS", cc.addr))
+		}
+		return nil
+	}
+	if n > cs.recvWindow {
+		cc.mu.Unlock()
+		cc.resetStream(f.StreamID, http2.ErrCodeFlowControl, fmt.Errorf("h2conn: %s sent beyond the stream's window", cc.addr))
+		return nil
+	}
+	cs.recvWindow -= n
+	data := f.Data()
+	cs.got += int64(len(data))
+	if cs.declLen >= 0 && cs.got > cs.declLen {
+		cc.mu.Unlock()
+		cc.resetStream(f.StreamID, http2.ErrCodeProtocol, fmt.Errorf("h2conn: %s sent more than its Content-Length", cc.addr))
+		return nil
+	}
+	unread := n - int32(len(data))
+	if !cs.bodyClosed {
+		cs.buf = append(cs.buf, data...)
+		cs.ready.Broadcast()
+	} else {
+		unread = n
+	}
+	if f.StreamEnded() {
+		cs.endOfAnswer()
+	}
+	connInc, streamInc := cc.release(unread), uint32(0)
+	if unread > 0 && !cs.remoteDone {
+		streamInc = cs.release(unread)
+	}
+	cc.mu.Unlock()
+	cc.sendWindowUpdates(f.StreamID, connInc, streamInc)
+	return nil
+}
+
+func (cc *clientConn) release(n int32) uint32 {
+	cc.recvUnsent += n
+	if cc.recvUnsent < connWindow/4 {
+		return 0
+	}
+	inc := cc.recvUnsent
+	cc.recvUnsent = 0
+	cc.recvWindow += inc
+	return uint32(inc)
+}
+
+func (cc *clientConn) sendWindowUpdates(id, connInc, streamInc uint32) {
+	if connInc == 0 && streamInc == 0 {
+		return
+	}
+	cc.lockWrite()
+	if connInc > 0 {
+		_ = cc.fr.WriteWindowUpdate(0, connInc)
+	}
+	if streamInc > 0 {
+		_ = cc.fr.WriteWindowUpdate(id, streamInc)
+	}
+	_ = cc.unlockWrite()
+}
+
+// goIdle notes that the connection has no streams; the caller holds mu.
+// One timer per connection, re-armed only when it fires.
+func (cc *clientConn) goIdle() {
+	if cc.t.IdleTimeout <= 0 || cc.broken != nil {
+		return
+	}
+	cc.idleSince = time.Now()
+	if cc.idleTimer == nil {
+		cc.idleTimer = time.AfterFunc(cc.t.IdleTimeout, cc.idleCheck)
+	}
+}
+
+func (cc *clientConn) idleCheck() {
+	cc.mu.Lock()
+	if cc.broken != nil {
+		cc.mu.Unlock()
+		return
+	}
+	if len(cc.streams)+cc.reserved > 0 {
+		cc.idleTimer.Reset(cc.t.IdleTimeout)
+		cc.mu.Unlock()
+		return
+	}
+	if left := cc.t.IdleTimeout - time.Since(cc.idleSince); left > 0 {
+		cc.idleTimer.Reset(left)
+		cc.mu.Unlock()
+		return
+	}
+	cc.mu.Unlock()
+	cc.close(errors.New("idle"))
+}
+
+// watchReads pings a connection whose streams have heard nothing for
+// ReadIdleTimeout, and closes it if the ping is not answered within
+// PingTimeout: a dead upstream host sends no RST. The caller holds mu.
+func (cc *clientConn) watchReads() {
+	if cc.t.ReadIdleTimeout <= 0 || cc.pingTimer != nil {
+		return
+	}
+	cc.pingTimer = time.AfterFunc(cc.t.ReadIdleTimeout, cc.readCheck)
+}
+
+func (cc *clientConn) readCheck() {
+	cc.mu.Lock()
+	if cc.broken != nil {
+		cc.mu.Unlock()
+		return
+	}
+	if cc.pinged {
+		cc.mu.Unlock()
+		cc.close(fmt.Errorf("no answer to a PING within %v", cc.t.PingTimeout))
+		return
+	}
+	since := time.Since(time.Unix(0, cc.lastRead.Load()))
+	if len(cc.streams) == 0 {
+		cc.pingTimer.Reset(cc.t.ReadIdleTimeout) // nothing waits: nothing to check yet
+		cc.mu.Unlock()
+		return
+	}
+	if since < cc.t.ReadIdleTimeout {
+		cc.pingTimer.Reset(cc.t.ReadIdleTimeout - since)
+		cc.mu.Unlock()
+		return
+	}
+	cc.pinged = true
+	wait := cc.t.PingTimeout
+	if wait <= 0 {
+		wait = 15 * time.Second
+	}
+	cc.pingTimer.Reset(wait)
+	cc.mu.Unlock()
+	cc.lockWrite()
+	_ = cc.fr.WritePing(false, [8]byte{'w', 'a', 't', 'e', 'r'})
+	_ = cc.unlockWrite()
+}
+
+// encodeRequest encodes req's header block into cc.hbuf; the caller holds
+// the write lock. What is sent follows net/http's HTTP/2 Transport.
+func (cc *clientConn) encodeRequest(req *http.Request, contentLength int64) error {
+	host := req.Host
+	if host == "" {
+		host = req.URL.Host
+	}
+	if !httpguts.ValidHostHeader(host) {
+		return fmt.Errorf("h2conn: invalid Host %q", host)
+	}
+	path := req.URL.RequestURI()
+	if path == "" {
+		path = "/"
+	}
+	method := req.Method
+	if method == "" {
+		method = http.MethodGet
+	}
+	// Checked before anything is encoded: an error must leave the
+	// encoder's table as the upstream's is.
+	for k, vv := range req.Header {
+		if !httpguts.ValidHeaderFieldName(k) {
+			return fmt.Errorf("h2conn: invalid header field name %q", k)
+		}
+		for _, v := range vv {
+			if !httpguts.ValidHeaderFieldValue(v) {
+				return fmt.Errorf("h2conn: invalid value for header field %q", k)
+			}
+		}
+	}
+	cc.hbuf = cc.hbuf[:0]
+	cc.encode(":authority", host)
+	cc.encode(":method", method)
+	cc.encode(":path", path)
+	cc.encode(":scheme", "http")
+	var trailers string
+	if len(req.Trailer) > 0 {
+		keys := make([]string, 0, len(req.Trailer))
+		for k := range req.Trailer {
+			keys = append(keys, http.CanonicalHeaderKey(k))
+		}
+		trailers = strings.Join(keys, ",")
+		cc.encode("trailer", trailers)
+	}
+	didUA := false
+	for k, vv := range req.Header {
+		switch k {
+		case "Host", "Content-Length", "Connection", "Proxy-Connection", "Transfer-Encoding", "Upgrade", "Keep-Alive", "Trailer":
+			continue
+		case "Te":
+			for _, v := range vv {
+				if v == "trailers" {
+					cc.encode("te", v)
+				}
+			}
+			continue
+		case "User-Agent":
+			didUA = true
+			if len(vv) > 0 && vv[0] != "" {
+				cc.encode("user-agent", vv[0])
+			}
+			continue
+		}
+		name := cc.wnames.lower(k)
+		for _, v := range vv {
+			cc.encode(name, v)
+		}
+	}
+	if !didUA {
+		cc.encode("user-agent", "Go-http-client/2.0")
+	}
+	if contentLength > 0 || contentLength == 0 && (method == http.MethodPost || method == http.MethodPut || method == http.MethodPatch) {
+		cc.encode("content-length", strconv.FormatInt(contentLength, 10))
+	}
+	return nil
+}
+
+func (cc *clientConn) encode(name, value string) {
+	_ = cc.henc.WriteField(hpack.HeaderField{Name: name, Value: value})
+}
+
+// writeHeaderBlock writes cc.hbuf as HEADERS and CONTINUATION frames.
+func (cc *clientConn) writeHeaderBlock(id uint32, end bool) {
+	block := cc.hbuf
+	max := int(cc.maxFrame.Load())
+	first := block[:min(len(block), max)]
+	block = block[len(first):]
+	_ = cc.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: first, EndStream: end, EndHeaders: len(block) == 0})
+	for len(block) > 0 {
+		frag := block[:min(len(block), max)]
+		block = block[len(frag):]
+		_ = cc.fr.WriteContinuation(id, len(block) == 0, frag)
+	}
+}
+
+// names caches header names between their canonical and wire forms.
+type names map[string]string
+
+const maxCachedNames = 256
+
+func (n *names) canonical(lower string) string {
+	if v, ok := (*n)[lower]; ok {
+		return v
+	}
+	v := http.CanonicalHeaderKey(lower)
+	n.put(lower, v)
+	return v
+}
+
+func (n *names) lower(canonical string) string {
+	if v, ok := (*n)[canonical]; ok {
+		return v
+	}
+	v := strings.ToLower(canonical)
+	n.put(canonical, v)
+	return v
+}
+
+func (n *names) put(k, v string) {
+	if *n == nil {
+		*n = names{}
+	}
+	if len(*n) < maxCachedNames {
+		(*n)[k] = v
+	}
+}

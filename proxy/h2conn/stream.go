@@ -1,0 +1,423 @@
+package h2conn
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptrace"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/net/http2"
+)
+
+// clientStream is one request and its answer. The fields below mu's line
+// are under cc.mu.
+type clientStream struct {
+	cc    *clientConn
+	id    uint32
+	req   *http.Request
+	trace *httptrace.ClientTrace
+	head  bool
+	resc  chan struct{} // closed once res or err is set
+	// reqBodyClosed: req.Body is closed once, when it is sent or the
+	// stream ends first (a body writer blocked reading it must let go).
+	reqBodyClosed atomic.Bool
+	res   *http.Response
+	body  responseBody
+
+	err        error
+	refused    bool // never processed by the upstream: may be sent again
+	noBody     bool // HEAD, 204, 304: a Content-Length is not a promise
+	answered   bool // the final HEADERS arrived
+	remoteDone bool // the answer is complete
+	sendDone   bool // the request is complete, or will not be
+	done       bool // out of cc.streams
+	sendWindow int64
+	recvWindow int32
+	recvUnsent int32
+	declLen    int64
+	got        int64
+	buf        []byte
+	bodyErr    error
+	bodyClosed bool
+	ready      sync.Cond
+	trailer    http.Header // the answer's trailers as they arrive
+	gotTrailer bool
+	stopCtx    func() bool
+}
+
+// refusedError: the upstream never processed the request.
+type refusedError struct{ err error }
+
+func (e refusedError) Error() string { return e.err.Error() }
+func (e refusedError) Unwrap() error { return e.err }
+
+// roundTrip sends req on a stream reserved on cc.
+func (cc *clientConn) roundTrip(req *http.Request) (*http.Response, error) {
+	cs := &clientStream{
+		cc: cc, req: req, head: req.Method == http.MethodHead,
+		resc: make(chan struct{}), declLen: -1, recvWindow: streamWindow,
+		trace: httptrace.ContextClientTrace(req.Context()),
+	}
+	cs.body.cs = cs
+	cs.ready.L = &cc.mu
+	hasBody := req.Body != nil && req.Body != http.NoBody
+	contentLength := int64(0)
+	if hasBody {
+		contentLength = req.ContentLength
+		if contentLength == 0 {
+			contentLength = -1 // unknown, as net/http reads it
+		}
+	}
+	ctx := req.Context()
+
+	cc.lockWrite()
+	cc.mu.Lock()
+	cc.reserved--
+	if cc.broken != nil || cc.goingAway || cc.werr != nil || uint32(len(cc.streams)) >= cc.maxStreams {
+		cc.mu.Unlock()
+		_ = cc.unlockWrite()
+		return nil, refusedError{fmt.Errorf("h2conn: connection to %s is closing", cc.addr)}
+	}
+	// The id is taken under the write lock: ids must reach the wire in
+	// order.
+	cs.id = cc.nextID
+	cc.nextID += 2
+	cs.sendWindow = int64(cc.peerWindow)
+	cc.streams[cs.id] = cs
+	cc.watchReads()
+	if ctx.Done() != nil {
+		cs.stopCtx = context.AfterFunc(ctx, func() { cs.cancel(context.Cause(ctx)) })
+	}
+	cc.mu.Unlock()
+	if err := cc.encodeRequest(req, contentLength); err != nil {
+		_ = cc.unlockWrite()
+		cc.mu.Lock()
+		cs.fail(err, false)
+		cc.mu.Unlock()
+		closeBody(req)
+		return nil, err
+	}
+	cc.writeHeaderBlock(cs.id, !hasBody)
+	if err := cc.unlockWrite(); err != nil {
+		cc.mu.Lock()
+		cs.fail(err, false)
+		cc.mu.Unlock()
+	}
+	if cs.trace != nil && cs.trace.WroteHeaders != nil {
+		cs.trace.WroteHeaders()
+	}
+	if hasBody {
+		go cs.writeBody(contentLength)
+	} else {
+		cc.mu.Lock()
+		cs.sentAll()
+		cc.mu.Unlock()
+	}
+	<-cs.resc
+	if cs.res == nil {
+		if cs.refused {
+			return nil, refusedError{cs.err}
+		}
+		return nil, cs.err
+	}
+	return cs.res, nil
+}
+
+// fail ends the stream with err; the caller holds cc.mu.
+func (cs *clientStream) fail(err error, refused bool) {
+	if cs.done {
+		return
+	}
+	cc := cs.cc
+	cs.done = true
+	cs.abandonSending()
+	delete(cc.streams, cs.id)
+	if cs.stopCtx != nil {
+		cs.stopCtx()
+	}
+	if !cs.answered {
+		cs.err, cs.refused = err, refused
+		close(cs.resc)
+	} else if cs.bodyErr == nil || cs.bodyErr == io.EOF && !cs.remoteDone {
+		cs.bodyErr = err
+	}
+	cs.ready.Broadcast()
+	cc.window.Broadcast()
+	cc.streamGone()
+}
+
+// cancel ends the stream because the caller gave up, and tells the
+// upstream.
+func (cs *clientStream) cancel(err error) {
+	cc := cs.cc
+	cc.mu.Lock()
+	if cs.done {
+		cc.mu.Unlock()
+		return
+	}
+	cs.fail(err, false)
+	cc.mu.Unlock()
+	cc.lockWrite()
+	_ = cc.fr.WriteRSTStream(cs.id, http2.ErrCodeCancel)
+	_ = cc.unlockWrite()
+}
+
+// streamGone: a stream left; the caller holds cc.mu.
+func (cc *clientConn) streamGone() {
+	if len(cc.streams) > 0 {
+		return
+	}
+	if cc.goingAway && cc.broken == nil {
+		go cc.close(errors.New("went away"))
+		return
+	}
+	cc.goIdle()
+}
+
+// endOfAnswer: the upstream ended its side; the caller holds cc.mu.
+func (cs *clientStream) endOfAnswer() {
+	if cs.declLen >= 0 && cs.got != cs.declLen && !cs.noBody {
+		cs.fail(fmt.Errorf("h2conn: %s sent %d bytes of a %d-byte body", cs.cc.addr, cs.got, cs.declLen), false)
+		return
+	}
+	cs.remoteDone = true
+	if cs.bodyErr == nil {
+		cs.bodyErr = io.EOF
+	}
+	cs.ready.Broadcast()
+	cs.complete()
+}
+
+// sentAll: the request is complete; the caller holds cc.mu.
+func (cs *clientStream) sentAll() {
+	cs.sendDone = true
+	cs.complete()
+}
+
+// stopSending: the upstream needs no more of the request; the caller holds
+// cc.mu.
+func (cs *clientStream) stopSending() {
+	cs.abandonSending()
+	cs.complete()
+}
+
+// abandonSending gives up sending the request; the caller holds cc.mu.
+func (cs *clientStream) abandonSending() {
+	if cs.sendDone {
+		return
+	}
+	cs.sendDone = true
+	cs.cc.window.Broadcast() // a body writer waiting for window
+	if cs.req.Body != nil && cs.req.Body != http.NoBody {
+		// Its writer may be blocked reading it: closing is how it lets
+		// go (as net/http's Transport does), and a RoundTripper closes
+		// the body in any case. Not under mu: Close is the caller's code.
+		go cs.closeReqBody()
+	}
+}
+
+func (cs *clientStream) closeReqBody() {
+	if cs.reqBodyClosed.CompareAndSwap(false, true) {
+		_ = cs.req.Body.Close()
+	}
+}
+
+// complete takes a stream done both ways out of the connection.
+func (cs *clientStream) complete() {
+	if cs.done || !cs.sendDone || !cs.remoteDone {
+		return
+	}
+	cs.done = true
+	delete(cs.cc.streams, cs.id)
+	cs.cc.streamGone()
+}
+
+// writeBody sends the request body, on its own goroutine: the answer may
+// come (and be read) while the body is still going.
+func (cs *clientStream) writeBody(contentLength int64) {
+	cc, req := cs.cc, cs.req
+	defer cs.closeReqBody()
+	bp := chunks.Get().(*[]byte)
+	defer chunks.Put(bp)
+	buf := *bp
+	var sent int64
+	for {
+		n, rerr := req.Body.Read(buf)
+		if rerr != nil && rerr != io.EOF {
+			cs.cancel(fmt.Errorf("h2conn: reading the request body: %w", rerr))
+			return
+		}
+		sent += int64(n)
+		eof := rerr == io.EOF
+		if eof && contentLength >= 0 && sent != contentLength || contentLength >= 0 && sent > contentLength {
+			cs.cancel(fmt.Errorf("h2conn: ContentLength=%d with Body length %d", contentLength, sent))
+			return
+		}
+		trailers := eof && hasTrailers(req.Trailer)
+		if !cs.writeData(buf[:n], eof && !trailers) {
+			return // the stream ended meanwhile
+		}
+		if eof {
+			if trailers {
+				cc.lockWrite()
+				cc.hbuf = cc.hbuf[:0]
+				for k, vv := range req.Trailer {
+					name := cc.wnames.lower(http.CanonicalHeaderKey(k))
+					for _, v := range vv {
+						cc.encode(name, v)
+					}
+				}
+				cc.writeHeaderBlock(cs.id, true)
+				_ = cc.unlockWrite()
+			}
+			if cs.trace != nil && cs.trace.WroteRequest != nil {
+				cs.trace.WroteRequest(httptrace.WroteRequestInfo{})
+			}
+			cc.mu.Lock()
+			cs.sentAll()
+			cc.mu.Unlock()
+			return
+		}
+	}
+}
+
+func hasTrailers(t http.Header) bool {
+	for _, vv := range t {
+		if len(vv) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// writeData sends p in DATA frames as the windows allow, the last with
+// END_STREAM if end. It is false if the stream ended first.
+func (cs *clientStream) writeData(p []byte, end bool) bool {
+	cc := cs.cc
+	for len(p) > 0 || end {
+		cc.mu.Lock()
+		for {
+			if cs.sendDone || cc.broken != nil {
+				cc.mu.Unlock()
+				return false
+			}
+			if len(p) == 0 || min(cc.sendWindow, cs.sendWindow) > 0 {
+				break
+			}
+			cc.window.Wait()
+		}
+		maxFrame := int64(cc.maxFrame.Load())
+		n := int(min(int64(len(p)), cc.sendWindow, cs.sendWindow, maxFrame))
+		cc.sendWindow -= int64(n)
+		cs.sendWindow -= int64(n)
+		cc.mu.Unlock()
+		last := n == len(p)
+		cc.lockWrite()
+		_ = cc.fr.WriteData(cs.id, end && last, p[:n])
+		err := cc.unlockWrite()
+		if err != nil {
+			return false
+		}
+		p = p[n:]
+		if last {
+			return true
+		}
+	}
+	return true
+}
+
+var chunks = sync.Pool{New: func() any { b := make([]byte, bodyChunk); return &b }}
+
+// responseBody is the answer's body as the stream receives it.
+type responseBody struct{ cs *clientStream }
+
+var errBodyClosed = errors.New("h2conn: read on closed response body")
+
+func (b *responseBody) Read(p []byte) (int, error) {
+	cs := b.cs
+	cc := cs.cc
+	cc.mu.Lock()
+	for len(cs.buf) == 0 && cs.bodyErr == nil && !cs.bodyClosed {
+		cs.ready.Wait()
+	}
+	if cs.bodyClosed {
+		cc.mu.Unlock()
+		return 0, errBodyClosed
+	}
+	if len(cs.buf) == 0 {
+		err := cs.bodyErr
+		if err == io.EOF && cs.gotTrailer {
+			// Into the announced keys, which stay even if unsent.
+			if cs.res.Trailer == nil {
+				cs.res.Trailer = http.Header{}
+			}
+			for k, vv := range cs.trailer {
+				cs.res.Trailer[k] = vv
+			}
+			cs.gotTrailer = false
+		}
+		if cs.stopCtx != nil {
+			cs.stopCtx()
+		}
+		cc.mu.Unlock()
+		return 0, err
+	}
+	n := copy(p, cs.buf)
+	cs.buf = cs.buf[n:]
+	if len(cs.buf) == 0 {
+		cs.buf = cs.buf[:0:0]
+	}
+	connInc, streamInc := cc.release(int32(n)), uint32(0)
+	if !cs.remoteDone && !cs.done {
+		streamInc = cs.release(int32(n))
+	}
+	cc.mu.Unlock()
+	cc.sendWindowUpdates(cs.id, connInc, streamInc)
+	return n, nil
+}
+
+// Close before the end resets the stream: nobody will read the rest.
+func (b *responseBody) Close() error {
+	cs := b.cs
+	cc := cs.cc
+	cc.mu.Lock()
+	if cs.bodyClosed {
+		cc.mu.Unlock()
+		return nil
+	}
+	cs.bodyClosed = true
+	inc := cc.release(int32(len(cs.buf)))
+	cs.buf = nil
+	reset := !cs.done && !cs.remoteDone
+	if reset {
+		cs.fail(errBodyClosed, false)
+	}
+	if cs.stopCtx != nil {
+		cs.stopCtx()
+	}
+	cs.ready.Broadcast()
+	cc.mu.Unlock()
+	cc.sendWindowUpdates(0, inc, 0)
+	if reset {
+		cc.lockWrite()
+		_ = cc.fr.WriteRSTStream(cs.id, http2.ErrCodeCancel)
+		_ = cc.unlockWrite()
+	}
+	return nil
+}
+
+// release gives n bytes of the stream's window back, batched.
+func (cs *clientStream) release(n int32) uint32 {
+	cs.recvUnsent += n
+	if cs.recvUnsent < streamWindow/4 {
+		return 0
+	}
+	inc := cs.recvUnsent
+	cs.recvUnsent = 0
+	cs.recvWindow += inc
+	return uint32(inc)
+}

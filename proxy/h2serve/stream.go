@@ -1,0 +1,563 @@
+package h2serve
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"sync"
+
+	"golang.org/x/net/http/httpguts"
+	"golang.org/x/net/http2"
+)
+
+// stream is one request and its answer. The handler's side (rw, req) is
+// the handler's; the rest is under c.mu.
+type stream struct {
+	c  *conn
+	id uint32
+
+	remoteDone bool  // END_STREAM received: half closed (remote)
+	ended      bool  // closed: reset, or done both ways; out of c.streams
+	err        error // why it ended before its time
+	sendWindow int64 // what we may still send on it
+	recvWindow int32 // what the client may still send on it
+	recvUnsent int32 // consumed and not yet given back
+	declLen    int64 // the request's Content-Length, or -1
+	gotLen     int64
+	trailer    http.Header // the request's trailers, as they arrive
+	body       *body       // nil when the request has none
+	cancel     context.CancelFunc
+
+	rw  responseWriter
+	req *http.Request
+	url url.URL
+}
+
+// close ends the stream early (a reset, or the connection's end); the
+// caller holds c.mu.
+func (st *stream) close(err error) {
+	if st.ended {
+		return
+	}
+	st.ended, st.err = true, err
+	delete(st.c.streams, st.id)
+	st.cancel()
+	if st.body != nil && st.body.err == nil {
+		st.body.err = err
+		st.body.ready.Broadcast()
+	}
+	st.c.window.Broadcast()
+}
+
+// processHeaders opens a stream, or takes a stream's trailers.
+func (c *conn) processHeaders(f *http2.MetaHeadersFrame) error {
+	id := f.StreamID
+	if id%2 == 0 {
+		return protocolError("HEADERS on even stream %d", id)
+	}
+	c.mu.Lock()
+	if st := c.streams[id]; st != nil {
+		err := c.trailers(st, f)
+		c.mu.Unlock()
+		return err
+	}
+	if id <= c.maxID {
+		c.mu.Unlock()
+		return connError{http2.ErrCodeStreamClosed, "HEADERS on closed stream " + strconv.FormatUint(uint64(id), 10)}
+	}
+	c.maxID = id
+	// Streams whose answer is complete do not count, though their
+	// handlers may still be returning; those of reset streams are bounded
+	// apart (a client resetting streams as fast as it opens them must not
+	// pile up handlers).
+	max := int(c.s.maxStreams())
+	refuse := c.goingAway || c.closed || len(c.streams) >= max || c.running >= 2*max
+	c.mu.Unlock()
+	if f.HasPriority() && f.Priority.StreamDep == id {
+		return streamError(id, http2.ErrCodeProtocol)
+	}
+	if refuse {
+		return streamError(id, http2.ErrCodeRefusedStream)
+	}
+	if f.Truncated {
+		// Too long a header list: answered as net/http's server does.
+		c.lockWrite()
+		c.hbuf = c.hbuf[:0]
+		c.encode(":status", "431")
+		c.writeHeaderBlock(id, true)
+		if !f.StreamEnded() {
+			_ = c.fr.WriteRSTStream(id, http2.ErrCodeNo)
+		}
+		return c.unlockWrite()
+	}
+	st := &stream{c: c, id: id, declLen: -1, recvWindow: initialStreamWindow}
+	if err := c.newRequest(st, f); err != nil {
+		if err == errMalformed {
+			return streamError(id, http2.ErrCodeProtocol)
+		}
+		return err
+	}
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return errConnClosed
+	}
+	st.sendWindow = int64(c.peerWindow)
+	st.remoteDone = f.StreamEnded()
+	c.streams[id] = st
+	c.running++
+	c.handlers.Add(1)
+	c.mu.Unlock()
+	go c.runHandler(st)
+	return nil
+}
+
+// trailers takes a request's trailers; the caller holds c.mu.
+func (c *conn) trailers(st *stream, f *http2.MetaHeadersFrame) error {
+	if st.remoteDone {
+		return streamError(st.id, http2.ErrCodeStreamClosed)
+	}
+	if !f.StreamEnded() || len(f.PseudoFields()) > 0 {
+		return streamError(st.id, http2.ErrCodeProtocol)
+	}
+	for _, hf := range f.RegularFields() {
+		k := c.names.canonical(hf.Name)
+		if !httpguts.ValidTrailerHeader(k) {
+			return streamError(st.id, http2.ErrCodeProtocol)
+		}
+		if st.trailer != nil {
+			if _, declared := st.trailer[k]; declared {
+				st.trailer[k] = append(st.trailer[k], hf.Value)
+			}
+		}
+	}
+	return c.endOfRequest(st)
+}
+
+// endOfRequest marks the request complete; the caller holds c.mu.
+func (c *conn) endOfRequest(st *stream) error {
+	if st.declLen >= 0 && st.gotLen != st.declLen {
+		return streamError(st.id, http2.ErrCodeProtocol)
+	}
+	st.remoteDone = true
+	if b := st.body; b != nil && b.err == nil {
+		b.err = errEOF
+		b.ready.Broadcast()
+	}
+	return nil
+}
+
+// processData takes a DATA frame for a request body.
+func (c *conn) processData(f *http2.DataFrame) error {
+	id, n := f.StreamID, int32(f.Length) // flow control counts the padding too
+	c.mu.Lock()
+	if c.idle(id) {
+		c.mu.Unlock()
+		return protocolError("DATA on idle stream %d", id)
+	}
+	if n > c.recvWindow {
+		c.mu.Unlock()
+		return connError{http2.ErrCodeFlowControl, "DATA beyond the connection's window"}
+	}
+	c.recvWindow -= n
+	st := c.streams[id]
+	if st == nil || st.remoteDone {
+		// Counted against the connection all the same, and given back.
+		inc := c.release(nil, n)
+		c.mu.Unlock()
+		c.sendWindowUpdates(0, inc, 0)
+		return streamError(id, http2.ErrCodeStreamClosed)
+	}
+	if n > st.recvWindow {
+		inc := c.release(nil, n)
+		c.mu.Unlock()
+		c.sendWindowUpdates(0, inc, 0)
+		return streamError(id, http2.ErrCodeFlowControl)
+	}
+	st.recvWindow -= n
+	data := f.Data()
+	st.gotLen += int64(len(data))
+	if st.declLen >= 0 && st.gotLen > st.declLen {
+		inc := c.release(nil, n)
+		c.mu.Unlock()
+		c.sendWindowUpdates(0, inc, 0)
+		return streamError(id, http2.ErrCodeProtocol)
+	}
+	// The padding, and data nobody will read, go back at once.
+	unread := n - int32(len(data))
+	if b := st.body; b != nil && !b.closed {
+		b.buf = append(b.buf, data...)
+		b.ready.Broadcast()
+	} else {
+		unread = n
+	}
+	var err error
+	if f.StreamEnded() {
+		err = c.endOfRequest(st)
+	}
+	connInc, streamInc := c.release(nil, unread), uint32(0)
+	if unread > 0 && !st.remoteDone {
+		streamInc = c.releaseStream(st, unread)
+	}
+	c.mu.Unlock()
+	c.sendWindowUpdates(id, connInc, streamInc)
+	return err
+}
+
+// release gives n bytes of the connection's window back, and says how much
+// to announce now; the caller holds c.mu. Updates are batched: one per
+// quarter window.
+func (c *conn) release(_ *stream, n int32) uint32 {
+	c.recvUnsent += n
+	if c.recvUnsent < initialConnWindow/4 {
+		return 0
+	}
+	inc := c.recvUnsent
+	c.recvUnsent = 0
+	c.recvWindow += inc
+	return uint32(inc)
+}
+
+// releaseStream does the same for a stream's own window.
+func (c *conn) releaseStream(st *stream, n int32) uint32 {
+	st.recvUnsent += n
+	if st.recvUnsent < initialStreamWindow/4 {
+		return 0
+	}
+	inc := st.recvUnsent
+	st.recvUnsent = 0
+	st.recvWindow += inc
+	return uint32(inc)
+}
+
+func (c *conn) sendWindowUpdates(id, connInc, streamInc uint32) {
+	if connInc == 0 && streamInc == 0 {
+		return
+	}
+	c.lockWrite()
+	if connInc > 0 {
+		_ = c.fr.WriteWindowUpdate(0, connInc)
+	}
+	if streamInc > 0 {
+		_ = c.fr.WriteWindowUpdate(id, streamInc)
+	}
+	_ = c.unlockWrite()
+}
+
+// newRequest builds st's request from its header block, checking what
+// RFC 9113 (8.2 and 8.3) asks a server to check.
+func (c *conn) newRequest(st *stream, f *http2.MetaHeadersFrame) error {
+	bad := errMalformed
+	var method, scheme, authority, path string
+	for _, hf := range f.PseudoFields() {
+		switch hf.Name {
+		case ":method":
+			method = hf.Value
+		case ":scheme":
+			scheme = hf.Value
+		case ":authority":
+			authority = hf.Value
+		case ":path":
+			path = hf.Value
+		default:
+			return bad // :protocol (extended CONNECT is not offered), :status
+		}
+	}
+	if method == "" || !validMethod(method) {
+		return bad
+	}
+	connect := method == http.MethodConnect
+	if connect {
+		if scheme != "" || path != "" || authority == "" {
+			return bad
+		}
+	} else if scheme == "" || path == "" || path[0] != '/' && path != "*" {
+		return bad
+	}
+	regular := f.RegularFields()
+	h := make(http.Header, len(regular))
+	var cookies []string
+	for _, hf := range regular {
+		switch hf.Name {
+		case "connection", "proxy-connection", "keep-alive", "transfer-encoding", "upgrade":
+			return bad // connection-specific (RFC 9113, 8.2.2)
+		case "te":
+			if hf.Value != "trailers" {
+				return bad
+			}
+		case "cookie":
+			// Split crumbs are joined again (RFC 9113, 8.2.3).
+			cookies = append(cookies, hf.Value)
+			continue
+		}
+		k := c.names.canonical(hf.Name)
+		h[k] = append(h[k], hf.Value)
+	}
+	if len(cookies) > 0 {
+		h["Cookie"] = []string{strings.Join(cookies, "; ")}
+	}
+	if authority == "" {
+		authority = h.Get("Host")
+	}
+	r := &http.Request{} // stays on the stack: WithContext below copies it
+	if connect {
+		st.url = url.URL{Host: authority}
+		r.RequestURI = authority
+	} else {
+		u, err := url.ParseRequestURI(path)
+		if err != nil {
+			return bad
+		}
+		st.url = *u
+		r.RequestURI = path
+	}
+	r.Method, r.URL, r.Header, r.Host = method, &st.url, h, authority
+	r.Proto, r.ProtoMajor, r.ProtoMinor = "HTTP/2.0", 2, 0
+	r.RemoteAddr = c.remote
+	if vv, ok := h["Trailer"]; ok {
+		for _, v := range vv {
+			for k := range strings.SplitSeq(v, ",") {
+				switch k = http.CanonicalHeaderKey(strings.TrimSpace(k)); k {
+				case "Transfer-Encoding", "Trailer", "Content-Length", "":
+				default:
+					if st.trailer == nil {
+						st.trailer, r.Trailer = http.Header{}, http.Header{}
+					}
+					st.trailer[k], r.Trailer[k] = nil, nil
+				}
+			}
+		}
+		delete(h, "Trailer")
+	}
+	if vv := h["Content-Length"]; len(vv) > 0 {
+		for _, v := range vv[1:] {
+			if v != vv[0] {
+				return bad
+			}
+		}
+		n, err := strconv.ParseUint(vv[0], 10, 63)
+		if err != nil {
+			return bad
+		}
+		st.declLen = int64(n)
+	}
+	if f.StreamEnded() {
+		if st.declLen > 0 {
+			return bad // a length promised and no body sent
+		}
+		r.Body = http.NoBody
+		r.ContentLength = 0
+	} else {
+		st.body = &body{st: st}
+		st.body.ready.L = &c.mu
+		st.body.needsContinue = h.Get("Expect") == "100-continue"
+		r.Body = st.body
+		r.ContentLength = st.declLen
+	}
+	if r.Body == http.NoBody {
+		r.Trailer = nil
+	}
+	ctx, cancel := context.WithCancel(c.baseCtx)
+	st.cancel = cancel
+	st.req = r.WithContext(ctx)
+	st.rw.init(st)
+	return nil
+}
+
+func validMethod(m string) bool {
+	for i := 0; i < len(m); i++ {
+		if !httpguts.IsTokenRune(rune(m[i])) {
+			return false
+		}
+	}
+	return true
+}
+
+// errMalformed is a malformed request (RFC 9113, 8.1.1): processHeaders
+// resets its stream with PROTOCOL_ERROR. One value, not an error made per
+// request.
+var errMalformed = errors.New("h2serve: malformed request")
+
+// runHandler serves st on its own goroutine.
+func (c *conn) runHandler(st *stream) {
+	defer c.handlers.Done()
+	completed := false
+	defer func() {
+		if !completed {
+			if v := recover(); v != nil && v != http.ErrAbortHandler {
+				slog.Error("h2serve: panic serving a request", "remote", c.remote, "panic", v, "stack", string(debug.Stack()))
+			}
+			// The answer is cut, not ended: the client must see that.
+			c.resetStream(st.id, http2.ErrCodeInternal)
+		}
+		c.handlerDone(st)
+	}()
+	c.s.Handler.ServeHTTP(&st.rw, st.req)
+	st.rw.finish()
+	completed = true
+}
+
+// handlerDone ends the stream for good once its handler has returned.
+func (c *conn) handlerDone(st *stream) {
+	c.mu.Lock()
+	var connInc uint32
+	if b := st.body; b != nil && !b.closed {
+		b.closed = true
+		connInc = c.release(nil, int32(len(b.buf)))
+		b.buf = nil
+		b.ready.Broadcast() // a reader the handler left behind
+	}
+	stillSending := !st.ended && !st.remoteDone
+	if !st.ended {
+		st.ended = true
+		delete(c.streams, st.id)
+	}
+	st.cancel()
+	c.running--
+	closeNow := false
+	if c.running == 0 {
+		c.goIdle()
+		closeNow = c.goAwaySent || c.peerGone
+	}
+	c.window.Broadcast()
+	c.mu.Unlock()
+	if connInc > 0 || stillSending {
+		c.lockWrite()
+		if connInc > 0 {
+			_ = c.fr.WriteWindowUpdate(0, connInc)
+		}
+		if stillSending {
+			// The answer is complete; the client may stop sending
+			// (RFC 9113, 8.1).
+			_ = c.fr.WriteRSTStream(st.id, http2.ErrCodeNo)
+		}
+		_ = c.unlockWrite()
+	}
+	if closeNow {
+		c.closeConn()
+	}
+	c.s.changedIfShutting()
+}
+
+func (s *Server) changedIfShutting() {
+	s.mu.Lock()
+	shutting := s.shutting
+	s.mu.Unlock()
+	if shutting {
+		s.changed()
+	}
+}
+
+// errEOF ends a request body that ended cleanly.
+var errEOF = io.EOF
+
+// body is a request body: DATA frames the reader appended, read by the
+// handler. Under c.mu.
+type body struct {
+	st            *stream
+	buf           []byte
+	err           error // errEOF once the request ended, or why it broke
+	closed        bool  // the handler closed it or returned
+	needsContinue bool
+	ready         sync.Cond
+}
+
+var errBodyClosed = errors.New("h2serve: request body closed")
+
+func (b *body) Read(p []byte) (int, error) {
+	st := b.st
+	c := st.c
+	c.mu.Lock()
+	if b.needsContinue {
+		b.needsContinue = false
+		c.mu.Unlock()
+		st.rw.write100Continue()
+		c.mu.Lock()
+	}
+	for len(b.buf) == 0 && b.err == nil && !b.closed {
+		b.ready.Wait()
+	}
+	if b.closed {
+		c.mu.Unlock()
+		return 0, errBodyClosed
+	}
+	if len(b.buf) == 0 {
+		err := b.err
+		if err == errEOF && st.trailer != nil {
+			// The trailers are the handler's to read once the body ends.
+			for k, vv := range st.trailer {
+				st.req.Trailer[k] = vv
+			}
+			st.trailer = nil // copied once
+		}
+		c.mu.Unlock()
+		return 0, err
+	}
+	n := copy(p, b.buf)
+	b.buf = b.buf[n:]
+	if len(b.buf) == 0 {
+		b.buf = b.buf[:0:0] // let the frame-sized array go
+	}
+	connInc, streamInc := c.release(nil, int32(n)), uint32(0)
+	if !st.remoteDone && !st.ended {
+		streamInc = c.releaseStream(st, int32(n))
+	}
+	c.mu.Unlock()
+	c.sendWindowUpdates(st.id, connInc, streamInc)
+	return n, nil
+}
+
+func (b *body) Close() error {
+	c := b.st.c
+	c.mu.Lock()
+	var inc uint32
+	if !b.closed {
+		b.closed = true
+		inc = c.release(nil, int32(len(b.buf)))
+		b.buf = nil
+		b.ready.Broadcast()
+	}
+	c.mu.Unlock()
+	c.sendWindowUpdates(0, inc, 0)
+	return nil
+}
+
+// names caches header names between their wire (lower-case) and canonical
+// forms, as net/http's HTTP/2 server does: a connection sends the same few
+// names again and again.
+type names map[string]string
+
+const maxCachedNames = 256
+
+func (n *names) canonical(lower string) string {
+	if v, ok := (*n)[lower]; ok {
+		return v
+	}
+	v := http.CanonicalHeaderKey(lower)
+	n.put(lower, v)
+	return v
+}
+
+func (n *names) lower(canonical string) string {
+	if v, ok := (*n)[canonical]; ok {
+		return v
+	}
+	v := strings.ToLower(canonical)
+	n.put(canonical, v)
+	return v
+}
+
+func (n *names) put(k, v string) {
+	if *n == nil {
+		*n = names{}
+	}
+	if len(*n) < maxCachedNames {
+		(*n)[k] = v
+	}
+}
