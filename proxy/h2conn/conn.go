@@ -1,7 +1,6 @@
 package h2conn
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"io"
@@ -17,12 +16,13 @@ import (
 	"golang.org/x/net/http/httpguts"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/watertight/watertight/proxy/internal/h2wire"
 )
 
 const (
 	defaultWindow = 65535
 	maxWindow     = 1<<31 - 1
-	minFrameSize  = 16384
 	// What an upstream may send before we read it: per stream, and on the
 	// connection (net/http's Transport uses 4 MiB and 1 GiB).
 	streamWindow = 4 << 20
@@ -31,7 +31,6 @@ const (
 	// too).
 	initialMaxStreams = 100
 	maxHeaderList     = 10 << 20
-	writeBufferSize   = 4 << 10
 	bodyChunk         = 16 << 10
 )
 
@@ -41,19 +40,10 @@ type clientConn struct {
 	t    *Transport
 	addr string
 	nc   net.Conn
+	w    *h2wire.Conn // the framing: frames read by readLoop, written by all under w.Lock
 	fr   *http2.Framer
 
-	// The write side, under wmu (see lockWrite).
-	wmu      sync.Mutex
-	writers  atomic.Int32
-	bw       *bufio.Writer
-	henc     *hpack.Encoder
-	hbuf     []byte
-	werr     error
-	wnames   names
-	maxFrame atomic.Uint32 // the largest frame the upstream reads
-
-	names names // the read loop's
+	names h2wire.Names // the read loop's
 
 	// The rest under mu.
 	mu         sync.Mutex
@@ -85,15 +75,13 @@ func newClientConn(t *Transport, addr string, nc net.Conn) (*clientConn, error) 
 		recvWindow: connWindow, settledc: make(chan struct{}),
 	}
 	cc.window.L = &cc.mu
-	cc.maxFrame.Store(minFrameSize)
-	cc.bw = bufio.NewWriterSize(stickyWriter{cc}, writeBufferSize)
-	cc.fr = http2.NewFramer(cc.bw, bufio.NewReaderSize(nc, 4<<10))
+	cc.w = h2wire.NewConn(nc, addr)
+	cc.fr = cc.w.Framer
 	cc.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	cc.fr.MaxHeaderListSize = maxHeaderList
-	cc.henc = hpack.NewEncoder(hpackBuffer{cc})
 	cc.lastRead.Store(time.Now().UnixNano())
 	cc.lockWrite()
-	_, _ = cc.bw.WriteString(http2.ClientPreface)
+	cc.w.WriteString(http2.ClientPreface)
 	_ = cc.fr.WriteSettings(
 		http2.Setting{ID: http2.SettingEnablePush, Val: 0},
 		http2.Setting{ID: http2.SettingInitialWindowSize, Val: streamWindow},
@@ -109,43 +97,8 @@ func newClientConn(t *Transport, addr string, nc net.Conn) (*clientConn, error) 
 	return cc, nil
 }
 
-type stickyWriter struct{ cc *clientConn }
-
-func (w stickyWriter) Write(p []byte) (int, error) {
-	if w.cc.werr != nil {
-		return 0, w.cc.werr
-	}
-	n, err := w.cc.nc.Write(p)
-	if err != nil {
-		w.cc.werr = fmt.Errorf("h2conn: writing to %s: %w", w.cc.addr, err)
-		_ = w.cc.nc.Close()
-	}
-	return n, err
-}
-
-type hpackBuffer struct{ cc *clientConn }
-
-func (b hpackBuffer) Write(p []byte) (int, error) {
-	b.cc.hbuf = append(b.cc.hbuf, p...)
-	return len(p), nil
-}
-
-// lockWrite and unlockWrite: as in proxy/h2serve, only the last of the
-// writers waiting flushes, so requests that arrive together share a write.
-func (cc *clientConn) lockWrite() {
-	cc.writers.Add(1)
-	cc.wmu.Lock()
-}
-
-func (cc *clientConn) unlockWrite() error {
-	var err error
-	if cc.writers.Add(-1) == 0 {
-		err = cc.bw.Flush()
-	}
-	err = errors.Join(err, cc.werr)
-	cc.wmu.Unlock()
-	return err
-}
+func (cc *clientConn) lockWrite()         { cc.w.Lock() }
+func (cc *clientConn) unlockWrite() error { return cc.w.Unlock() }
 
 // reserve takes a stream slot for a request about to be sent.
 func (cc *clientConn) reserve() bool {
@@ -317,11 +270,9 @@ func (cc *clientConn) processSettings(f *http2.SettingsFrame) error {
 			cc.window.Broadcast()
 			cc.mu.Unlock()
 		case http2.SettingMaxFrameSize:
-			cc.maxFrame.Store(s.Val)
+			cc.w.SetMaxFrame(s.Val)
 		case http2.SettingHeaderTableSize:
-			cc.wmu.Lock()
-			cc.henc.SetMaxDynamicTableSizeLimit(s.Val)
-			cc.wmu.Unlock()
+			cc.w.SetHeaderTableSize(s.Val)
 		}
 		return nil
 	})
@@ -375,7 +326,7 @@ func (cc *clientConn) processHeaders(f *http2.MetaHeadersFrame) error {
 			cs.trailer = http.Header{}
 		}
 		for _, hf := range f.RegularFields() {
-			k := cc.names.canonical(hf.Name)
+			k := cc.names.Canonical(hf.Name)
 			cs.trailer[k] = append(cs.trailer[k], hf.Value)
 		}
 		cs.gotTrailer = true
@@ -392,7 +343,7 @@ func (cc *clientConn) processHeaders(f *http2.MetaHeadersFrame) error {
 	h := make(http.Header, len(regular))
 	var trailer http.Header
 	for _, hf := range regular {
-		k := cc.names.canonical(hf.Name)
+		k := cc.names.Canonical(hf.Name)
 		if k == "Trailer" {
 			for t := range strings.SplitSeq(hf.Value, ",") {
 				if t = textproto.TrimString(t); t != "" && httpguts.ValidTrailerHeader(http.CanonicalHeaderKey(t)) {
@@ -642,11 +593,11 @@ func (cc *clientConn) encodeRequest(req *http.Request, contentLength int64) erro
 			}
 		}
 	}
-	cc.hbuf = cc.hbuf[:0]
-	cc.encode(":authority", host)
-	cc.encode(":method", method)
-	cc.encode(":path", path)
-	cc.encode(":scheme", "http")
+	cc.w.StartBlock()
+	cc.w.Encode(":authority", host)
+	cc.w.Encode(":method", method)
+	cc.w.Encode(":path", path)
+	cc.w.Encode(":scheme", "http")
 	var trailers string
 	if len(req.Trailer) > 0 {
 		keys := make([]string, 0, len(req.Trailer))
@@ -654,7 +605,7 @@ func (cc *clientConn) encodeRequest(req *http.Request, contentLength int64) erro
 			keys = append(keys, http.CanonicalHeaderKey(k))
 		}
 		trailers = strings.Join(keys, ",")
-		cc.encode("trailer", trailers)
+		cc.w.Encode("trailer", trailers)
 	}
 	didUA := false
 	for k, vv := range req.Header {
@@ -664,77 +615,27 @@ func (cc *clientConn) encodeRequest(req *http.Request, contentLength int64) erro
 		case "Te":
 			for _, v := range vv {
 				if v == "trailers" {
-					cc.encode("te", v)
+					cc.w.Encode("te", v)
 				}
 			}
 			continue
 		case "User-Agent":
 			didUA = true
 			if len(vv) > 0 && vv[0] != "" {
-				cc.encode("user-agent", vv[0])
+				cc.w.Encode("user-agent", vv[0])
 			}
 			continue
 		}
-		name := cc.wnames.lower(k)
+		name := cc.w.Names.Lower(k)
 		for _, v := range vv {
-			cc.encode(name, v)
+			cc.w.Encode(name, v)
 		}
 	}
 	if !didUA {
-		cc.encode("user-agent", "Go-http-client/2.0")
+		cc.w.Encode("user-agent", "Go-http-client/2.0")
 	}
 	if contentLength > 0 || contentLength == 0 && (method == http.MethodPost || method == http.MethodPut || method == http.MethodPatch) {
-		cc.encode("content-length", strconv.FormatInt(contentLength, 10))
+		cc.w.Encode("content-length", strconv.FormatInt(contentLength, 10))
 	}
 	return nil
-}
-
-func (cc *clientConn) encode(name, value string) {
-	_ = cc.henc.WriteField(hpack.HeaderField{Name: name, Value: value})
-}
-
-// writeHeaderBlock writes cc.hbuf as HEADERS and CONTINUATION frames.
-func (cc *clientConn) writeHeaderBlock(id uint32, end bool) {
-	block := cc.hbuf
-	max := int(cc.maxFrame.Load())
-	first := block[:min(len(block), max)]
-	block = block[len(first):]
-	_ = cc.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: first, EndStream: end, EndHeaders: len(block) == 0})
-	for len(block) > 0 {
-		frag := block[:min(len(block), max)]
-		block = block[len(frag):]
-		_ = cc.fr.WriteContinuation(id, len(block) == 0, frag)
-	}
-}
-
-// names caches header names between their canonical and wire forms.
-type names map[string]string
-
-const maxCachedNames = 256
-
-func (n *names) canonical(lower string) string {
-	if v, ok := (*n)[lower]; ok {
-		return v
-	}
-	v := http.CanonicalHeaderKey(lower)
-	n.put(lower, v)
-	return v
-}
-
-func (n *names) lower(canonical string) string {
-	if v, ok := (*n)[canonical]; ok {
-		return v
-	}
-	v := strings.ToLower(canonical)
-	n.put(canonical, v)
-	return v
-}
-
-func (n *names) put(k, v string) {
-	if *n == nil {
-		*n = names{}
-	}
-	if len(*n) < maxCachedNames {
-		(*n)[k] = v
-	}
 }

@@ -25,8 +25,8 @@ type clientStream struct {
 	// reqBodyClosed: req.Body is closed once, when it is sent or the
 	// stream ends first (a body writer blocked reading it must let go).
 	reqBodyClosed atomic.Bool
-	res   *http.Response
-	body  responseBody
+	res           *http.Response
+	body          responseBody
 
 	err        error
 	refused    bool // never processed by the upstream: may be sent again
@@ -77,7 +77,7 @@ func (cc *clientConn) roundTrip(req *http.Request) (*http.Response, error) {
 	cc.lockWrite()
 	cc.mu.Lock()
 	cc.reserved--
-	if cc.broken != nil || cc.goingAway || cc.werr != nil || uint32(len(cc.streams)) >= cc.maxStreams {
+	if cc.broken != nil || cc.goingAway || cc.w.Err() != nil || uint32(len(cc.streams)) >= cc.maxStreams {
 		cc.mu.Unlock()
 		_ = cc.unlockWrite()
 		return nil, refusedError{fmt.Errorf("h2conn: connection to %s is closing", cc.addr)}
@@ -101,7 +101,7 @@ func (cc *clientConn) roundTrip(req *http.Request) (*http.Response, error) {
 		closeBody(req)
 		return nil, err
 	}
-	cc.writeHeaderBlock(cs.id, !hasBody)
+	cc.w.WriteBlock(cs.id, !hasBody)
 	if err := cc.unlockWrite(); err != nil {
 		cc.mu.Lock()
 		cs.fail(err, false)
@@ -264,14 +264,14 @@ func (cs *clientStream) writeBody(contentLength int64) {
 		if eof {
 			if trailers {
 				cc.lockWrite()
-				cc.hbuf = cc.hbuf[:0]
+				cc.w.StartBlock()
 				for k, vv := range req.Trailer {
-					name := cc.wnames.lower(http.CanonicalHeaderKey(k))
+					name := cc.w.Names.Lower(http.CanonicalHeaderKey(k))
 					for _, v := range vv {
-						cc.encode(name, v)
+						cc.w.Encode(name, v)
 					}
 				}
-				cc.writeHeaderBlock(cs.id, true)
+				cc.w.WriteBlock(cs.id, true)
 				_ = cc.unlockWrite()
 			}
 			if cs.trace != nil && cs.trace.WroteRequest != nil {
@@ -310,7 +310,7 @@ func (cs *clientStream) writeData(p []byte, end bool) bool {
 			}
 			cc.window.Wait()
 		}
-		maxFrame := int64(cc.maxFrame.Load())
+		maxFrame := int64(cc.w.MaxFrame())
 		n := int(min(int64(len(p)), cc.sendWindow, cs.sendWindow, maxFrame))
 		cc.sendWindow -= int64(n)
 		cs.sendWindow -= int64(n)

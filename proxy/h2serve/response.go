@@ -12,8 +12,6 @@ import (
 	"time"
 
 	"golang.org/x/net/http/httpguts"
-	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/hpack"
 )
 
 // responseWriter is a stream's http.ResponseWriter. Like net/http's, it
@@ -123,17 +121,17 @@ func (w *responseWriter) informational(code int) {
 	if w.alive() != nil {
 		return
 	}
-	c.lockWrite()
-	c.hbuf = c.hbuf[:0]
-	c.encode(":status", statusText(code))
+	c.w.Lock()
+	c.w.StartBlock()
+	c.w.Encode(":status", statusText(code))
 	for k, vv := range w.header {
 		if k == "Content-Length" || k == "Transfer-Encoding" {
 			continue
 		}
 		c.encodeField(k, vv)
 	}
-	c.writeHeaderBlock(w.st.id, false)
-	_ = c.unlockWrite()
+	c.w.WriteBlock(w.st.id, false)
+	_ = c.w.Unlock()
 }
 
 // write100Continue answers a request's Expect: 100-continue as its body is
@@ -143,13 +141,13 @@ func (w *responseWriter) write100Continue() {
 	if w.alive() != nil {
 		return
 	}
-	c.lockWrite()
+	c.w.Lock()
 	if !w.sentHeader {
-		c.hbuf = c.hbuf[:0]
-		c.encode(":status", "100")
-		c.writeHeaderBlock(w.st.id, false)
+		c.w.StartBlock()
+		c.w.Encode(":status", "100")
+		c.w.WriteBlock(w.st.id, false)
 	}
-	_ = c.unlockWrite()
+	_ = c.w.Unlock()
 }
 
 func (w *responseWriter) bodyAllowed() bool {
@@ -233,9 +231,9 @@ func (w *responseWriter) commit(p []byte, end bool) error {
 	if w.head {
 		held, p = nil, nil // counted and sniffed, not sent
 	}
-	c.lockWrite()
+	c.w.Lock()
 	if err := w.alive(); err != nil {
-		_ = c.unlockWrite()
+		_ = c.w.Unlock()
 		return err
 	}
 	if !w.sentHeader {
@@ -246,21 +244,21 @@ func (w *responseWriter) commit(p []byte, end bool) error {
 	for i, data := range [2][]byte{held, p} {
 		last := i == 1 || len(p) == 0
 		for len(data) > 0 {
-			n, err := st.take(len(data), c.maxFrame, false)
+			n, err := st.take(len(data), c.w.MaxFrame(), false)
 			if err != nil {
-				_ = c.unlockWrite()
+				_ = c.w.Unlock()
 				return err
 			}
 			if n == 0 {
 				// No window: let the others write while the client reads.
-				maxFrame := c.maxFrame
-				if err := c.unlockWrite(); err != nil {
+				maxFrame := c.w.MaxFrame()
+				if err := c.w.Unlock(); err != nil {
 					return err
 				}
 				if n, err = st.take(len(data), maxFrame, true); err != nil {
 					return err
 				}
-				c.lockWrite()
+				c.w.Lock()
 			}
 			_ = c.fr.WriteData(st.id, end && last && n == len(data) && trailers == nil, data[:n])
 			data = data[n:]
@@ -269,11 +267,11 @@ func (w *responseWriter) commit(p []byte, end bool) error {
 	if end {
 		switch {
 		case trailers != nil:
-			c.hbuf = c.hbuf[:0]
+			c.w.StartBlock()
 			for _, f := range trailers {
 				c.encodeField(f.key, f.values)
 			}
-			c.writeHeaderBlock(st.id, true)
+			c.w.WriteBlock(st.id, true)
 		case len(held)+len(p) == 0 && !w.headersEnd:
 			_ = c.fr.WriteData(st.id, true, nil)
 		}
@@ -288,7 +286,7 @@ func (w *responseWriter) commit(p []byte, end bool) error {
 		}
 		c.mu.Unlock()
 	}
-	return c.unlockWrite()
+	return c.w.Unlock()
 }
 
 // alive says why the stream can take no more frames, if it cannot.
@@ -312,21 +310,21 @@ func (w *responseWriter) alive() error {
 // holds the write lock.
 func (w *responseWriter) writeHeaders(end bool, sniffed string) {
 	c := w.c
-	c.hbuf = c.hbuf[:0]
-	c.encode(":status", statusText(w.status))
+	c.w.StartBlock()
+	c.w.Encode(":status", statusText(w.status))
 	for _, f := range w.fields {
 		c.encodeField(f.key, f.values)
 	}
 	if sniffed != "" {
-		c.encode("content-type", sniffed)
+		c.w.Encode("content-type", sniffed)
 	}
 	if w.declLen >= 0 && w.bodyAllowed() {
-		c.encode("content-length", strconv.FormatInt(w.declLen, 10))
+		c.w.Encode("content-length", strconv.FormatInt(w.declLen, 10))
 	}
 	if !w.hasDate {
-		c.encode("date", httpDate())
+		c.w.Encode("date", httpDate())
 	}
-	c.writeHeaderBlock(w.st.id, end)
+	c.w.WriteBlock(w.st.id, end)
 	w.headersEnd = end
 }
 
@@ -403,30 +401,11 @@ func (c *conn) encodeField(k string, vv []string) {
 	if !httpguts.ValidHeaderFieldName(k) {
 		return
 	}
-	name := c.wnames.lower(k)
+	name := c.w.Names.Lower(k)
 	for _, v := range vv {
 		if httpguts.ValidHeaderFieldValue(v) {
-			c.encode(name, v)
+			c.w.Encode(name, v)
 		}
-	}
-}
-
-func (c *conn) encode(name, value string) {
-	_ = c.henc.WriteField(hpack.HeaderField{Name: name, Value: value})
-}
-
-// writeHeaderBlock writes the encoded block in c.hbuf as HEADERS and, past
-// the client's frame size, CONTINUATION frames.
-func (c *conn) writeHeaderBlock(id uint32, end bool) {
-	block := c.hbuf
-	max := int(c.maxFrame)
-	first := block[:min(len(block), max)]
-	block = block[len(first):]
-	_ = c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: first, EndStream: end, EndHeaders: len(block) == 0})
-	for len(block) > 0 {
-		frag := block[:min(len(block), max)]
-		block = block[len(frag):]
-		_ = c.fr.WriteContinuation(id, len(block) == 0, frag)
 	}
 }
 

@@ -24,7 +24,6 @@
 package h2serve
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -33,11 +32,12 @@ import (
 	"net"
 	"net/http"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/watertight/watertight/proxy/internal/h2wire"
 )
 
 // Defaults for a Server's zero fields.
@@ -46,13 +46,13 @@ const (
 	defaultMaxHeader    = 1 << 20
 	initialStreamWindow = 1 << 20 // what each stream may send before we read it
 	initialConnWindow   = 1 << 20 // and all streams together
-	// writeBufferSize holds an answer's frames until they are flushed
-	// together. net/http's HTTP/2 server uses 4 KiB too.
+	// writeBufferSize is how much of an answer's body is held before its
+	// HEADERS go (see responseWriter); net/http's HTTP/2 server holds 4 KiB
+	// too.
 	writeBufferSize = 4 << 10
 	// defaultWindow is the window every HTTP/2 peer starts with.
 	defaultWindow = 65535
 	maxWindow     = 1<<31 - 1
-	minFrameSize  = 16384
 )
 
 // ClientPreface is what an HTTP/2 client sends first.
@@ -197,22 +197,11 @@ func (s *Server) maxHeaderBytes() uint32 {
 type conn struct {
 	s       *Server
 	nc      net.Conn
+	w       *h2wire.Conn // the framing: frames read here, written by all under w.Lock
 	fr      *http2.Framer
 	remote  string
 	baseCtx context.Context
-	names   names // the reader's header-name cache
-
-	// The write side: the framer's writes, the buffer and the HPACK
-	// encoder, under wmu. writers counts the goroutines holding or
-	// waiting for wmu, so that only the last of a burst flushes.
-	wmu      sync.Mutex
-	writers  atomic.Int32
-	bw       *bufio.Writer
-	henc     *hpack.Encoder
-	hbuf     []byte // the header block being encoded
-	werr     error  // the first write error: the connection is done
-	maxFrame uint32 // the largest frame the client reads
-	wnames   names  // the writers' header-name cache
+	names   h2wire.Names // the reader's header-name cache
 
 	// The rest, under mu.
 	mu         sync.Mutex
@@ -243,15 +232,13 @@ func newConn(s *Server, nc net.Conn) *conn {
 		sendWindow: defaultWindow,
 		peerWindow: defaultWindow,
 		recvWindow: initialConnWindow,
-		maxFrame:   minFrameSize,
 	}
 	c.window.L = &c.mu
-	c.bw = bufio.NewWriterSize(stickyWriter{c}, writeBufferSize)
-	c.fr = http2.NewFramer(c.bw, bufio.NewReaderSize(nc, 4<<10))
-	c.fr.SetMaxReadFrameSize(minFrameSize) // the default SETTINGS_MAX_FRAME_SIZE, which we keep
+	c.w = h2wire.NewConn(nc, "the app at "+c.remote)
+	c.fr = c.w.Framer
+	c.fr.SetMaxReadFrameSize(h2wire.MinFrameSize) // the default SETTINGS_MAX_FRAME_SIZE, which we keep
 	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	c.fr.MaxHeaderListSize = s.maxHeaderBytes()
-	c.henc = hpack.NewEncoder(hpackBuffer{c})
 	ctx := context.WithValue(context.Background(), http.ServerContextKey, s.HTTPServer)
 	ctx = context.WithValue(ctx, http.LocalAddrContextKey, nc.LocalAddr())
 	if s.ConnContext != nil {
@@ -259,48 +246,6 @@ func newConn(s *Server, nc net.Conn) *conn {
 	}
 	c.baseCtx = ctx
 	return c
-}
-
-// stickyWriter writes to the connection and remembers the first error;
-// the caller holds wmu.
-type stickyWriter struct{ c *conn }
-
-func (w stickyWriter) Write(p []byte) (int, error) {
-	if w.c.werr != nil {
-		return 0, w.c.werr
-	}
-	n, err := w.c.nc.Write(p)
-	if err != nil {
-		w.c.werr = fmt.Errorf("h2serve: writing to %s: %w", w.c.remote, err)
-		_ = w.c.nc.Close() // the reader notices and ends the streams
-	}
-	return n, err
-}
-
-// hpackBuffer collects the encoder's output; the caller holds wmu.
-type hpackBuffer struct{ c *conn }
-
-func (b hpackBuffer) Write(p []byte) (int, error) {
-	b.c.hbuf = append(b.c.hbuf, p...)
-	return len(p), nil
-}
-
-// lockWrite takes the write side. unlockWrite flushes unless another
-// writer is already waiting: it will flush, and both answers leave in one
-// write.
-func (c *conn) lockWrite() {
-	c.writers.Add(1)
-	c.wmu.Lock()
-}
-
-func (c *conn) unlockWrite() error {
-	var err error
-	if c.writers.Add(-1) == 0 {
-		err = c.bw.Flush()
-	}
-	err = errors.Join(err, c.werr)
-	c.wmu.Unlock()
-	return err
 }
 
 // serve reads the client's frames until the connection ends.
@@ -313,14 +258,14 @@ func (c *conn) serve() {
 	c.mu.Lock()
 	c.started = true
 	c.mu.Unlock()
-	c.lockWrite()
+	c.w.Lock()
 	_ = c.fr.WriteSettings(
 		http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: c.s.maxStreams()},
 		http2.Setting{ID: http2.SettingInitialWindowSize, Val: initialStreamWindow},
 		http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: c.s.maxHeaderBytes()},
 	)
 	_ = c.fr.WriteWindowUpdate(0, initialConnWindow-defaultWindow)
-	if err := c.unlockWrite(); err != nil {
+	if err := c.w.Unlock(); err != nil {
 		return
 	}
 	c.mu.Lock()
@@ -440,9 +385,9 @@ func (c *conn) process(f http2.Frame) error {
 		if f.IsAck() {
 			return nil
 		}
-		c.lockWrite()
+		c.w.Lock()
 		_ = c.fr.WritePing(true, f.Data)
-		return c.unlockWrite()
+		return c.w.Unlock()
 	case *http2.PriorityFrame:
 		if f.StreamDep == f.StreamID {
 			return streamError(f.StreamID, http2.ErrCodeProtocol)
@@ -488,22 +433,18 @@ func (c *conn) processSettings(f *http2.SettingsFrame) error {
 			c.window.Broadcast()
 			c.mu.Unlock()
 		case http2.SettingMaxFrameSize:
-			c.wmu.Lock()
-			c.maxFrame = s.Val
-			c.wmu.Unlock()
+			c.w.SetMaxFrame(s.Val)
 		case http2.SettingHeaderTableSize:
-			c.wmu.Lock()
-			c.henc.SetMaxDynamicTableSizeLimit(s.Val)
-			c.wmu.Unlock()
+			c.w.SetHeaderTableSize(s.Val)
 		}
 		return nil
 	})
 	if err != nil {
 		return err
 	}
-	c.lockWrite()
+	c.w.Lock()
 	_ = c.fr.WriteSettingsAck()
-	return c.unlockWrite()
+	return c.w.Unlock()
 }
 
 func (c *conn) processWindowUpdate(f *http2.WindowUpdateFrame) error {
@@ -566,9 +507,9 @@ func (c *conn) resetStream(id uint32, code http2.ErrCode) {
 		st.close(fmt.Errorf("h2serve: stream reset (%v)", code))
 	}
 	c.mu.Unlock()
-	c.lockWrite()
+	c.w.Lock()
 	_ = c.fr.WriteRSTStream(id, code)
-	_ = c.unlockWrite()
+	_ = c.w.Unlock()
 }
 
 // goAway sends GOAWAY. With NO_ERROR it is the graceful kind: the running
@@ -585,9 +526,9 @@ func (c *conn) goAway(code http2.ErrCode, reason string) {
 	c.mu.Unlock()
 	if started {
 		// Never before our SETTINGS: they are the first frame we send.
-		c.lockWrite()
+		c.w.Lock()
 		_ = c.fr.WriteGoAway(last, code, []byte(reason))
-		_ = c.unlockWrite()
+		_ = c.w.Unlock()
 	}
 	if code != http2.ErrCodeNo {
 		slog.Debug("h2serve: connection error", "remote", c.remote, "code", code, "reason", reason)
@@ -613,9 +554,8 @@ const lingerTimeout = time.Second
 func (c *conn) closeConn() {
 	// A writer stuck on a client that reads nothing gives up the lock.
 	_ = c.nc.SetWriteDeadline(time.Now().Add(lingerTimeout))
-	c.wmu.Lock()
-	_ = c.bw.Flush()
-	c.wmu.Unlock()
+	c.w.Lock()
+	_ = c.w.Unlock() // flushes what is buffered
 	closeWrite(c.nc)
 	_ = c.nc.SetReadDeadline(time.Now().Add(lingerTimeout))
 }
@@ -648,9 +588,8 @@ func (c *conn) teardown() {
 	c.window.Broadcast()
 	c.mu.Unlock()
 	_ = c.nc.SetWriteDeadline(time.Now().Add(lingerTimeout)) // see closeConn
-	c.wmu.Lock()
-	_ = c.bw.Flush()
-	c.wmu.Unlock()
+	c.w.Lock()
+	_ = c.w.Unlock()
 	closeWrite(c.nc)
 	c.handlers.Wait()
 	_ = c.nc.SetReadDeadline(time.Now().Add(lingerTimeout))

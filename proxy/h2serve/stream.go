@@ -87,14 +87,14 @@ func (c *conn) processHeaders(f *http2.MetaHeadersFrame) error {
 	}
 	if f.Truncated {
 		// Too long a header list: answered as net/http's server does.
-		c.lockWrite()
-		c.hbuf = c.hbuf[:0]
-		c.encode(":status", "431")
-		c.writeHeaderBlock(id, true)
+		c.w.Lock()
+		c.w.StartBlock()
+		c.w.Encode(":status", "431")
+		c.w.WriteBlock(id, true)
 		if !f.StreamEnded() {
 			_ = c.fr.WriteRSTStream(id, http2.ErrCodeNo)
 		}
-		return c.unlockWrite()
+		return c.w.Unlock()
 	}
 	st := &stream{c: c, id: id, declLen: -1, recvWindow: initialStreamWindow}
 	if err := c.newRequest(st, f); err != nil {
@@ -127,7 +127,7 @@ func (c *conn) trailers(st *stream, f *http2.MetaHeadersFrame) error {
 		return streamError(st.id, http2.ErrCodeProtocol)
 	}
 	for _, hf := range f.RegularFields() {
-		k := c.names.canonical(hf.Name)
+		k := c.names.Canonical(hf.Name)
 		if !httpguts.ValidTrailerHeader(k) {
 			return streamError(st.id, http2.ErrCodeProtocol)
 		}
@@ -240,14 +240,14 @@ func (c *conn) sendWindowUpdates(id, connInc, streamInc uint32) {
 	if connInc == 0 && streamInc == 0 {
 		return
 	}
-	c.lockWrite()
+	c.w.Lock()
 	if connInc > 0 {
 		_ = c.fr.WriteWindowUpdate(0, connInc)
 	}
 	if streamInc > 0 {
 		_ = c.fr.WriteWindowUpdate(id, streamInc)
 	}
-	_ = c.unlockWrite()
+	_ = c.w.Unlock()
 }
 
 // newRequest builds st's request from its header block, checking what
@@ -296,7 +296,7 @@ func (c *conn) newRequest(st *stream, f *http2.MetaHeadersFrame) error {
 			cookies = append(cookies, hf.Value)
 			continue
 		}
-		k := c.names.canonical(hf.Name)
+		k := c.names.Canonical(hf.Name)
 		h[k] = append(h[k], hf.Value)
 	}
 	if len(cookies) > 0 {
@@ -428,7 +428,7 @@ func (c *conn) handlerDone(st *stream) {
 	c.window.Broadcast()
 	c.mu.Unlock()
 	if connInc > 0 || stillSending {
-		c.lockWrite()
+		c.w.Lock()
 		if connInc > 0 {
 			_ = c.fr.WriteWindowUpdate(0, connInc)
 		}
@@ -437,7 +437,7 @@ func (c *conn) handlerDone(st *stream) {
 			// (RFC 9113, 8.1).
 			_ = c.fr.WriteRSTStream(st.id, http2.ErrCodeNo)
 		}
-		_ = c.unlockWrite()
+		_ = c.w.Unlock()
 	}
 	if closeNow {
 		c.closeConn()
@@ -526,38 +526,4 @@ func (b *body) Close() error {
 	c.mu.Unlock()
 	c.sendWindowUpdates(0, inc, 0)
 	return nil
-}
-
-// names caches header names between their wire (lower-case) and canonical
-// forms, as net/http's HTTP/2 server does: a connection sends the same few
-// names again and again.
-type names map[string]string
-
-const maxCachedNames = 256
-
-func (n *names) canonical(lower string) string {
-	if v, ok := (*n)[lower]; ok {
-		return v
-	}
-	v := http.CanonicalHeaderKey(lower)
-	n.put(lower, v)
-	return v
-}
-
-func (n *names) lower(canonical string) string {
-	if v, ok := (*n)[canonical]; ok {
-		return v
-	}
-	v := strings.ToLower(canonical)
-	n.put(canonical, v)
-	return v
-}
-
-func (n *names) put(k, v string) {
-	if *n == nil {
-		*n = names{}
-	}
-	if len(*n) < maxCachedNames {
-		(*n)[k] = v
-	}
 }

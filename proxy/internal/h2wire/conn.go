@@ -1,0 +1,138 @@
+// Package h2wire is what the sidecar's HTTP/2 server (proxy/h2serve) and
+// client (proxy/h2conn) share of the wire: a connection's framing, written
+// by many goroutines with their flushes shared, and a cache of header
+// names. The frames and HPACK are golang.org/x/net/http2's.
+package h2wire
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// MinFrameSize is every peer's SETTINGS_MAX_FRAME_SIZE until it says more.
+const MinFrameSize = 16384
+
+// writeBufferSize holds frames until they are flushed together; net/http's
+// HTTP/2 server and client use 4 KiB too.
+const writeBufferSize = 4 << 10
+
+// Conn is one connection's framing. Framer is read by one goroutine (the
+// connection's reader) and written by any, under Lock.
+type Conn struct {
+	Framer *http2.Framer
+	// Names is the writers' header-name cache; under Lock.
+	Names Names
+
+	nc       net.Conn
+	peer     string
+	mu       sync.Mutex
+	waiting  atomic.Int32 // writers holding or waiting for mu
+	bw       *bufio.Writer
+	enc      *hpack.Encoder
+	block    []byte
+	err      error // the first write error: the connection is done
+	maxFrame atomic.Uint32
+}
+
+// NewConn frames nc; peer names the other end in errors.
+func NewConn(nc net.Conn, peer string) *Conn {
+	c := &Conn{nc: nc, peer: peer}
+	c.maxFrame.Store(MinFrameSize)
+	c.bw = bufio.NewWriterSize(stickyWriter{c}, writeBufferSize)
+	c.Framer = http2.NewFramer(c.bw, bufio.NewReaderSize(nc, 4<<10))
+	c.enc = hpack.NewEncoder(blockWriter{c})
+	return c
+}
+
+// stickyWriter writes to the connection and keeps the first error; a
+// failed write closes the connection, so that its reader ends too.
+type stickyWriter struct{ c *Conn }
+
+func (w stickyWriter) Write(p []byte) (int, error) {
+	if w.c.err != nil {
+		return 0, w.c.err
+	}
+	n, err := w.c.nc.Write(p)
+	if err != nil {
+		w.c.err = fmt.Errorf("writing to %s: %w", w.c.peer, err)
+		_ = w.c.nc.Close()
+	}
+	return n, err
+}
+
+type blockWriter struct{ c *Conn }
+
+func (b blockWriter) Write(p []byte) (int, error) {
+	b.c.block = append(b.c.block, p...)
+	return len(p), nil
+}
+
+// Lock takes the write side.
+func (c *Conn) Lock() {
+	c.waiting.Add(1)
+	c.mu.Lock()
+}
+
+// Unlock flushes, unless another writer is already waiting: it will
+// flush, and what both wrote leaves in one write. It returns the
+// connection's write error, if any.
+func (c *Conn) Unlock() error {
+	var err error
+	if c.waiting.Add(-1) == 0 {
+		err = c.bw.Flush()
+	}
+	if err == nil {
+		err = c.err
+	}
+	c.mu.Unlock()
+	return err
+}
+
+// WriteString writes raw bytes (the client preface); under Lock.
+func (c *Conn) WriteString(s string) { _, _ = c.bw.WriteString(s) }
+
+// Err is the connection's write error; under Lock.
+func (c *Conn) Err() error { return c.err }
+
+// StartBlock begins a header block; under Lock.
+func (c *Conn) StartBlock() { c.block = c.block[:0] }
+
+// Encode adds a field to the block; under Lock.
+func (c *Conn) Encode(name, value string) {
+	_ = c.enc.WriteField(hpack.HeaderField{Name: name, Value: value})
+}
+
+// WriteBlock writes the block as HEADERS and, past the peer's frame size,
+// CONTINUATION frames; under Lock.
+func (c *Conn) WriteBlock(id uint32, end bool) {
+	block := c.block
+	size := int(c.maxFrame.Load())
+	first := block[:min(len(block), size)]
+	block = block[len(first):]
+	_ = c.Framer.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: first, EndStream: end, EndHeaders: len(block) == 0})
+	for len(block) > 0 {
+		frag := block[:min(len(block), size)]
+		block = block[len(frag):]
+		_ = c.Framer.WriteContinuation(id, len(block) == 0, frag)
+	}
+}
+
+// MaxFrame is the largest frame the peer reads.
+func (c *Conn) MaxFrame() uint32 { return c.maxFrame.Load() }
+
+// SetMaxFrame applies the peer's SETTINGS_MAX_FRAME_SIZE.
+func (c *Conn) SetMaxFrame(v uint32) { c.maxFrame.Store(v) }
+
+// SetHeaderTableSize applies the peer's SETTINGS_HEADER_TABLE_SIZE; it
+// takes the lock itself.
+func (c *Conn) SetHeaderTableSize(v uint32) {
+	c.mu.Lock()
+	c.enc.SetMaxDynamicTableSizeLimit(v)
+	c.mu.Unlock()
+}
