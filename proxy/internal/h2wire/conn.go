@@ -87,8 +87,8 @@ func (c *Conn) Unlock() error {
 	if c.waiting.Add(-1) == 0 {
 		err = c.bw.Flush()
 	}
-	if err == nil {
-		err = c.err
+	if c.err != nil {
+		err = c.err // the first, which says what was being written to
 	}
 	c.mu.Unlock()
 	return err
