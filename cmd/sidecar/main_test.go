@@ -69,6 +69,13 @@ func TestUsageAndVersion(t *testing.T) {
 		!strings.Contains(errb.String(), `--downstream-http1: "fasthttp" is neither "watertight" nor "net/http"`) {
 		t.Errorf("bad --downstream-http1: %d %q", code, errb.String())
 	}
+	for _, flag := range []string{"--upstream-http2", "--downstream-http2"} {
+		errb.Reset()
+		if code := run([]string{"run", "--config", "x.yaml", flag, "grpc"}, &out, &errb); code != 2 ||
+			!strings.Contains(errb.String(), flag+`: "grpc" is neither "watertight" nor "net/http"`) {
+			t.Errorf("bad %s: %d %q", flag, code, errb.String())
+		}
+	}
 	errb.Reset()
 	if code := run([]string{"run", "--bogus"}, &out, &errb); code != 2 {
 		t.Errorf("run --bogus: %d", code)
