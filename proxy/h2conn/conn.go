@@ -627,8 +627,12 @@ func (cc *clientConn) encodeRequest(req *http.Request, contentLength int64) erro
 			continue
 		}
 		name := cc.w.Names.Lower(k)
+		encode := cc.w.Encode
+		if k == "X-Request-Timeout" || k == "Grpc-Timeout" {
+			encode = cc.w.EncodeLiteral // a new value every millisecond
+		}
 		for _, v := range vv {
-			cc.w.Encode(name, v)
+			encode(name, v)
 		}
 	}
 	if !didUA {

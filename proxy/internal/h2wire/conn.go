@@ -108,6 +108,15 @@ func (c *Conn) Encode(name, value string) {
 	_ = c.enc.WriteField(hpack.HeaderField{Name: name, Value: value})
 }
 
+// EncodeLiteral adds a field without putting it in the HPACK table; under
+// Lock. For values that change with every request (a deadline in
+// milliseconds): indexed, each would be a new table entry evicting an older
+// one, churning the encoder's lookup maps for nothing a later request could
+// reuse.
+func (c *Conn) EncodeLiteral(name, value string) {
+	_ = c.enc.WriteField(hpack.HeaderField{Name: name, Value: value, Sensitive: true})
+}
+
 // WriteBlock writes the block as HEADERS and, past the peer's frame size,
 // CONTINUATION frames; under Lock.
 func (c *Conn) WriteBlock(id uint32, end bool) {

@@ -162,3 +162,46 @@ func TestNames(t *testing.T) {
 		t.Errorf("a name past the bound: %q", got)
 	}
 }
+
+// A literal field reaches the peer as never indexed, so that a value that
+// changes per request does not take over the HPACK table; the others are
+// indexed, and a repeat is sent as a reference.
+func TestEncodeLiteral(t *testing.T) {
+	c, _, peer := pipe(t)
+	fr := http2.NewFramer(nil, peer)
+	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	for id := uint32(1); id <= 3; id += 2 {
+		c.Lock()
+		c.StartBlock()
+		c.Encode(":status", "200")
+		c.Encode("x-kept", "same")
+		c.EncodeLiteral("x-request-timeout", strconv.Itoa(int(id))+"ms")
+		c.WriteBlock(id, true)
+		size := len(c.block)
+		if err := c.Unlock(); err != nil {
+			t.Fatal(err)
+		}
+		f, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var literal, kept hpack.HeaderField
+		for _, hf := range f.(*http2.MetaHeadersFrame).RegularFields() {
+			switch hf.Name {
+			case "x-request-timeout":
+				literal = hf
+			case "x-kept":
+				kept = hf
+			}
+		}
+		if !literal.Sensitive || literal.Value != strconv.Itoa(int(id))+"ms" {
+			t.Errorf("stream %d: the literal arrived as %+v, want never indexed", id, literal)
+		}
+		if kept.Sensitive || kept.Value != "same" {
+			t.Errorf("stream %d: the indexed field arrived as %+v", id, kept)
+		}
+		if id == 3 && size > 1+1+1+len("x-request-timeout")+1+len("3ms") {
+			t.Errorf("the second block is %d bytes: x-kept was not sent as a table reference", size)
+		}
+	}
+}
