@@ -54,8 +54,7 @@ type clientConn struct {
 	maxStreams uint32
 	sendWindow int64
 	peerWindow int32
-	recvWindow int32
-	recvUnsent int32
+	recv       h2wire.Inflow
 	goingAway  bool  // GOAWAY received: no new streams
 	broken     error // the connection is done
 	idleSince  time.Time
@@ -72,7 +71,7 @@ func newClientConn(t *Transport, addr string, nc net.Conn) (*clientConn, error) 
 		t: t, addr: addr, nc: nc,
 		streams: map[uint32]*clientStream{}, nextID: 1,
 		maxStreams: initialMaxStreams, sendWindow: defaultWindow, peerWindow: defaultWindow,
-		recvWindow: connWindow, settledc: make(chan struct{}),
+		recv: h2wire.NewInflow(connWindow), settledc: make(chan struct{}),
 	}
 	cc.window.L = &cc.mu
 	cc.w = h2wire.NewConn(nc, addr)
@@ -415,33 +414,34 @@ func (cc *clientConn) processHeaders(f *http2.MetaHeadersFrame) error {
 func (cc *clientConn) processData(f *http2.DataFrame) error {
 	n := int32(f.Length)
 	cc.mu.Lock()
-	if n > cc.recvWindow {
+	if !cc.recv.Take(n) {
 		cc.mu.Unlock()
 		return http2.ConnectionError(http2.ErrCodeFlowControl)
 	}
-	cc.recvWindow -= n
-	cs := cc.streams[f.StreamID]
-	if cs == nil || !cs.answered || cs.remoteDone {
-		inc := cc.release(n)
+	// A frame the stream does not take still counted against the
+	// connection, and is given back; a stream it was meant for is reset.
+	refuse := func(code http2.ErrCode, why string) error {
+		inc := cc.recv.Release(n)
 		cc.mu.Unlock()
-		cc.sendWindowUpdates(0, inc, 0)
-		if cs != nil && !cs.answered {
-			cc.resetStream(f.StreamID, http2.ErrCodeProtocol, fmt.Errorf("h2conn: %s sent DATA before HEADERS", cc.addr))
+		cc.w.WriteWindowUpdates(0, inc, 0)
+		if why != "" {
+			cc.resetStream(f.StreamID, code, fmt.Errorf("h2conn: %s %s", cc.addr, why))
 		}
 		return nil
 	}
-	if n > cs.recvWindow {
-		cc.mu.Unlock()
-		cc.resetStream(f.StreamID, http2.ErrCodeFlowControl, fmt.Errorf("h2conn: %s sent beyond the stream's window", cc.addr))
-		return nil
+	cs := cc.streams[f.StreamID]
+	switch {
+	case cs == nil || cs.remoteDone:
+		return refuse(0, "") // a stream we gave up on, or one already ended
+	case !cs.answered:
+		return refuse(http2.ErrCodeProtocol, "sent DATA before HEADERS")
+	case !cs.recv.Take(n):
+		return refuse(http2.ErrCodeFlowControl, "sent beyond the stream's window")
 	}
-	cs.recvWindow -= n
 	data := f.Data()
 	cs.got += int64(len(data))
 	if cs.declLen >= 0 && cs.got > cs.declLen {
-		cc.mu.Unlock()
-		cc.resetStream(f.StreamID, http2.ErrCodeProtocol, fmt.Errorf("h2conn: %s sent more than its Content-Length", cc.addr))
-		return nil
+		return refuse(http2.ErrCodeProtocol, "sent more than its Content-Length")
 	}
 	unread := n - int32(len(data))
 	if !cs.bodyClosed {
@@ -453,38 +453,13 @@ func (cc *clientConn) processData(f *http2.DataFrame) error {
 	if f.StreamEnded() {
 		cs.endOfAnswer()
 	}
-	connInc, streamInc := cc.release(unread), uint32(0)
+	connInc, streamInc := cc.recv.Release(unread), uint32(0)
 	if unread > 0 && !cs.remoteDone {
-		streamInc = cs.release(unread)
+		streamInc = cs.recv.Release(unread)
 	}
 	cc.mu.Unlock()
-	cc.sendWindowUpdates(f.StreamID, connInc, streamInc)
+	cc.w.WriteWindowUpdates(f.StreamID, connInc, streamInc)
 	return nil
-}
-
-func (cc *clientConn) release(n int32) uint32 {
-	cc.recvUnsent += n
-	if cc.recvUnsent < connWindow/4 {
-		return 0
-	}
-	inc := cc.recvUnsent
-	cc.recvUnsent = 0
-	cc.recvWindow += inc
-	return uint32(inc)
-}
-
-func (cc *clientConn) sendWindowUpdates(id, connInc, streamInc uint32) {
-	if connInc == 0 && streamInc == 0 {
-		return
-	}
-	cc.lockWrite()
-	if connInc > 0 {
-		_ = cc.fr.WriteWindowUpdate(0, connInc)
-	}
-	if streamInc > 0 {
-		_ = cc.fr.WriteWindowUpdate(id, streamInc)
-	}
-	_ = cc.unlockWrite()
 }
 
 // goIdle notes that the connection has no streams; the caller holds mu.

@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 
 	"golang.org/x/net/http2"
+
+	"github.com/watertight/watertight/proxy/internal/h2wire"
 )
 
 // clientStream is one request and its answer. The fields below mu's line
@@ -36,8 +38,7 @@ type clientStream struct {
 	sendDone   bool // the request is complete, or will not be
 	done       bool // out of cc.streams
 	sendWindow int64
-	recvWindow int32
-	recvUnsent int32
+	recv       h2wire.Inflow
 	declLen    int64
 	got        int64
 	buf        []byte
@@ -59,7 +60,7 @@ func (e refusedError) Unwrap() error { return e.err }
 func (cc *clientConn) roundTrip(req *http.Request) (*http.Response, error) {
 	cs := &clientStream{
 		cc: cc, req: req, head: req.Method == http.MethodHead,
-		resc: make(chan struct{}), declLen: -1, recvWindow: streamWindow,
+		resc: make(chan struct{}), declLen: -1, recv: h2wire.NewInflow(streamWindow),
 		trace: httptrace.ContextClientTrace(req.Context()),
 	}
 	cs.body.cs = cs
@@ -371,12 +372,12 @@ func (b *responseBody) Read(p []byte) (int, error) {
 	if len(cs.buf) == 0 {
 		cs.buf = cs.buf[:0:0]
 	}
-	connInc, streamInc := cc.release(int32(n)), uint32(0)
+	connInc, streamInc := cc.recv.Release(int32(n)), uint32(0)
 	if !cs.remoteDone && !cs.done {
-		streamInc = cs.release(int32(n))
+		streamInc = cs.recv.Release(int32(n))
 	}
 	cc.mu.Unlock()
-	cc.sendWindowUpdates(cs.id, connInc, streamInc)
+	cc.w.WriteWindowUpdates(cs.id, connInc, streamInc)
 	return n, nil
 }
 
@@ -390,7 +391,7 @@ func (b *responseBody) Close() error {
 		return nil
 	}
 	cs.bodyClosed = true
-	inc := cc.release(int32(len(cs.buf)))
+	inc := cc.recv.Release(int32(len(cs.buf)))
 	cs.buf = nil
 	reset := !cs.done && !cs.remoteDone
 	if reset {
@@ -401,23 +402,11 @@ func (b *responseBody) Close() error {
 	}
 	cs.ready.Broadcast()
 	cc.mu.Unlock()
-	cc.sendWindowUpdates(0, inc, 0)
+	cc.w.WriteWindowUpdates(0, inc, 0)
 	if reset {
 		cc.lockWrite()
 		_ = cc.fr.WriteRSTStream(cs.id, http2.ErrCodeCancel)
 		_ = cc.unlockWrite()
 	}
 	return nil
-}
-
-// release gives n bytes of the stream's window back, batched.
-func (cs *clientStream) release(n int32) uint32 {
-	cs.recvUnsent += n
-	if cs.recvUnsent < streamWindow/4 {
-		return 0
-	}
-	inc := cs.recvUnsent
-	cs.recvUnsent = 0
-	cs.recvWindow += inc
-	return uint32(inc)
 }

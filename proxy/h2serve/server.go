@@ -145,15 +145,6 @@ func (s *Server) idleCh() chan struct{} {
 	return s.idle
 }
 
-func (s *Server) changed() {
-	s.mu.Lock()
-	if s.idle != nil {
-		close(s.idle)
-		s.idle = nil
-	}
-	s.mu.Unlock()
-}
-
 func (s *Server) track(c *conn) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -207,16 +198,15 @@ type conn struct {
 	mu         sync.Mutex
 	window     sync.Cond // signalled when a send window grows or streams end
 	streams    map[uint32]*stream
-	maxID      uint32 // the highest stream the client opened
-	running    int    // handlers running (reset streams' included)
-	sendWindow int64  // what we may still send on the connection
-	peerWindow int32  // the client's SETTINGS_INITIAL_WINDOW_SIZE
-	recvWindow int32  // what the client may still send on the connection
-	recvUnsent int32  // connection window consumed and not yet given back
-	started    bool   // our SETTINGS went out: a GOAWAY may follow
-	goingAway  bool   // GOAWAY being sent: no new streams
-	goAwaySent bool   // and sent: the connection may close once idle
-	peerGone   bool   // the client sent GOAWAY
+	maxID      uint32        // the highest stream the client opened
+	running    int           // handlers running (reset streams' included)
+	sendWindow int64         // what we may still send on the connection
+	peerWindow int32         // the client's SETTINGS_INITIAL_WINDOW_SIZE
+	recv       h2wire.Inflow // the connection's receive window
+	started    bool          // our SETTINGS went out: a GOAWAY may follow
+	goingAway  bool          // GOAWAY being sent: no new streams
+	goAwaySent bool          // and sent: the connection may close once idle
+	peerGone   bool          // the client sent GOAWAY
 	closed     bool
 	idleSince  time.Time
 	idleTimer  *time.Timer
@@ -231,7 +221,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 		streams:    map[uint32]*stream{},
 		sendWindow: defaultWindow,
 		peerWindow: defaultWindow,
-		recvWindow: initialConnWindow,
+		recv:       h2wire.NewInflow(initialConnWindow),
 	}
 	c.window.L = &c.mu
 	c.w = h2wire.NewConn(nc, "the app at "+c.remote)

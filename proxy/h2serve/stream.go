@@ -14,6 +14,8 @@ import (
 
 	"golang.org/x/net/http/httpguts"
 	"golang.org/x/net/http2"
+
+	"github.com/watertight/watertight/proxy/internal/h2wire"
 )
 
 // stream is one request and its answer. The handler's side (rw, req) is
@@ -22,13 +24,12 @@ type stream struct {
 	c  *conn
 	id uint32
 
-	remoteDone bool  // END_STREAM received: half closed (remote)
-	ended      bool  // closed: reset, or done both ways; out of c.streams
-	err        error // why it ended before its time
-	sendWindow int64 // what we may still send on it
-	recvWindow int32 // what the client may still send on it
-	recvUnsent int32 // consumed and not yet given back
-	declLen    int64 // the request's Content-Length, or -1
+	remoteDone bool          // END_STREAM received: half closed (remote)
+	ended      bool          // closed: reset, or done both ways; out of c.streams
+	err        error         // why it ended before its time
+	sendWindow int64         // what we may still send on it
+	recv       h2wire.Inflow // its receive window
+	declLen    int64         // the request's Content-Length, or -1
 	gotLen     int64
 	trailer    http.Header // the request's trailers, as they arrive
 	body       *body       // nil when the request has none
@@ -96,7 +97,7 @@ func (c *conn) processHeaders(f *http2.MetaHeadersFrame) error {
 		}
 		return c.w.Unlock()
 	}
-	st := &stream{c: c, id: id, declLen: -1, recvWindow: initialStreamWindow}
+	st := &stream{c: c, id: id, declLen: -1, recv: h2wire.NewInflow(initialStreamWindow)}
 	if err := c.newRequest(st, f); err != nil {
 		if err == errMalformed {
 			return streamError(id, http2.ErrCodeProtocol)
@@ -161,33 +162,29 @@ func (c *conn) processData(f *http2.DataFrame) error {
 		c.mu.Unlock()
 		return protocolError("DATA on idle stream %d", id)
 	}
-	if n > c.recvWindow {
+	if !c.recv.Take(n) {
 		c.mu.Unlock()
 		return connError{http2.ErrCodeFlowControl, "DATA beyond the connection's window"}
 	}
-	c.recvWindow -= n
+	// A frame the stream refuses still counted against the connection,
+	// and is given back.
+	refuse := func(code http2.ErrCode) error {
+		inc := c.recv.Release(n)
+		c.mu.Unlock()
+		c.w.WriteWindowUpdates(0, inc, 0)
+		return streamError(id, code)
+	}
 	st := c.streams[id]
 	if st == nil || st.remoteDone {
-		// Counted against the connection all the same, and given back.
-		inc := c.release(nil, n)
-		c.mu.Unlock()
-		c.sendWindowUpdates(0, inc, 0)
-		return streamError(id, http2.ErrCodeStreamClosed)
+		return refuse(http2.ErrCodeStreamClosed)
 	}
-	if n > st.recvWindow {
-		inc := c.release(nil, n)
-		c.mu.Unlock()
-		c.sendWindowUpdates(0, inc, 0)
-		return streamError(id, http2.ErrCodeFlowControl)
+	if !st.recv.Take(n) {
+		return refuse(http2.ErrCodeFlowControl)
 	}
-	st.recvWindow -= n
 	data := f.Data()
 	st.gotLen += int64(len(data))
 	if st.declLen >= 0 && st.gotLen > st.declLen {
-		inc := c.release(nil, n)
-		c.mu.Unlock()
-		c.sendWindowUpdates(0, inc, 0)
-		return streamError(id, http2.ErrCodeProtocol)
+		return refuse(http2.ErrCodeProtocol)
 	}
 	// The padding, and data nobody will read, go back at once.
 	unread := n - int32(len(data))
@@ -201,53 +198,13 @@ func (c *conn) processData(f *http2.DataFrame) error {
 	if f.StreamEnded() {
 		err = c.endOfRequest(st)
 	}
-	connInc, streamInc := c.release(nil, unread), uint32(0)
+	connInc, streamInc := c.recv.Release(unread), uint32(0)
 	if unread > 0 && !st.remoteDone {
-		streamInc = c.releaseStream(st, unread)
+		streamInc = st.recv.Release(unread)
 	}
 	c.mu.Unlock()
-	c.sendWindowUpdates(id, connInc, streamInc)
+	c.w.WriteWindowUpdates(id, connInc, streamInc)
 	return err
-}
-
-// release gives n bytes of the connection's window back, and says how much
-// to announce now; the caller holds c.mu. Updates are batched: one per
-// quarter window.
-func (c *conn) release(_ *stream, n int32) uint32 {
-	c.recvUnsent += n
-	if c.recvUnsent < initialConnWindow/4 {
-		return 0
-	}
-	inc := c.recvUnsent
-	c.recvUnsent = 0
-	c.recvWindow += inc
-	return uint32(inc)
-}
-
-// releaseStream does the same for a stream's own window.
-func (c *conn) releaseStream(st *stream, n int32) uint32 {
-	st.recvUnsent += n
-	if st.recvUnsent < initialStreamWindow/4 {
-		return 0
-	}
-	inc := st.recvUnsent
-	st.recvUnsent = 0
-	st.recvWindow += inc
-	return uint32(inc)
-}
-
-func (c *conn) sendWindowUpdates(id, connInc, streamInc uint32) {
-	if connInc == 0 && streamInc == 0 {
-		return
-	}
-	c.w.Lock()
-	if connInc > 0 {
-		_ = c.fr.WriteWindowUpdate(0, connInc)
-	}
-	if streamInc > 0 {
-		_ = c.fr.WriteWindowUpdate(id, streamInc)
-	}
-	_ = c.w.Unlock()
 }
 
 // newRequest builds st's request from its header block, checking what
@@ -409,7 +366,7 @@ func (c *conn) handlerDone(st *stream) {
 	var connInc uint32
 	if b := st.body; b != nil && !b.closed {
 		b.closed = true
-		connInc = c.release(nil, int32(len(b.buf)))
+		connInc = c.recv.Release(int32(len(b.buf)))
 		b.buf = nil
 		b.ready.Broadcast() // a reader the handler left behind
 	}
@@ -441,16 +398,6 @@ func (c *conn) handlerDone(st *stream) {
 	}
 	if closeNow {
 		c.closeConn()
-	}
-	c.s.changedIfShutting()
-}
-
-func (s *Server) changedIfShutting() {
-	s.mu.Lock()
-	shutting := s.shutting
-	s.mu.Unlock()
-	if shutting {
-		s.changed()
 	}
 }
 
@@ -504,12 +451,12 @@ func (b *body) Read(p []byte) (int, error) {
 	if len(b.buf) == 0 {
 		b.buf = b.buf[:0:0] // let the frame-sized array go
 	}
-	connInc, streamInc := c.release(nil, int32(n)), uint32(0)
+	connInc, streamInc := c.recv.Release(int32(n)), uint32(0)
 	if !st.remoteDone && !st.ended {
-		streamInc = c.releaseStream(st, int32(n))
+		streamInc = st.recv.Release(int32(n))
 	}
 	c.mu.Unlock()
-	c.sendWindowUpdates(st.id, connInc, streamInc)
+	c.w.WriteWindowUpdates(st.id, connInc, streamInc)
 	return n, nil
 }
 
@@ -519,11 +466,11 @@ func (b *body) Close() error {
 	var inc uint32
 	if !b.closed {
 		b.closed = true
-		inc = c.release(nil, int32(len(b.buf)))
+		inc = c.recv.Release(int32(len(b.buf)))
 		b.buf = nil
 		b.ready.Broadcast()
 	}
 	c.mu.Unlock()
-	c.sendWindowUpdates(0, inc, 0)
+	c.w.WriteWindowUpdates(0, inc, 0)
 	return nil
 }
