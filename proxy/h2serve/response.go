@@ -28,6 +28,8 @@ type responseWriter struct {
 	wroteHeader bool    // the final status is chosen
 	sentHeader  bool    // its HEADERS frame is on the wire
 	fields      []field // the header as it was at WriteHeader
+	fieldArr    [6]field
+	valueArr    [8]string
 	trailerKeys []string
 	hasType     bool // Content-Type set (possibly to nothing)
 	hasEncoding bool
@@ -78,8 +80,15 @@ func (w *responseWriter) WriteHeader(code int) {
 	for _, vv := range h {
 		n += len(vv)
 	}
-	values := make([]string, 0, n)
-	w.fields = make([]field, 0, len(h))
+	// Typical answers fit the arrays the stream carries: no allocation.
+	values, fields := w.valueArr[:0], w.fieldArr[:0]
+	if n > len(w.valueArr) {
+		values = make([]string, 0, n)
+	}
+	if len(h) > len(w.fieldArr) {
+		fields = make([]field, 0, len(h))
+	}
+	w.fields = fields
 	for k, vv := range h {
 		switch k {
 		case "Content-Length":
