@@ -325,6 +325,36 @@ func (c *rawConn) awaitPings(n int) error {
 }
 
 // headers reads up to the next HEADERS frame.
+// roundTripAsync sends req on its own goroutine; the channel gets
+// RoundTrip's error (the answer, if any, is closed unread).
+func roundTripAsync(tr http.RoundTripper, req *http.Request) <-chan error {
+	errc := make(chan error, 1)
+	go func() {
+		res, err := tr.RoundTrip(req)
+		if err == nil {
+			_ = res.Body.Close()
+		}
+		errc <- err
+	}()
+	return errc
+}
+
+// firstRequest does the handshake and reads the first request's HEADERS;
+// nil, with the test failed, if either goes wrong.
+func (c *rawConn) firstRequest(t *testing.T) *http2.MetaHeadersFrame {
+	t.Helper()
+	if err := c.handshake(); err != nil {
+		t.Error(err)
+		return nil
+	}
+	h, err := c.headers()
+	if err != nil {
+		t.Error(err)
+		return nil
+	}
+	return h
+}
+
 func (c *rawConn) headers() (*http2.MetaHeadersFrame, error) {
 	for {
 		f, err := c.next()
@@ -788,14 +818,7 @@ func TestCancel(t *testing.T) {
 		ctx, cancel := context.WithCancel(t.Context())
 		defer cancel()
 		req := newRequest(t, http.MethodGet, s.url+"/wait", nil).WithContext(ctx)
-		errc := make(chan error, 1)
-		go func() {
-			res, err := tr.RoundTrip(req)
-			if err == nil {
-				_ = res.Body.Close()
-			}
-			errc <- err
-		}()
+		errc := roundTripAsync(tr, req)
 		recv(t, started, "the handler")
 		cancel()
 		if err := recv(t, errc, "RoundTrip to return"); !errors.Is(err, context.Canceled) {
@@ -875,14 +898,7 @@ func TestRequestBodyClosed(t *testing.T) {
 		defer cancel()
 		req := newRequest(t, http.MethodPost, s.url+"/upload", body).WithContext(ctx)
 		req.ContentLength = -1
-		errc := make(chan error, 1)
-		go func() {
-			res, err := tr.RoundTrip(req)
-			if err == nil {
-				_ = res.Body.Close()
-			}
-			errc <- err
-		}()
+		errc := roundTripAsync(tr, req)
 		recv(t, started, "the handler")
 		cancel()
 		if err := recv(t, errc, "RoundTrip to return"); !errors.Is(err, context.Canceled) {
@@ -1187,18 +1203,14 @@ func TestRetryRefused(t *testing.T) {
 	t.Run("REFUSED_STREAM", func(t *testing.T) {
 		var headers atomic.Int64
 		s := newRawServer(t, func(_ int64, c *rawConn) {
-			if err := c.handshake(); err != nil {
-				t.Error(err)
-				return
-			}
-			h, err := c.headers()
-			if err != nil {
-				t.Error(err)
+			h := c.firstRequest(t)
+			if h == nil {
 				return
 			}
 			headers.Add(1)
 			_ = c.fr.WriteRSTStream(h.StreamID, http2.ErrCodeRefusedStream)
-			if h, err = c.headers(); err != nil {
+			h, err := c.headers()
+			if err != nil {
 				t.Errorf("waiting for the retry: %v", err)
 				return
 			}
@@ -1215,13 +1227,8 @@ func TestRetryRefused(t *testing.T) {
 
 	t.Run("GOAWAY", func(t *testing.T) {
 		s := newRawServer(t, func(n int64, c *rawConn) {
-			if err := c.handshake(); err != nil {
-				t.Error(err)
-				return
-			}
-			h, err := c.headers()
-			if err != nil {
-				t.Error(err)
+			h := c.firstRequest(t)
+			if h == nil {
 				return
 			}
 			if n == 1 {
@@ -1244,13 +1251,8 @@ func TestRetryRefused(t *testing.T) {
 
 	t.Run("GOAWAY lets the streams below finish", func(t *testing.T) {
 		s := newRawServer(t, func(n int64, c *rawConn) {
-			if err := c.handshake(); err != nil {
-				t.Error(err)
-				return
-			}
-			h, err := c.headers()
-			if err != nil {
-				t.Error(err)
+			h := c.firstRequest(t)
+			if h == nil {
 				return
 			}
 			if n == 1 {
@@ -1332,13 +1334,8 @@ func TestRetryRefused(t *testing.T) {
 func TestErrors(t *testing.T) {
 	t.Run("connection closed mid-answer", func(t *testing.T) {
 		s := newRawServer(t, func(_ int64, c *rawConn) {
-			if err := c.handshake(); err != nil {
-				t.Error(err)
-				return
-			}
-			h, err := c.headers()
-			if err != nil {
-				t.Error(err)
+			h := c.firstRequest(t)
+			if h == nil {
 				return
 			}
 			_ = c.writeHeaders(h.StreamID, false, ":status", "200")
@@ -1367,13 +1364,8 @@ func TestErrors(t *testing.T) {
 
 	t.Run("stream reset mid-answer", func(t *testing.T) {
 		s := newRawServer(t, func(_ int64, c *rawConn) {
-			if err := c.handshake(); err != nil {
-				t.Error(err)
-				return
-			}
-			h, err := c.headers()
-			if err != nil {
-				t.Error(err)
+			h := c.firstRequest(t)
+			if h == nil {
 				return
 			}
 			_ = c.writeHeaders(h.StreamID, false, ":status", "200")
@@ -1442,13 +1434,8 @@ func TestErrors(t *testing.T) {
 
 	t.Run("body longer than its content-length", func(t *testing.T) {
 		s := newRawServer(t, func(_ int64, c *rawConn) {
-			if err := c.handshake(); err != nil {
-				t.Error(err)
-				return
-			}
-			h, err := c.headers()
-			if err != nil {
-				t.Error(err)
+			h := c.firstRequest(t)
+			if h == nil {
 				return
 			}
 			_ = c.writeHeaders(h.StreamID, false, ":status", "200", "content-length", "3")
@@ -1488,13 +1475,8 @@ func TestErrors(t *testing.T) {
 		// net/http's Transport answers io.ErrUnexpectedEOF here: the body
 		// the header promised is missing.
 		s := newRawServer(t, func(_ int64, c *rawConn) {
-			if err := c.handshake(); err != nil {
-				t.Error(err)
-				return
-			}
-			h, err := c.headers()
-			if err != nil {
-				t.Error(err)
+			h := c.firstRequest(t)
+			if h == nil {
 				return
 			}
 			_ = c.writeHeaders(h.StreamID, true, ":status", "200", "content-length", "10")
@@ -1513,13 +1495,8 @@ func TestErrors(t *testing.T) {
 
 	t.Run("invalid :status", func(t *testing.T) {
 		s := newRawServer(t, func(_ int64, c *rawConn) {
-			if err := c.handshake(); err != nil {
-				t.Error(err)
-				return
-			}
-			h, err := c.headers()
-			if err != nil {
-				t.Error(err)
+			h := c.firstRequest(t)
+			if h == nil {
 				return
 			}
 			_ = c.writeHeaders(h.StreamID, true, ":status", "2xx")
@@ -1805,13 +1782,8 @@ func TestReadIdleTimeout(t *testing.T) {
 
 	t.Run("answered pings keep the connection", func(t *testing.T) {
 		s := newRawServer(t, func(_ int64, c *rawConn) {
-			if err := c.handshake(); err != nil {
-				t.Error(err)
-				return
-			}
-			h, err := c.headers()
-			if err != nil {
-				t.Error(err)
+			h := c.firstRequest(t)
+			if h == nil {
 				return
 			}
 			// A slow answer: the client pings meanwhile, and must be
