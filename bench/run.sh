@@ -785,7 +785,7 @@ write_meta() { # PHASE: start | end
   "cpu_model": "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')",
   "kernel": "$(uname -r)",
   "go": "$(go env GOVERSION)",
-  "haproxy": "$(haproxy -v | head -1 | cut -d' ' -f3)",
+  "haproxy": "$(haproxy -v | sed -n 1p | cut -d' ' -f3)",
   "nginx": "$("$NGINX" -v 2>&1 | cut -d/ -f2)",
   "caddy": "$CADDY_VERSION",
   "parts": "$PARTS",
