@@ -658,29 +658,39 @@ run_one() {
 		"${LOAD_PIN[@]}" h2load "${H2LOAD_ARGS[@]}" >"$RUNS/$file" 2>&1 ||
 			log "warning: h2load failed for $base (see bench/out/runs/$file)"
 	fi
-	local noise cpu rss
-	read -r cpu rss < <(proc_end)
+	local noise cpu rss cs
+	read -r cpu rss cs < <(proc_end)
 	noise=$(noise_end)
-	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$sc" "$kind" "$desc" "$t" "$rep" "$tool" "$file" "$noise" "$cpu" "$rss" >>"$RUNS/manifest.tsv"
+	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$sc" "$kind" "$desc" "$t" "$rep" "$tool" "$file" "$noise" "$cpu" "$rss" "$cs" >>"$RUNS/manifest.tsv"
 	log "  $sc rep $rep $t: $(summary_line "$tool" "$RUNS/$file")${noise:+ (others used $noise% of the server core)}"
 }
 
 # The proxy process's cost per measurement: utime+stime from /proc/PID/stat
-# before and after (CPU seconds; the report divides by the requests), and
-# the peak RSS during the measurement (VmHWM, reset before it by writing 5
-# to /proc/PID/clear_refs, which needs root or the same user).
+# before and after (CPU seconds; the report divides by the requests), the
+# peak RSS during the measurement (VmHWM, reset before it by writing 5 to
+# /proc/PID/clear_refs, which needs root or the same user), and the context
+# switches of all its threads. The last show where a Go proxy's kernel time
+# goes that a C proxy's does not: the runtime's scheduler threads (sysmon,
+# Ms handed a P while another sits in a slow loopback write) switch on the
+# same core as the work. A thread that exits mid-measurement is missed.
 CLK_TCK=$(getconf CLK_TCK)
 proc_jiffies() { cut -d')' -f2 "/proc/$1/stat" 2>/dev/null | awk '{ print $12 + $13 }'; }
+proc_switches() {
+	cat "/proc/$1"/task/*/status 2>/dev/null | awk '/^(nonvoluntary|voluntary)_ctxt_switches:/ { s += $2 } END { print s + 0 }'
+}
 proc_start() {
 	PROC_PID=$1
 	PROC_J0=$(proc_jiffies "$PROC_PID")
+	PROC_CS0=$(proc_switches "$PROC_PID")
 	echo 5 >"/proc/$PROC_PID/clear_refs" 2>/dev/null || true
 }
-proc_end() { # prints "cpu_seconds peak_rss_kb"
-	local j1 hwm
+proc_end() { # prints "cpu_seconds peak_rss_kb context_switches"
+	local j1 hwm cs1
 	j1=$(proc_jiffies "$PROC_PID")
+	cs1=$(proc_switches "$PROC_PID")
 	hwm=$(awk '/^VmHWM:/ { print $2 }' "/proc/$PROC_PID/status" 2>/dev/null)
-	awk -v a="$PROC_J0" -v b="$j1" -v t="$CLK_TCK" -v h="${hwm:-0}" 'BEGIN { printf "%.2f %d\n", (b - a) / t, h }'
+	awk -v a="$PROC_J0" -v b="$j1" -v t="$CLK_TCK" -v h="${hwm:-0}" -v c=$((cs1 - PROC_CS0)) \
+		'BEGIN { printf "%.2f %d %d\n", (b - a) / t, h, c }'
 }
 
 # The noise meter. Other processes on the box (builds, tests) steal CPU from

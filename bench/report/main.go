@@ -82,6 +82,10 @@ type run struct {
 	CPU, CPUPer1k float64
 	// RSSKB is the proxy process's peak RSS during the measurement.
 	RSSKB float64
+	// Switches counts the context switches of all the proxy's threads during
+	// the measurement, voluntary and not; SwitchesPerReq the same per request
+	// (NaN for h2load, as CPUPer1k).
+	Switches, SwitchesPerReq float64
 }
 
 func (r run) MarshalJSON() ([]byte, error) {
@@ -103,10 +107,12 @@ func (r run) MarshalJSON() ([]byte, error) {
 		CPU      *float64 `json:"cpu_s"`
 		CPUPer1k *float64 `json:"cpu_s_per_1000_req"`
 		RSSKB    *float64 `json:"peak_rss_kb"`
+		Switches *float64 `json:"context_switches"`
+		SwPerReq *float64 `json:"context_switches_per_req"`
 	}
 	return json.Marshal(plain{r.Scenario, r.Target, r.Rep, r.Tool, r.QPS,
 		us(r.Mean), us(r.P50), us(r.P90), us(r.P99), us(r.P999), r.Requests, r.Errors, r.File, ptr(r.Noise),
-		ptr(r.CPU), ptr(round(r.CPUPer1k, 4)), ptr(r.RSSKB)})
+		ptr(r.CPU), ptr(round(r.CPUPer1k, 4)), ptr(r.RSSKB), ptr(r.Switches), ptr(round(r.SwitchesPerReq, 3))})
 }
 
 // us converts seconds to microseconds, nil for NaN.
@@ -134,6 +140,8 @@ type summary struct {
 	Noise    float64 // median foreign CPU share of the server core, %
 	CPUPer1k float64 // median CPU seconds per 1000 requests of the proxy process
 	RSSMB    float64 // median peak RSS, MB
+	// SwitchesPerReq is the median of the proxy's context switches per request.
+	SwitchesPerReq float64
 	// Ratios of medians (NaN when a baseline is missing, or for added
 	// latency when the baseline proxy added none: the run was too noisy).
 	QPSvsDirect, QPSvsRevproxy, QPSvsHAProxy float64
@@ -163,12 +171,13 @@ func (s summary) MarshalJSON() ([]byte, error) {
 		Noise              *float64 `json:"foreign_cpu_pct_median"`
 		CPUPer1k           *float64 `json:"cpu_s_per_1000_req_median"`
 		RSSMB              *float64 `json:"peak_rss_mb_median"`
+		SwitchesPerReq     *float64 `json:"context_switches_per_req_median"`
 	}
 	return json.Marshal(plain{s.Scenario, s.Target, s.Reps, round(s.QPS, 1), round(s.QPSMin, 1), round(s.QPSMax, 1),
 		us(s.Mean), us(s.P50), us(s.P90), us(s.P99), s.Errors,
 		ptr(round(s.QPSvsDirect, 3)), ptr(round(s.QPSvsRevproxy, 3)), ptr(round(s.QPSvsHAProxy, 3)),
 		us(s.AddedP50), ptr(round(s.AddedP50vsRevproxy, 3)), ptr(round(s.AddedP50vsHAProxy, 3)), ptr(round(s.Noise, 1)),
-		ptr(round(s.CPUPer1k, 4)), ptr(round(s.RSSMB, 1))})
+		ptr(round(s.CPUPer1k, 4)), ptr(round(s.RSSMB, 1)), ptr(round(s.SwitchesPerReq, 3))})
 }
 
 func round(v float64, digits int) float64 {
@@ -263,7 +272,7 @@ func readRuns(dir string) ([]run, []scenario, error) {
 		}
 		rep, _ := strconv.Atoi(repS)
 		r := run{Scenario: name, Target: target, Rep: rep, Tool: tool, File: file, Noise: math.NaN(),
-			CPU: math.NaN(), CPUPer1k: math.NaN(), RSSKB: math.NaN()}
+			CPU: math.NaN(), CPUPer1k: math.NaN(), RSSKB: math.NaN(), Switches: math.NaN(), SwitchesPerReq: math.NaN()}
 		if len(fields) > 7 && fields[7] != "" {
 			r.Noise, _ = strconv.ParseFloat(fields[7], 64)
 		}
@@ -273,6 +282,9 @@ func readRuns(dir string) ([]run, []scenario, error) {
 			if r.RSSKB == 0 {
 				r.RSSKB = math.NaN()
 			}
+		}
+		if len(fields) > 10 && fields[10] != "" {
+			r.Switches, _ = strconv.ParseFloat(fields[10], 64)
 		}
 		path := filepath.Join(dir, file)
 		switch tool {
@@ -289,6 +301,9 @@ func readRuns(dir string) ([]run, []scenario, error) {
 		}
 		if tool == "fortio" && r.Requests > 0 && !math.IsNaN(r.CPU) {
 			r.CPUPer1k = r.CPU / float64(r.Requests) * 1000
+		}
+		if tool == "fortio" && r.Requests > 0 && !math.IsNaN(r.Switches) {
+			r.SwitchesPerReq = r.Switches / float64(r.Requests)
 		}
 		runs = append(runs, r)
 	}
@@ -409,12 +424,13 @@ func summarize(sc string, runs []run) []summary {
 	var out []summary
 	for _, t := range orderedTargets(byTarget) {
 		reps := byTarget[t]
-		var qps, mean, p50, p90, p99, noise, cpu, rss []float64
+		var qps, mean, p50, p90, p99, noise, cpu, rss, sw []float64
 		s := summary{Scenario: sc, Target: t, Reps: len(reps)}
 		for _, r := range reps {
 			noise = append(noise, r.Noise)
 			cpu = append(cpu, r.CPUPer1k)
 			rss = append(rss, r.RSSKB/1024)
+			sw = append(sw, r.SwitchesPerReq)
 			qps = append(qps, r.QPS)
 			mean = append(mean, r.Mean)
 			p50 = append(p50, r.P50)
@@ -425,7 +441,7 @@ func summarize(sc string, runs []run) []summary {
 		s.QPS, s.QPSMin, s.QPSMax = median(qps), slices.Min(qps), slices.Max(qps)
 		s.Mean, s.P50, s.P90, s.P99 = median(mean), median(p50), median(p90), median(p99)
 		s.Noise = median(noise)
-		s.CPUPer1k, s.RSSMB = median(cpu), median(rss)
+		s.CPUPer1k, s.RSSMB, s.SwitchesPerReq = median(cpu), median(rss), median(sw)
 		out = append(out, s)
 	}
 	// Ratios of the medians against the baselines of the same run.
@@ -525,15 +541,16 @@ func fmtPct(v float64) string {
 func writeMarkdown(w io.Writer, scenarios []scenario, sums []summary) {
 	fmt.Fprintln(w, "\nMedians of the repetitions; ratios are ratios of those medians, against baselines of the same run.")
 	fmt.Fprintln(w, "CPU s/1k = CPU seconds of the proxy process (utime+stime) per 1000 requests (for direct: the upstream's own); RSS = its peak RSS during the measurement.")
+	fmt.Fprintln(w, "sw/req = context switches of all the proxy process's threads (voluntary and not) per request: each is a trip through the kernel's scheduler on the shared server core.")
 	fmt.Fprintln(w, "noise % = median share of the server core used by processes other than the benchmark's. nginx passes h2c on as HTTP/1.1 (no h2 upstreams).")
 	for _, sc := range scenarios {
 		fmt.Fprintf(w, "\n### %s: %s\n\n", sc.name, sc.desc)
 		if sc.kind == "max" {
-			fmt.Fprintln(w, "| target | req/s (median) | min–max | ×direct | ×haproxy | ×revproxy | mean µs | p50 µs | p99 µs | CPU s/1k | RSS MB | errors | noise % |")
-			fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+			fmt.Fprintln(w, "| target | req/s (median) | min–max | ×direct | ×haproxy | ×revproxy | mean µs | p50 µs | p99 µs | CPU s/1k | sw/req | RSS MB | errors | noise % |")
+			fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 		} else {
-			fmt.Fprintln(w, "| target | req/s | p50 µs | p90 µs | p99 µs | added p50 µs | added p50 ×haproxy | added p50 ×revproxy | CPU s/1k | CPU ×haproxy | RSS MB | errors | noise % |")
-			fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+			fmt.Fprintln(w, "| target | req/s | p50 µs | p90 µs | p99 µs | added p50 µs | added p50 ×haproxy | added p50 ×revproxy | CPU s/1k | CPU ×haproxy | sw/req | RSS MB | errors | noise % |")
+			fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 		}
 		hap, _ := find(sums, sc.name, baseHAProxy)
 		for _, s := range sums {
@@ -541,17 +558,17 @@ func writeMarkdown(w io.Writer, scenarios []scenario, sums []summary) {
 				continue
 			}
 			if sc.kind == "max" {
-				fmt.Fprintf(w, "| %s | %.0f | %.0f–%.0f | %s | %s | %s | %s | %s | %s | %s | %s | %d | %s |\n", s.Target, s.QPS, s.QPSMin, s.QPSMax,
+				fmt.Fprintf(w, "| %s | %.0f | %.0f–%.0f | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %s |\n", s.Target, s.QPS, s.QPSMin, s.QPSMax,
 					fmtRatio(s.QPSvsDirect), fmtRatio(s.QPSvsHAProxy), fmtRatio(s.QPSvsRevproxy),
-					fmtUS(s.Mean), fmtUS(s.P50), fmtUS(s.P99), fmtCPU(s.CPUPer1k), fmtMB(s.RSSMB), s.Errors, fmtPct(s.Noise))
+					fmtUS(s.Mean), fmtUS(s.P50), fmtUS(s.P99), fmtCPU(s.CPUPer1k), fmtRatio(s.SwitchesPerReq), fmtMB(s.RSSMB), s.Errors, fmtPct(s.Noise))
 			} else {
 				added, vsRev, vsHAP := fmtUS(s.AddedP50), fmtRatio(s.AddedP50vsRevproxy), fmtRatio(s.AddedP50vsHAProxy)
 				if s.Target == baseDirect { // the baseline adds nothing by definition
 					added, vsRev, vsHAP = "(baseline)", "–", "–"
 				}
-				fmt.Fprintf(w, "| %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %s |\n", s.Target, s.QPS,
+				fmt.Fprintf(w, "| %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %s |\n", s.Target, s.QPS,
 					fmtUS(s.P50), fmtUS(s.P90), fmtUS(s.P99), added, vsHAP, vsRev,
-					fmtCPU(s.CPUPer1k), fmtRatio(s.CPUPer1k/hap.CPUPer1k), fmtMB(s.RSSMB), s.Errors, fmtPct(s.Noise))
+					fmtCPU(s.CPUPer1k), fmtRatio(s.CPUPer1k/hap.CPUPer1k), fmtRatio(s.SwitchesPerReq), fmtMB(s.RSSMB), s.Errors, fmtPct(s.Noise))
 			}
 		}
 	}
@@ -702,7 +719,7 @@ func writeCSV(path string, sums []summary) error {
 	w := csv.NewWriter(f)
 	_ = w.Write([]string{"scenario", "target", "reps", "qps_median", "qps_min", "qps_max", "mean_us", "p50_us", "p90_us", "p99_us",
 		"errors", "qps_vs_direct", "qps_vs_revproxy", "qps_vs_haproxy", "added_p50_us", "added_p50_vs_revproxy", "added_p50_vs_haproxy",
-		"foreign_cpu_pct_median", "cpu_s_per_1000_req", "peak_rss_mb"})
+		"foreign_cpu_pct_median", "cpu_s_per_1000_req", "peak_rss_mb", "context_switches_per_req"})
 	num := func(v float64, f byte, prec int) string {
 		if math.IsNaN(v) || math.IsInf(v, 0) {
 			return ""
@@ -716,7 +733,7 @@ func writeCSV(path string, sums []summary) error {
 			strconv.FormatInt(s.Errors, 10),
 			num(s.QPSvsDirect, 'f', 3), num(s.QPSvsRevproxy, 'f', 3), num(s.QPSvsHAProxy, 'f', 3),
 			num(s.AddedP50*1e6, 'f', 1), num(s.AddedP50vsRevproxy, 'f', 3), num(s.AddedP50vsHAProxy, 'f', 3),
-			num(s.Noise, 'f', 1), num(s.CPUPer1k, 'f', 4), num(s.RSSMB, 'f', 1)})
+			num(s.Noise, 'f', 1), num(s.CPUPer1k, 'f', 4), num(s.RSSMB, 'f', 1), num(s.SwitchesPerReq, 'f', 3)})
 	}
 	w.Flush()
 	if err := w.Error(); err != nil {
