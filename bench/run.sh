@@ -32,6 +32,9 @@
 #     stays constant, behind Watertight (per-upstream compartments and one
 #     shared pool), HAProxy (per-server maxconn + timeout queue) and the bare
 #     ReverseProxy, driven by bench/isolation (an app with a fixed worker pool).
+#     Over HTTP/1.1 keep-alive by default; with --iso-proto also (or only)
+#     over h2c with prior knowledge, the app's calls multiplexed on few
+#     connections as a gRPC app's are (h2c in, h2c out at every target).
 #  3. Weights: a 50 ms and a 500 ms upstream behind weighted vs equal pools of
 #     the same budget.
 # Every measurement is repeated (interleaved, rotated order) and the reports
@@ -44,7 +47,8 @@
 #                                bare ReverseProxy under max load (bench/out/profile/)
 # Options: --reps N, --duration SECONDS (overhead), --iso-duration SECONDS,
 #          --only SCENARIO[,SCENARIO...], --parts overhead,isolation,weights,
-#          --targets T[,T...] (overhead targets), --no-img (leave docs/img alone)
+#          --targets T[,T...] (overhead targets), --no-img (leave docs/img alone),
+#          --iso-proto h1|h2c|h1,h2c (the isolation part's app protocols; default h1)
 # Environment: BENCH_PORT_BASE (default 18080), BENCH_LOAD_CPUS (default 0),
 #              BENCH_SERVER_CPUS (default 1), CADDY_VERSIONS (tried in order),
 #              BENCH_SIDECAR_ENV (VAR=value pairs for the sidecar under test, e.g. GOGC=200)
@@ -138,6 +142,7 @@ ISO_QUEUE=50ms      # HAProxy timeout queue
 ISO_CLIENT_TIMEOUT=1s
 ISO_TARGET=100ms    # a healthy call succeeds when answered 200 within this
 ISO_TARGETS=(watertight watertight-shared haproxy revproxy)
+ISO_PROTOS=(h1)     # the app's protocols, one set of isolation runs each (--iso-proto)
 # Weights settings.
 W_DURATION=15
 W_RATE=80           # 40/s to each upstream
@@ -160,11 +165,16 @@ parse_args() {
 		--only) ONLY=$2; shift ;;
 		--parts) PARTS=$2; shift ;;
 		--targets) IFS=, read -r -a TARGETS <<<"$2"; shift ;;
+		--iso-proto) IFS=, read -r -a ISO_PROTOS <<<"$2"; shift ;;
 		--no-img) IMG=0 ;;
 		-h | --help) sed -n '2,/^set -euo/p' "$0" | sed 's/^# \{0,1\}//;$d'; exit 0 ;;
 		*) die "unknown argument $1 (try --help)" ;;
 		esac
 		shift
+	done
+	local p
+	for p in "${ISO_PROTOS[@]}"; do
+		[[ $p == h1 || $p == h2c ]] || die "--iso-proto: '$p' is neither h1 nor h2c"
 	done
 }
 
@@ -408,21 +418,36 @@ EOF
 # concurrent (Watertight: budget 30 by weight 2:2:1; HAProxy: per-server
 # maxconn), nothing queued beyond that except HAProxy's bounded `timeout
 # queue`, and a 500 ms upstream timeout.
+# The h2c variants (*-h2c.*) differ only in protocol and use the same ports
+# (the protocols run one after the other): the sidecar's upstreams say
+# `protocol: auto` (h2c in, h2c out, as a gRPC app's sidecar would be set
+# up); HAProxy binds `proto h2` (prior knowledge) and speaks `proto h2` to
+# the servers, with the same per-server maxconn and timeout queue.
 write_isolation_configs() {
-	local u i wt="" wts="" hap="" ups="" names=(a b c)
+	local u i wt="" wts="" hap="" hap2="" ups="" ups2="" names=(a b c)
 	for i in 0 1 2; do
 		u=${names[i]}
 		wt+="  - {name: $u, address: 127.0.0.1:$((PORT_ISO_WT + i)), mode: upstream, upstream: $u}"$'\n'
 		wts+="  - {name: $u, address: 127.0.0.1:$((PORT_ISO_WTS + i)), mode: upstream, upstream: $u}"$'\n'
 		ups+="  - {name: $u, protocol: http1, endpoints: [127.0.0.1:$((PORT_ISO_UP + i))], timeout: $ISO_TIMEOUT, bulkhead: {weight: ${ISO_WEIGHTS[i]}}}"$'\n'
+		ups2+="  - {name: $u, protocol: auto, endpoints: [127.0.0.1:$((PORT_ISO_UP + i))], timeout: $ISO_TIMEOUT, bulkhead: {weight: ${ISO_WEIGHTS[i]}}}"$'\n'
 		hap+="frontend f_$u"$'\n'"    bind 127.0.0.1:$((PORT_ISO_HAP + i))"$'\n'"    default_backend b_$u"$'\n'
 		hap+="backend b_$u"$'\n'"    server $u 127.0.0.1:$((PORT_ISO_UP + i)) maxconn ${ISO_MAXCONN[i]}"$'\n'
+		hap2+="frontend f_$u"$'\n'"    bind 127.0.0.1:$((PORT_ISO_HAP + i)) proto h2"$'\n'"    default_backend b_$u"$'\n'
+		hap2+="backend b_$u"$'\n'"    server $u 127.0.0.1:$((PORT_ISO_UP + i)) proto h2 maxconn ${ISO_MAXCONN[i]}"$'\n'
 	done
 	printf 'admin: {address: 127.0.0.1:%d}\nbudget: %d\nlisteners:\n%supstreams:\n%s' \
 		$((PORT_ISO_WT + 3)) "$ISO_BUDGET" "$wt" "$ups" >"$OUT/iso-watertight.yaml"
 	printf 'admin: {address: 127.0.0.1:%d}\nbudget: %d\nisolation: shared\nlisteners:\n%supstreams:\n%s' \
 		$((PORT_ISO_WTS + 3)) "$ISO_BUDGET" "$wts" "$ups" >"$OUT/iso-watertight-shared.yaml"
-	cat >"$OUT/iso-haproxy.cfg" <<EOF
+	printf 'admin: {address: 127.0.0.1:%d}\nbudget: %d\nlisteners:\n%supstreams:\n%s' \
+		$((PORT_ISO_WT + 3)) "$ISO_BUDGET" "$wt" "$ups2" >"$OUT/iso-watertight-h2c.yaml"
+	printf 'admin: {address: 127.0.0.1:%d}\nbudget: %d\nisolation: shared\nlisteners:\n%supstreams:\n%s' \
+		$((PORT_ISO_WTS + 3)) "$ISO_BUDGET" "$wts" "$ups2" >"$OUT/iso-watertight-shared-h2c.yaml"
+	local proto sections
+	for proto in h1 h2c; do
+		[[ $proto == h1 ]] && sections=$hap || sections=$hap2
+		cat >"$OUT/$(iso_file iso-haproxy "$proto" cfg)" <<EOF
 global
     nbthread 1
     maxconn 4096
@@ -434,9 +459,11 @@ defaults
     timeout queue $ISO_QUEUE
     timeout http-keep-alive 60s
     http-reuse always
-$hap
+$sections
 EOF
-	haproxy -c -q -f "$OUT/iso-haproxy.cfg" || die "HAProxy rejected bench/out/iso-haproxy.cfg"
+		haproxy -c -q -f "$OUT/$(iso_file iso-haproxy "$proto" cfg)" ||
+			die "HAProxy rejected bench/out/$(iso_file iso-haproxy "$proto" cfg)"
+	done
 	# Weights: fast (50 ms) and slow (500 ms), budget 30, by weight 1:5
 	# (5 and 25) or 1:1 (15 and 15). Timeouts 250 ms and 1 s.
 	local name wf ws port
@@ -823,12 +850,21 @@ report() {
 
 # --- Isolation and weights ---------------------------------------------------
 
-# iso_load NAME CALLERS REP URLS...: one run of the app model against a target.
+# iso_file STEM PROTO EXT: a per-protocol file name. HTTP/1.1 keeps the
+# names from before h2c (STEM.EXT), so old runs and configs still fit.
+iso_file() {
+	if [[ $2 == h1 ]]; then echo "$1.$3"; else echo "$1-$2.$3"; fi
+}
+
+# iso_load NAME CALLERS REP URLS PROTO: one run of the app model against a
+# target. Results: isolation.CALLERS.NAME.REP.json for HTTP/1.1 (the names
+# from before h2c), isolation.h2c.CALLERS.NAME.REP.json for h2c.
 iso_load() {
-	local name=$1 callers=$2 rep=$3 urls=$4
+	local name=$1 callers=$2 rep=$3 urls=$4 proto=$5
 	local out=$OUT/iso-runs/isolation.$callers.$name.$rep.json
+	[[ $proto == h1 ]] || out=$OUT/iso-runs/isolation.$proto.$callers.$name.$rep.json
 	"${LOAD_PIN[@]}" "$OUT/isolation" load -experiment isolation -name "$name" -callers "$callers" -rep "$rep" \
-		-urls "$urls" -upstream-names a,b,c -rate "$ISO_RATE" -workers "$ISO_WORKERS" \
+		-proto "$proto" -urls "$urls" -upstream-names a,b,c -rate "$ISO_RATE" -workers "$ISO_WORKERS" \
 		-duration "${ISO_DURATION}s" -slow 2 -slow-at "${ISO_SLOW_AT}s" \
 		-control "http://127.0.0.1:$((PORT_ISO_UP + 2))/_control/slow" \
 		-client-timeout "$ISO_CLIENT_TIMEOUT" -targets "$ISO_TARGET" -out "$out" 2>>"$LOGS/isolation-load.log" |
@@ -839,30 +875,65 @@ iso_urls() { # BASEPORT
 	echo "http://127.0.0.1:$1/,http://127.0.0.1:$(($1 + 1))/,http://127.0.0.1:$(($1 + 2))/"
 }
 
+iso_port() { # TARGET: the first of its three listener ports
+	case $1 in
+	watertight) echo "$PORT_ISO_WT" ;;
+	watertight-shared) echo "$PORT_ISO_WTS" ;;
+	haproxy) echo "$PORT_ISO_HAP" ;;
+	revproxy) echo "$PORT_ISO_RP" ;;
+	esac
+}
+
+# iso_sanity PROTO: every target answers each of a, b, c in the app's
+# protocol and reaches the upstream in the same one (the upstreams'
+# /_proto echoes it), so that no h2c run quietly measures HTTP/1.1 on
+# either side of a proxy.
+iso_sanity() {
+	local proto=$1 t i got want=HTTP/1.1 curl_proto=()
+	[[ $proto == h2c ]] && want=HTTP/2.0 curl_proto=(--http2-prior-knowledge)
+	for t in "${ISO_TARGETS[@]}"; do
+		for i in 0 1 2; do
+			got=$(curl -sS "${curl_proto[@]}" "http://127.0.0.1:$(($(iso_port "$t") + i))/_proto")
+			[[ $got == "$want" ]] || die "isolation $t over $proto reached upstream $i as '$got' (want $want)"
+		done
+	done
+	log "isolation sanity check: every target passes $proto through as $want"
+}
+
+# run_isolation: the whole experiment once per app protocol (--iso-proto),
+# the proxies restarted in between with that protocol's configs.
 run_isolation() {
-	log "isolation: ${ISO_RATE} calls/s over a, b, c; c hangs from ${ISO_SLOW_AT}s of ${ISO_DURATION}s; ${ISO_WORKERS} app workers"
+	local proto
+	for proto in "${ISO_PROTOS[@]}"; do
+		run_isolation_proto "$proto"
+	done
+}
+
+run_isolation_proto() { # PROTO
+	local proto=$1
+	log "isolation over $proto: ${ISO_RATE} calls/s over a, b, c; c hangs from ${ISO_SLOW_AT}s of ${ISO_DURATION}s; ${ISO_WORKERS} app workers"
 	start iso-upstreams "$((PORT_ISO_UP + 2))" "$OUT/isolation" upstreams \
 		-addrs "127.0.0.1:$PORT_ISO_UP,127.0.0.1:$((PORT_ISO_UP + 1)),127.0.0.1:$((PORT_ISO_UP + 2))" \
 		-delays "$ISO_DELAY,$ISO_DELAY,$ISO_DELAY"
-	start iso-watertight "$PORT_ISO_WT" "$OUT/sidecar" run --config "$OUT/iso-watertight.yaml" --log-level error
-	start iso-watertight-shared "$PORT_ISO_WTS" "$OUT/sidecar" run --config "$OUT/iso-watertight-shared.yaml" --log-level error
-	start iso-haproxy "$PORT_ISO_HAP" haproxy -db -f "$OUT/iso-haproxy.cfg"
+	start iso-watertight "$PORT_ISO_WT" "$OUT/sidecar" run \
+		--config "$OUT/$(iso_file iso-watertight "$proto" yaml)" --log-level error
+	start iso-watertight-shared "$PORT_ISO_WTS" "$OUT/sidecar" run \
+		--config "$OUT/$(iso_file iso-watertight-shared "$proto" yaml)" --log-level error
+	start iso-haproxy "$PORT_ISO_HAP" haproxy -db -f "$OUT/$(iso_file iso-haproxy "$proto" cfg)"
 	local i
 	for i in 0 1 2; do
+		# HTTP/1.1 and h2c on one port, the upstream protocol following
+		# the client's: no flag needed for h2c.
 		start "iso-revproxy-$i" "$((PORT_ISO_RP + i))" "$OUT/revproxy" -addr "127.0.0.1:$((PORT_ISO_RP + i))" \
 			-upstream "127.0.0.1:$((PORT_ISO_UP + i))"
 	done
+	iso_sanity "$proto"
 	local callers rep n=${#ISO_TARGETS[@]} t
 	for callers in shared independent; do
 		for ((rep = 1; rep <= REPS; rep++)); do
 			for ((i = 0; i < n; i++)); do
 				t=${ISO_TARGETS[(i + rep - 1) % n]}
-				case $t in
-				watertight) iso_load "$t" "$callers" "$rep" "$(iso_urls "$PORT_ISO_WT")" ;;
-				watertight-shared) iso_load "$t" "$callers" "$rep" "$(iso_urls "$PORT_ISO_WTS")" ;;
-				haproxy) iso_load "$t" "$callers" "$rep" "$(iso_urls "$PORT_ISO_HAP")" ;;
-				revproxy) iso_load "$t" "$callers" "$rep" "$(iso_urls "$PORT_ISO_RP")" ;;
-				esac
+				iso_load "$t" "$callers" "$rep" "$(iso_urls "$(iso_port "$t")")" "$proto"
 				sleep 1
 			done
 		done

@@ -3,11 +3,15 @@
 // and the report (tables and pictures) over the runs.
 //
 //	isolation upstreams -addrs A,B,C -delays 10ms,10ms,10ms
-//	    HTTP/1.1 upstreams on A, B, C answering after their delay.
-//	    POST /_control/slow?on=1 on an upstream's own port makes it hang
-//	    (until the caller or proxy gives up); on=0 makes it healthy again.
-//	isolation load -name NAME -urls U1,U2,U3 -rate 300 -workers 60 ...
-//	    one run against one target; writes a JSON result.
+//	    upstreams on A, B, C answering after their delay, HTTP/1.1 and h2c
+//	    (prior knowledge) on the same ports. POST /_control/slow?on=1 on an
+//	    upstream's own port makes it hang (until the caller or proxy gives
+//	    up, whichever protocol); on=0 makes it healthy again. GET /_proto
+//	    echoes the protocol a request arrived with (for sanity checks).
+//	isolation load -name NAME -urls U1,U2,U3 -rate 300 -workers 60 [-proto h1|h2c] ...
+//	    one run against one target; writes a JSON result. -proto h2c makes
+//	    the app speak h2c with prior knowledge, its calls to one address
+//	    multiplexed on a connection, as gRPC clients do.
 //	isolation report -in DIR -img DIR -md FILE
 //	    medians over the repetitions, markdown tables and SVG pictures.
 //
@@ -87,10 +91,14 @@ func upstreams(args []string) {
 			slow.Store(r.URL.Query().Get("on") == "1")
 			fmt.Fprintf(w, "slow=%v\n", slow.Load())
 		})
+		mux.HandleFunc("GET /_proto", func(w http.ResponseWriter, r *http.Request) {
+			fmt.Fprint(w, r.Proto)
+		})
 		mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 			if slow.Load() {
-				// Hang until whoever is in front gives up (the proxy's
-				// timeout closes the connection, which cancels r.Context).
+				// Hang until whoever is in front gives up: the proxy's
+				// timeout closes the HTTP/1.1 connection or resets the
+				// h2 stream, and either cancels r.Context.
 				t := time.NewTimer(*maxHang)
 				select {
 				case <-r.Context().Done():
@@ -107,7 +115,12 @@ func upstreams(args []string) {
 			h["Content-Length"] = []string{"64"}
 			_, _ = w.Write(body)
 		})
-		srv := &http.Server{Addr: a, Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Hour}
+		srv := &http.Server{Addr: a, Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Hour,
+			Protocols: serverProtocols(),
+			// Far above any proxy's concurrency here, so a hanging
+			// upstream never refuses streams itself: only the proxy in
+			// front limits them.
+			HTTP2: &http.HTTP2Config{MaxConcurrentStreams: 4096}}
 		go func() { errc <- srv.ListenAndServe() }()
 		log.Printf("upstream %d on %s, delay %s", i, a, d)
 	}
@@ -120,6 +133,15 @@ func upstreams(args []string) {
 	}
 }
 
+// serverProtocols is HTTP/1.1 and h2c with prior knowledge on one port, as
+// the proxies under test serve them.
+func serverProtocols() *http.Protocols {
+	var p http.Protocols
+	p.SetHTTP1(true)
+	p.SetUnencryptedHTTP2(true)
+	return &p
+}
+
 // --- load --------------------------------------------------------------------
 
 // Result is one run against one target, as written to JSON.
@@ -127,6 +149,7 @@ type Result struct {
 	Name       string    `json:"name"`       // the target (e.g. "watertight")
 	Experiment string    `json:"experiment"` // isolation | weights
 	Callers    string    `json:"callers"`    // shared | independent
+	Proto      string    `json:"proto"`      // the app's protocol: h1 | h2c (absent in old results: h1)
 	Rep        int       `json:"rep"`        // repetition number
 	Upstreams  []string  `json:"upstreams"`  // names, in -urls order
 	Slow       int       `json:"slow"`       // index of the upstream that turns slow, -1: none
@@ -137,6 +160,20 @@ type Result struct {
 	TargetsMS  []float64 `json:"targets_ms"` // latency target per upstream
 	Calls      []Call    `json:"calls"`
 }
+
+// proto is the app's protocol; results from before -proto existed are h1.
+func (r *Result) proto() string {
+	if r.Proto == "" {
+		return protoH1
+	}
+	return r.Proto
+}
+
+// The app's protocols (-proto).
+const (
+	protoH1  = "h1"  // HTTP/1.1 keep-alive: one call per connection at a time
+	protoH2C = "h2c" // HTTP/2 cleartext, prior knowledge: calls multiplexed
+)
 
 // Call is one outbound call.
 type Call struct {
@@ -159,6 +196,7 @@ func load(args []string) {
 	weights := fs.String("mix", "", "share of the rate per upstream, e.g. 1,1,1 (default equal)")
 	workers := fs.Int("workers", 60, "the app's workers (shared: in total; independent: split evenly)")
 	callers := fs.String("callers", "shared", "shared: one worker pool for all upstreams; independent: one per upstream")
+	proto := fs.String("proto", protoH1, "the app's protocol: h1 (HTTP/1.1 keep-alive) | h2c (HTTP/2 prior knowledge, multiplexed)")
 	duration := fs.Duration("duration", 20*time.Second, "length of the run")
 	slowIdx := fs.Int("slow", 2, "index of the upstream that turns slow (-1: none)")
 	slowAt := fs.Duration("slow-at", 5*time.Second, "when it turns slow")
@@ -190,14 +228,7 @@ func load(args []string) {
 		}
 	}
 
-	tr := &http.Transport{
-		DialContext:         (&net.Dialer{Timeout: time.Second}).DialContext,
-		MaxIdleConns:        *workers * 2,
-		MaxIdleConnsPerHost: *workers,
-		IdleConnTimeout:     time.Minute,
-		DisableCompression:  true,
-	}
-	client := &http.Client{Transport: tr}
+	client := &http.Client{Transport: appTransport(*proto, *workers)}
 
 	// The schedule: calls due at a constant total rate, each assigned to an
 	// upstream by smooth weighted round robin over -mix.
@@ -261,12 +292,18 @@ func load(args []string) {
 	defer setSlow(false)
 
 	// Warm the connection pools a little, so connection set-up is not
-	// counted against the first second.
+	// counted against the first second, and make sure every target answers
+	// in the app's protocol (a run that silently fell back to HTTP/1.1
+	// would be labelled h2c but measure h1).
+	wantMajor := map[string]int{protoH1: 1, protoH2C: 2}[*proto]
 	for i := 0; i < n; i++ {
 		for j := 0; j < 3; j++ {
 			if resp, err := do(client, us[i], hostHdr[i], context.Background()); err == nil {
 				_, _ = io.Copy(io.Discard, resp.Body)
 				resp.Body.Close()
+				if resp.ProtoMajor != wantMajor {
+					log.Fatalf("%s answered in %s, not %s", us[i], resp.Proto, *proto)
+				}
 			}
 		}
 	}
@@ -343,7 +380,7 @@ func load(args []string) {
 	wg.Wait()
 	setSlow(false)
 
-	res := Result{Name: *name, Experiment: *experiment, Callers: *callers, Rep: *rep, Upstreams: upNames, Slow: *slowIdx,
+	res := Result{Name: *name, Experiment: *experiment, Callers: *callers, Proto: *proto, Rep: *rep, Upstreams: upNames, Slow: *slowIdx,
 		SlowAtS: slowAt.Seconds(), DurationS: duration.Seconds(), Rate: *rate, Workers: *workers, Calls: calls}
 	for _, t := range tgt {
 		res.TargetsMS = append(res.TargetsMS, ms(t))
@@ -362,6 +399,32 @@ func load(args []string) {
 	}
 	s := summarize(&res)
 	fmt.Println(s.line())
+}
+
+// appTransport is the app's HTTP client. h1: HTTP/1.1 keep-alive, one
+// connection per call in flight (up to one per worker). h2c: HTTP/2 with
+// prior knowledge only, so calls to one address multiplex as streams on one
+// connection (a second only when the server's stream limit is reached), as
+// a gRPC client's do.
+func appTransport(proto string, workers int) *http.Transport {
+	tr := &http.Transport{
+		DialContext:         (&net.Dialer{Timeout: time.Second}).DialContext,
+		MaxIdleConns:        workers * 2,
+		MaxIdleConnsPerHost: workers,
+		IdleConnTimeout:     time.Minute,
+		DisableCompression:  true,
+	}
+	switch proto {
+	case protoH1:
+		// net/http's default for http:// URLs: HTTP/1.1.
+	case protoH2C:
+		var p http.Protocols
+		p.SetUnencryptedHTTP2(true)
+		tr.Protocols = &p
+	default:
+		log.Fatalf("-proto: %q is neither %s nor %s", proto, protoH1, protoH2C)
+	}
+	return tr
 }
 
 func do(client *http.Client, url, host string, ctx context.Context) (*http.Response, error) {
