@@ -90,9 +90,9 @@ func newClientConn(t *Transport, addr string, nc net.Conn) (*clientConn, error) 
 	if err := cc.unlockWrite(); err != nil {
 		return nil, fmt.Errorf("h2conn: starting HTTP/2 with %s: %w", addr, err)
 	}
-	cc.mu.Lock()
-	cc.goIdle()
-	cc.mu.Unlock()
+	// No idle clock yet: until the upstream's SETTINGS come, the
+	// connection belongs to the request that dialled it, whose context
+	// bounds the wait (Transport.open).
 	return cc, nil
 }
 
@@ -113,10 +113,18 @@ func (cc *clientConn) reserve() bool {
 
 const maxStreamID = 1<<31 - 1
 
-func (cc *clientConn) idleNow() bool {
+// retireIfIdle marks the connection closed with err if it has no streams
+// and none reserved, and reports whether it did. Marking under mu, in the
+// same hold as the check, is what keeps a request from reserving a stream
+// on a connection about to be closed under it; the caller closes it.
+func (cc *clientConn) retireIfIdle(err error) bool {
 	cc.mu.Lock()
 	defer cc.mu.Unlock()
-	return len(cc.streams) == 0 && cc.reserved == 0
+	if cc.broken != nil || len(cc.streams) > 0 || cc.reserved > 0 {
+		return false
+	}
+	cc.broken = err
+	return true
 }
 
 // close ends the connection and every stream on it with err.
@@ -491,7 +499,9 @@ func (cc *clientConn) idleCheck() {
 		return
 	}
 	cc.mu.Unlock()
-	cc.close(errors.New("idle"))
+	if err := errors.New("idle"); cc.retireIfIdle(err) { // a request may have come meanwhile
+		cc.close(err)
+	}
 }
 
 // watchReads pings a connection whose streams have heard nothing for

@@ -159,13 +159,17 @@ func (t *Transport) conn(ctx context.Context, addr string) (*clientConn, error) 
 			}
 			t.dialing[addr] = d
 			t.mu.Unlock()
-			d.err = t.open(ctx, addr)
+			var cc *clientConn
+			cc, d.err = t.open(ctx, addr)
 			t.mu.Lock()
 			delete(t.dialing, addr)
 			close(d.done)
 			t.mu.Unlock()
 			if d.err != nil {
 				return nil, d.err
+			}
+			if cc != nil {
+				return cc, nil
 			}
 			continue
 		}
@@ -184,16 +188,18 @@ func (t *Transport) conn(ctx context.Context, addr string) (*clientConn, error) 
 	}
 }
 
-// open dials addr and adds the connection to the pool.
-func (t *Transport) open(ctx context.Context, addr string) error {
+// open dials addr and adds the connection to the pool, with a stream
+// reserved on it for the request that dialled it if it has room for one
+// (else it returns nil and the request looks again).
+func (t *Transport) open(ctx context.Context, addr string) (*clientConn, error) {
 	nc, err := t.DialContext(ctx, "tcp", addr)
 	if err != nil {
-		return fmt.Errorf("h2conn: dialing %s: %w", addr, err)
+		return nil, fmt.Errorf("h2conn: dialing %s: %w", addr, err)
 	}
 	cc, err := newClientConn(t, addr, nc)
 	if err != nil {
 		_ = nc.Close()
-		return err
+		return nil, err
 	}
 	// Into the pool once the upstream's SETTINGS have come (one round
 	// trip): until then its stream limit is a guess, and a burst of
@@ -203,26 +209,38 @@ func (t *Transport) open(ctx context.Context, addr string) error {
 	case <-cc.settledc:
 	case <-ctx.Done():
 		cc.close(context.Cause(ctx))
-		return fmt.Errorf("h2conn: waiting for %s's SETTINGS: %w", addr, context.Cause(ctx))
+		return nil, fmt.Errorf("h2conn: waiting for %s's SETTINGS: %w", addr, context.Cause(ctx))
 	}
 	cc.mu.Lock()
 	broken := cc.broken
 	cc.mu.Unlock()
 	if broken != nil {
-		return fmt.Errorf("h2conn: starting HTTP/2 with %s: %w", addr, broken)
+		return nil, fmt.Errorf("h2conn: starting HTTP/2 with %s: %w", addr, broken)
+	}
+	// The dialler's stream is reserved before the connection joins the
+	// pool, so that the idle clock, started here for a connection
+	// without one, cannot close it under the request that opened it.
+	mine := cc.reserve()
+	if !mine {
+		cc.mu.Lock()
+		cc.goIdle()
+		cc.mu.Unlock()
 	}
 	t.mu.Lock()
 	if t.closed {
 		t.mu.Unlock()
 		cc.close(errors.New("h2conn: transport closed"))
-		return errors.New("h2conn: transport closed")
+		return nil, errors.New("h2conn: transport closed")
 	}
 	if t.conns == nil {
 		t.conns = map[string][]*clientConn{}
 	}
 	t.conns[addr] = append(t.conns[addr], cc)
 	t.mu.Unlock()
-	return nil
+	if !mine {
+		return nil, nil
+	}
+	return cc, nil
 }
 
 // forget takes cc out of the pool: it takes no new streams.
@@ -247,17 +265,18 @@ func (t *Transport) forget(cc *clientConn) {
 // of Fallback.
 func (t *Transport) CloseIdleConnections() {
 	t.mu.Lock()
+	err := errors.New("h2conn: idle connection closed")
 	var idle []*clientConn
 	for _, list := range t.conns {
 		for _, cc := range list {
-			if cc.idleNow() {
+			if cc.retireIfIdle(err) {
 				idle = append(idle, cc)
 			}
 		}
 	}
 	t.mu.Unlock()
 	for _, cc := range idle {
-		cc.close(errors.New("h2conn: idle connection closed"))
+		cc.close(err)
 	}
 	if ic, ok := t.Fallback.(interface{ CloseIdleConnections() }); ok {
 		ic.CloseIdleConnections()
