@@ -21,6 +21,10 @@
 #                           --upstream-http2 net/http: net/http's HTTP/2 server and
 #                           client instead of proxy/h2serve and proxy/h2conn, the
 #                           defaults; with --targets)
+#       [watertight-sysmon] (an experiment, never shipped: the sidecar built with
+#                           go build -overlay against a copy of runtime/proc.go
+#                           whose monitor thread (sysmon) sleeps 1 ms at least,
+#                           not 20 µs: what the runtime's monitor costs; with --targets)
 #       [gofloor-raw], [gofloor-std], [gofloor-srv], [gofloor-rp]
 #                          (bench/gofloor: the least a Go HTTP/1.1 proxy does, bytes only,
 #                           through net/http's wire code, then net/http's server and
@@ -100,6 +104,7 @@ PORT_WT_NETHTTP=$((PORT_BASE + 14)) # +0 listener, +1 admin
 PORT_WT_H1SERVE=$((PORT_BASE + 20)) # +0 listener, +1 admin
 PORT_WT_NETSERVE=$((PORT_BASE + 22)) # +0 listener, +1 admin
 PORT_WT_NETH2=$((PORT_BASE + 24))    # +0 listener, +1 admin
+PORT_WT_SYSMON=$((PORT_BASE + 26))   # +0 listener, +1 admin
 PORT_GOFLOOR_RAW=$((PORT_BASE + 16))
 PORT_GOFLOOR_STD=$((PORT_BASE + 17))
 PORT_GOFLOOR_SRV=$((PORT_BASE + 18))
@@ -276,6 +281,30 @@ build() {
 	if [[ $MODE == profile ]]; then
 		go build -o "$OUT/sidecar-pprof" ./bench/sidecar-pprof
 	fi
+	if has_target watertight-sysmon; then
+		build_sysmon_experiment
+	fi
+}
+
+# watertight-sysmon: the sidecar built against a runtime whose monitor
+# thread starts its sleeps at 1 ms instead of 20 µs (the two `delay = 20`
+# of runtime.sysmon). Under load it wakes every 20 µs and takes the P from
+# any goroutine in a syscall for longer, which a loopback write on a shared
+# core often is; each wake is a context switch on the proxy's core. The
+# tick is hardcoded (golang/go#18236), so this is a measurement of what it
+# costs, not a setting to ship. The patched copy goes in with go build
+# -overlay; the whole standard library is rebuilt once (about 3 minutes),
+# then cached.
+build_sysmon_experiment() {
+	local src dir=$OUT/sysmon
+	src=$(go env GOROOT)/src/runtime/proc.go
+	mkdir -p "$dir"
+	sed -e 's|^\(\t*\)delay = 20$|\1delay = 1000 // bench/run.sh: watertight-sysmon|' "$src" >"$dir/proc.go"
+	[[ $(grep -c 'bench/run.sh: watertight-sysmon' "$dir/proc.go") == 2 ]] ||
+		die "$src has changed: the watertight-sysmon patch no longer applies"
+	printf '{"Replace":{"%s":"%s"}}\n' "$src" "$dir/proc.go" >"$dir/overlay.json"
+	log "building watertight-sysmon (the standard library again, once)"
+	go build -overlay "$dir/overlay.json" -o "$OUT/sidecar-sysmon" ./cmd/sidecar
 }
 
 # Configs for the proxies, generated so they always match the ports above.
@@ -299,7 +328,7 @@ EOF
 	# The same sidecar, one per HTTP/1.1 client (watertight-h1conn,
 	# watertight-nethttp): its own ports, the same upstream.
 	local port
-	for port in "$PORT_WT_H1CONN" "$PORT_WT_NETHTTP" "$PORT_WT_H1SERVE" "$PORT_WT_NETSERVE" "$PORT_WT_NETH2"; do
+	for port in "$PORT_WT_H1CONN" "$PORT_WT_NETHTTP" "$PORT_WT_H1SERVE" "$PORT_WT_NETSERVE" "$PORT_WT_NETH2" "$PORT_WT_SYSMON"; do
 		cat >"$OUT/watertight-$port.yaml" <<EOF
 admin: {address: 127.0.0.1:$((port + 1))}
 budget: 4096
@@ -548,18 +577,21 @@ start_servers() {
 	# The sidecar with each of its HTTP/1.1 clients, and with its own
 	# app-side loop, when asked for.
 	local t port flags
-	for t in watertight-h1conn watertight-nethttp watertight-h1serve watertight-netserve watertight-neth2; do
+	local bin
+	for t in watertight-h1conn watertight-nethttp watertight-h1serve watertight-netserve watertight-neth2 watertight-sysmon; do
 		has_target "$t" || continue
 		port=$(target_port "$t")
+		bin=$OUT/sidecar flags=()
 		case $t in
 		watertight-h1conn) flags=(--upstream-http1 watertight) ;;
 		watertight-nethttp) flags=(--upstream-http1 net/http) ;;
 		watertight-h1serve) flags=(--downstream-http1 watertight) ;;
 		watertight-netserve) flags=(--downstream-http1 net/http) ;;
 		watertight-neth2) flags=(--downstream-http2 net/http --upstream-http2 net/http) ;;
+		watertight-sysmon) bin=$OUT/sidecar-sysmon ;;
 		esac
 		# shellcheck disable=SC2086
-		start "$t" "$port" env ${BENCH_SIDECAR_ENV:-} "$OUT/sidecar" run \
+		start "$t" "$port" env ${BENCH_SIDECAR_ENV:-} "$bin" run \
 			--config "$OUT/watertight-$port.yaml" --log-level warn "${flags[@]}"
 	done
 	start revproxy "$PORT_REVPROXY" "$OUT/revproxy" -addr "127.0.0.1:$PORT_REVPROXY" -upstream "127.0.0.1:$PORT_UPSTREAM"
@@ -598,6 +630,7 @@ target_port() { # TARGET [h1|h2]
 	watertight-h1serve) echo "$PORT_WT_H1SERVE" ;;
 	watertight-netserve) echo "$PORT_WT_NETSERVE" ;;
 	watertight-neth2) echo "$PORT_WT_NETH2" ;;
+	watertight-sysmon) echo "$PORT_WT_SYSMON" ;;
 	revproxy) echo "$PORT_REVPROXY" ;;
 	gofloor-raw) echo "$PORT_GOFLOOR_RAW" ;;
 	gofloor-std) echo "$PORT_GOFLOOR_STD" ;;
@@ -1041,7 +1074,7 @@ main() {
 		sanity_check
 		warm_up
 		run_scenarios
-		stop upstream watertight watertight-h1conn watertight-nethttp watertight-h1serve watertight-netserve watertight-neth2 revproxy gofloor-raw gofloor-std gofloor-srv gofloor-rp haproxy nginx caddy
+		stop upstream watertight watertight-h1conn watertight-nethttp watertight-h1serve watertight-netserve watertight-neth2 watertight-sysmon revproxy gofloor-raw gofloor-std gofloor-srv gofloor-rp haproxy nginx caddy
 	fi
 	if part isolation || part weights; then
 		rm -rf "$OUT/iso-runs"
