@@ -498,10 +498,12 @@ func (cc *clientConn) idleCheck() {
 		cc.mu.Unlock()
 		return
 	}
+	// Marked closed before mu is let go, so no request reserves a stream
+	// on it in between (see retireIfIdle).
+	err := errors.New("idle")
+	cc.broken = err
 	cc.mu.Unlock()
-	if err := errors.New("idle"); cc.retireIfIdle(err) { // a request may have come meanwhile
-		cc.close(err)
-	}
+	cc.close(err)
 }
 
 // watchReads pings a connection whose streams have heard nothing for

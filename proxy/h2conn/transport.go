@@ -220,8 +220,10 @@ func (t *Transport) open(ctx context.Context, addr string) (*clientConn, error) 
 	// The dialler's stream is reserved before the connection joins the
 	// pool, so that the idle clock, started here for a connection
 	// without one, cannot close it under the request that opened it.
-	mine := cc.reserve()
-	if !mine {
+	var mine *clientConn
+	if cc.reserve() {
+		mine = cc
+	} else {
 		cc.mu.Lock()
 		cc.goIdle()
 		cc.mu.Unlock()
@@ -237,10 +239,7 @@ func (t *Transport) open(ctx context.Context, addr string) (*clientConn, error) 
 	}
 	t.conns[addr] = append(t.conns[addr], cc)
 	t.mu.Unlock()
-	if !mine {
-		return nil, nil
-	}
-	return cc, nil
+	return mine, nil
 }
 
 // forget takes cc out of the pool: it takes no new streams.
