@@ -164,6 +164,24 @@ func fetch(t *testing.T, rt http.RoundTripper, req *http.Request) (*http.Respons
 	return res, string(b)
 }
 
+// bodyMustFail GETs url and fails the test if the answer's body reads to a
+// clean end: a body that breaks its framing must end in an error. With
+// headErrOK an error from RoundTrip is as good; without, it fails the test.
+func bodyMustFail(t *testing.T, rt http.RoundTripper, url string, headErrOK bool) {
+	t.Helper()
+	res, err := rt.RoundTrip(newRequest(t, http.MethodGet, url, nil))
+	if err != nil {
+		if !headErrOK {
+			t.Fatal(err)
+		}
+		return
+	}
+	defer res.Body.Close()
+	if b, err := io.ReadAll(res.Body); err == nil {
+		t.Errorf("read %q and a clean end of a body announced as %d bytes", b, res.ContentLength)
+	}
+}
+
 func recv[T any](t *testing.T, ch <-chan T, what string) T {
 	t.Helper()
 	select {
@@ -1422,14 +1440,7 @@ func TestErrors(t *testing.T) {
 			}
 		})
 		tr, _ := newTransport(t)
-		res, err := tr.RoundTrip(newRequest(t, http.MethodGet, s.url+"/", nil))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer res.Body.Close()
-		if b, err := io.ReadAll(res.Body); err == nil {
-			t.Errorf("read %q and a clean end of a 10-byte body", b)
-		}
+		bodyMustFail(t, tr, s.url+"/", false)
 	})
 
 	t.Run("body longer than its content-length", func(t *testing.T) {
@@ -1443,14 +1454,7 @@ func TestErrors(t *testing.T) {
 			_ = c.drain()
 		})
 		tr, _ := newTransport(t)
-		res, err := tr.RoundTrip(newRequest(t, http.MethodGet, s.url+"/", nil))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer res.Body.Close()
-		if b, err := io.ReadAll(res.Body); err == nil {
-			t.Errorf("read %q and a clean end of a 3-byte body", b)
-		}
+		bodyMustFail(t, tr, s.url+"/", false)
 	})
 
 	t.Run("request body shorter than its ContentLength", func(t *testing.T) {
@@ -1483,14 +1487,7 @@ func TestErrors(t *testing.T) {
 			_ = c.drain()
 		})
 		tr, _ := newTransport(t)
-		res, err := tr.RoundTrip(newRequest(t, http.MethodGet, s.url+"/", nil))
-		if err != nil {
-			return // an error is as good
-		}
-		defer res.Body.Close()
-		if b, err := io.ReadAll(res.Body); err == nil {
-			t.Errorf("read %q and a clean end of a body announced as %d bytes", b, res.ContentLength)
-		}
+		bodyMustFail(t, tr, s.url+"/", true)
 	})
 
 	t.Run("invalid :status", func(t *testing.T) {
@@ -1780,13 +1777,8 @@ func TestSlowSettingsOutlastIdleTimeout(t *testing.T) {
 		_ = c.drain()
 	})
 	tr, _ := newTransport(t, func(tr *h2conn.Transport) { tr.IdleTimeout = idle })
-	res, err := tr.RoundTrip(newRequest(t, http.MethodGet, s.url+"/", nil))
-	if err != nil {
-		t.Fatalf("the first request on a connection whose SETTINGS came after IdleTimeout: %v", err)
-	}
-	defer res.Body.Close()
-	if b, err := io.ReadAll(res.Body); err != nil || string(b) != "ok" {
-		t.Errorf("%q, %v; want ok", b, err)
+	if _, body := fetch(t, tr, newRequest(t, http.MethodGet, s.url+"/", nil)); body != "ok" {
+		t.Errorf("%q; want ok", body)
 	}
 }
 
