@@ -17,7 +17,7 @@ import (
 
 	"golang.org/x/net/http/httpguts"
 
-	"github.com/watertight/watertight/proxy/h1serve"
+	"github.com/watertight/watertight/proxy/internal/h1head"
 )
 
 // The hot case past ReverseProxy (docs/forwarding-path.md, step 2b).
@@ -71,7 +71,7 @@ func droppable(h http.Header, k string) bool {
 		v := h[k]
 		return len(v) == 1 && v[0] == "trailers"
 	case "Connection":
-		return h1serve.OnlyKeepAlive(h[k])
+		return h1head.OnlyKeepAlive(h[k])
 	}
 	return false
 }

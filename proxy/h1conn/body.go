@@ -21,13 +21,16 @@ const (
 // the context's end (then it is closed: what is left of the answer is not
 // worth reading, and may never come).
 type body struct {
-	t     *Transport
-	c     *conn
-	ctx   context.Context
-	rc    io.ReadCloser // http.ReadResponse's: framing and trailers
-	stop  func() bool   // unregisters the context watcher
-	keep  bool          // the connection may carry another request
-	state atomic.Int32
+	t   *Transport
+	c   *conn
+	ctx context.Context
+	rc  io.ReadCloser // http.ReadResponse's: framing and trailers; nil for a plain answer
+	// remaining is what a plain answer's body (readResponse) still has to
+	// come from c: read here, with no reader of net/http's in between.
+	remaining int64
+	stop      func() bool // unregisters the context watcher
+	keep      bool        // the connection may carry another request
+	state     atomic.Int32
 }
 
 func (b *body) Read(p []byte) (int, error) {
@@ -37,7 +40,13 @@ func (b *body) Read(p []byte) (int, error) {
 	case bodyClosed:
 		return 0, errBodyClosed
 	}
-	n, err := b.rc.Read(p)
+	var n int
+	var err error
+	if b.rc != nil {
+		n, err = b.rc.Read(p)
+	} else {
+		n, err = b.readRaw(p)
+	}
 	switch {
 	case err == io.EOF:
 		if b.state.CompareAndSwap(bodyOpen, bodyEOF) {
@@ -51,6 +60,27 @@ func (b *body) Read(p []byte) (int, error) {
 		if b.state.CompareAndSwap(bodyOpen, bodyClosed) {
 			b.t.release(b.c, b.stop, false)
 		}
+	}
+	return n, err
+}
+
+// readRaw reads a plain answer's body of known length as net/http's body
+// would: the end comes with the last bytes, and an end before them is
+// io.ErrUnexpectedEOF.
+func (b *body) readRaw(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	if int64(len(p)) > b.remaining {
+		p = p[:b.remaining]
+	}
+	n, err := b.c.br.Read(p)
+	b.remaining -= int64(n)
+	switch {
+	case err == io.EOF && b.remaining > 0:
+		err = io.ErrUnexpectedEOF
+	case err == nil && b.remaining == 0:
+		err = io.EOF
 	}
 	return n, err
 }

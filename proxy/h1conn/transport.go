@@ -170,7 +170,7 @@ func (t *Transport) exchange(ctx context.Context, c *conn, req *http.Request) (*
 	c.limit = headLimit
 	var resp *http.Response
 	for n := 0; ; n++ {
-		resp, err = http.ReadResponse(c.br, req)
+		resp, err = readResponse(c, req)
 		if err != nil {
 			// Not one byte of an answer came: the connection was stale.
 			if c.limit == headLimit && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || isReset(err)) {
@@ -205,7 +205,11 @@ func (t *Transport) exchange(ctx context.Context, c *conn, req *http.Request) (*
 		t.release(c, stop, keep)
 		return resp, nil
 	}
-	resp.Body = &body{t: t, c: c, ctx: ctx, rc: resp.Body, stop: stop, keep: keep}
+	b := &body{t: t, c: c, ctx: ctx, rc: resp.Body, stop: stop, keep: keep}
+	if resp.Body == nil {
+		b.remaining = resp.ContentLength // a plain answer: the body is the next bytes of c
+	}
+	resp.Body = b
 	return resp, nil
 }
 

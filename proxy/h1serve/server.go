@@ -28,14 +28,14 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/textproto"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http/httpguts"
+
+	"github.com/watertight/watertight/proxy/internal/h1head"
 )
 
 // MaxInlineBody is the largest request body served here; larger ones are
@@ -303,8 +303,16 @@ func (c *conn) serve(ctx context.Context) (handedOff bool) {
 		case c.served == 0 && bytes.HasPrefix(head, http2Preface):
 			return c.handOff(nil)
 		}
-		req, err := http.ReadRequest(c.br)
-		if err != nil || !serves(req, head) {
+		// The plainest heads are parsed here (head.go), the rest by
+		// net/http. plain stays on this stack: serveRequest copies it.
+		var plain http.Request
+		req := &plain
+		if parseSimple(head, &plain) {
+			if !serves(req, head) {
+				return c.handOff(nil) // nothing consumed yet
+			}
+			_, _ = c.br.Discard(len(head))
+		} else if req, err = http.ReadRequest(c.br); err != nil || !serves(req, head) {
 			// head still holds the bytes ReadRequest consumed: it read
 			// only what was buffered, so the buffer was not refilled.
 			return c.handOff(head)
@@ -372,7 +380,7 @@ func serves(req *http.Request, head []byte) bool {
 		return false
 	}
 	h := req.Header
-	if len(h["Expect"]) > 0 || len(h["Upgrade"]) > 0 || !OnlyKeepAlive(h["Connection"]) {
+	if len(h["Expect"]) > 0 || len(h["Upgrade"]) > 0 || !h1head.OnlyKeepAlive(h["Connection"]) {
 		return false
 	}
 	// http.ReadRequest drops the Host field (req.Host may come from an
@@ -389,23 +397,6 @@ func serves(req *http.Request, head []byte) bool {
 		}
 		for _, v := range vv {
 			if !httpguts.ValidHeaderFieldValue(v) {
-				return false
-			}
-		}
-	}
-	return true
-}
-
-// OnlyKeepAlive: a Connection field (its values vv) that names nothing but
-// keep-alive, as Java's, Node's and Python's clients send on every request.
-// net/http's server acts on no such token of an HTTP/1.1 request (only on
-// close, which ReadRequest turns into req.Close, and on an h2c upgrade), so
-// the loop serves it; any other token is handed off. The proxy's relay
-// takes the same requests past ReverseProxy.
-func OnlyKeepAlive(vv []string) bool {
-	for _, v := range vv {
-		for t := range strings.SplitSeq(v, ",") {
-			if t = textproto.TrimString(t); t != "" && !strings.EqualFold(t, "keep-alive") {
 				return false
 			}
 		}
@@ -460,11 +451,11 @@ func (c *conn) serveRequest(parent context.Context, req *http.Request) bool {
 		body = &requestBody{ReadCloser: req.Body}
 		req.Body = body
 	}
-	req = req.WithContext(ctx)
-	w := &response{c: c, req: req, header: make(http.Header), contentLength: -1}
+	r := req.WithContext(ctx) // req may be serve's stack copy: only r leaves
+	w := &response{c: c, req: r, header: make(http.Header), contentLength: -1}
 	c.arm(body, cancel)
 
-	c.s.Handler.ServeHTTP(w, req)
+	c.s.Handler.ServeHTTP(w, r)
 
 	if c.disarm() {
 		return false // the client hung up

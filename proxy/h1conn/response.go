@@ -1,0 +1,127 @@
+package h1conn
+
+import (
+	"bytes"
+	"io"
+	"net/http"
+
+	"github.com/watertight/watertight/proxy/internal/h1head"
+)
+
+// readResponse reads the answer's head from c: the plainest heads with
+// parseSimple, the rest with http.ReadResponse, the reference. A nil body
+// on a plain answer means the body is the next ContentLength bytes of c,
+// for exchange's body to read (see body.raw).
+func readResponse(c *conn, req *http.Request) (*http.Response, error) {
+	// Wait for the first bytes, as ReadResponse would; then the head has
+	// usually come whole.
+	if _, err := c.br.Peek(1); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF // as ReadResponse says it
+		}
+		return nil, err
+	}
+	buf, _ := c.br.Peek(c.br.Buffered())
+	if n := bytes.Index(buf, crlf2); n >= 0 {
+		if resp := parseSimple(buf[:n+4], req); resp != nil {
+			_, _ = c.br.Discard(n + 4)
+			return resp, nil
+		}
+	}
+	return http.ReadResponse(c.br, req)
+}
+
+var crlf2 = []byte("\r\n\r\n")
+
+// parseSimple parses the head of the plainest answer as http.ReadResponse
+// would (response_test.go holds it to that, field by field), in half the
+// allocations (see h1head), or returns nil for anything else.
+//
+// The plainest answer: "HTTP/1.1 NNN reason" with a final status that has
+// a body (not 1xx, 204 or 304, and not to HEAD), plain field lines
+// (h1head.Plain), exactly one Content-Length of digits, no
+// Transfer-Encoding, and no Pragma or Connection but keep-alive (which
+// ReadResponse would act on). Its Body is nil (the caller's to set) unless
+// the length is 0.
+func parseSimple(head []byte, req *http.Request) *http.Response {
+	line, fields, ok := h1head.CutLine(head)
+	if !ok || req.Method == http.MethodHead || !plainStatusLine(line) {
+		return nil
+	}
+	code := int(line[9]-'0')*100 + int(line[10]-'0')*10 + int(line[11]-'0')
+	if code < 200 || code == http.StatusNoContent || code == http.StatusNotModified {
+		return nil
+	}
+	lengths, length := 0, int64(0)
+	n, ok := h1head.Plain(fields, func(name, value []byte) bool {
+		switch {
+		case h1head.Is(name, "Content-Length"):
+			lengths++
+			var plain bool
+			length, plain = parseLength(value)
+			return plain
+		case h1head.Is(name, "Connection"):
+			return h1head.OnlyKeepAlive([]string{string(value)})
+		case h1head.Is(name, "Transfer-Encoding"), h1head.Is(name, "Pragma"):
+			return false
+		}
+		return true
+	})
+	if !ok || lengths != 1 {
+		return nil
+	}
+	s := string(head)
+	h, _ := h1head.Header(head, s, len(line)+2, n, "")
+	resp := &http.Response{
+		Status:        s[9:len(line)],
+		StatusCode:    code,
+		Proto:         "HTTP/1.1",
+		ProtoMajor:    1,
+		ProtoMinor:    1,
+		Header:        h,
+		ContentLength: length,
+		Request:       req,
+	}
+	if length == 0 {
+		resp.Body = http.NoBody
+	}
+	return resp
+}
+
+// plainStatusLine: "HTTP/1.1 NNN", then nothing or a space and a reason of
+// visible ASCII, spaces and tabs.
+func plainStatusLine(l []byte) bool {
+	if len(l) < 12 || string(l[:9]) != "HTTP/1.1 " || !isDigit(l[9]) || !isDigit(l[10]) || !isDigit(l[11]) {
+		return false
+	}
+	if len(l) == 12 {
+		return true
+	}
+	if l[12] != ' ' {
+		return false
+	}
+	for _, c := range l[13:] {
+		if (c < ' ' || c >= 0x7f) && c != '\t' {
+			return false
+		}
+	}
+	return true
+}
+
+// parseLength: a Content-Length of 1 to 18 digits (so it fits an int64;
+// longer ones are ReadResponse's to judge).
+func parseLength(v []byte) (int64, bool) {
+	if len(v) == 0 || len(v) > 18 {
+		return 0, false
+	}
+	var n int64
+	for _, c := range v {
+		if !isDigit(c) {
+			return 0, false
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return n, true
+}
+
+func isDigit(c byte) bool { return '0' <= c && c <= '9' }

@@ -1,0 +1,136 @@
+package h1serve
+
+import (
+	"bufio"
+	"bytes"
+	"net/http"
+	"reflect"
+	"testing"
+)
+
+// Heads real clients send, which must take the fast way.
+var plainHeads = map[string]string{
+	"fortio":  "GET / HTTP/1.1\r\nHost: 127.0.0.1:18081\r\nUser-Agent: fortio.org/fortio-1.68.2\r\n\r\n",
+	"curl":    "GET /api/v1/items?id=7&x=%20 HTTP/1.1\r\nHost: orders\r\nUser-Agent: curl/8.5.0\r\nAccept: */*\r\n\r\n",
+	"go":      "GET /x HTTP/1.1\r\nHost: orders:8080\r\nUser-Agent: Go-http-client/1.1\r\nAccept-Encoding: gzip\r\n\r\n",
+	"java":    "DELETE /a/b HTTP/1.1\r\nConnection: keep-alive\r\nHost: orders\r\nuser-agent: Java-http-client/21\r\n\r\n",
+	"repeats": "HEAD /%7Euser HTTP/1.1\r\nHost: a\r\nAccept: a\r\nAccept:  b \t\r\nX-Empty:\r\nX-Spaces:   \r\n\r\n",
+}
+
+// Heads that ReadRequest must parse instead: each is outside the plain
+// case for one reason.
+var unplainHeads = map[string]string{
+	"body":              "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n",
+	"empty body":        "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+	"chunked":           "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+	"pragma":            "GET / HTTP/1.1\r\nHost: a\r\nPragma: no-cache\r\n\r\n",
+	"close":             "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+	"upgrade token":     "GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\n\r\n",
+	"no host":           "GET / HTTP/1.1\r\nAccept: */*\r\n\r\n",
+	"two hosts":         "GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n",
+	"folded":            "GET / HTTP/1.1\r\nHost: a\r\nX: 1\r\n 2\r\n\r\n",
+	"bare LF":           "GET / HTTP/1.1\nHost: a\n\n",
+	"bare LF in head":   "GET / HTTP/1.1\r\nHost: a\nX: 1\r\n\r\n",
+	"bare CR":           "GET / HTTP/1.1\r\nHost: a\rX: 1\r\n\r\n",
+	"absolute form":     "GET http://b/x HTTP/1.1\r\nHost: a\r\n\r\n",
+	"asterisk":          "OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
+	"double slash":      "GET //b/x HTTP/1.1\r\nHost: a\r\n\r\n",
+	"HTTP/1.0":          "GET / HTTP/1.0\r\nHost: a\r\n\r\n",
+	"CONNECT":           "CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
+	"odd method":        "PURGE / HTTP/1.1\r\nHost: a\r\n\r\n",
+	"lower method":      "get / HTTP/1.1\r\nHost: a\r\n\r\n",
+	"fragment":          "GET /a#b HTTP/1.1\r\nHost: a\r\n\r\n",
+	"two spaces":        "GET  / HTTP/1.1\r\nHost: a\r\n\r\n",
+	"space before :":    "GET / HTTP/1.1\r\nHost: a\r\nX : 1\r\n\r\n",
+	"non-ASCII value":   "GET / HTTP/1.1\r\nHost: a\r\nX: \xc3\xa9\r\n\r\n",
+	"control in value":  "GET / HTTP/1.1\r\nHost: a\r\nX: a\x01b\r\n\r\n",
+	"bad escape":        "GET /%zz HTTP/1.1\r\nHost: a\r\n\r\n",
+	"no colon":          "GET / HTTP/1.1\r\nHost: a\r\nX\r\n\r\n",
+	"empty name":        "GET / HTTP/1.1\r\nHost: a\r\n: v\r\n\r\n",
+	"leading blank":     "\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+	"no blank line end": "GET / HTTP/1.1\r\nHost: a\r\n",
+}
+
+func TestParseSimpleTakesPlainHeads(t *testing.T) {
+	for name, head := range plainHeads {
+		t.Run(name, func(t *testing.T) {
+			checkAgainstReadRequest(t, []byte(head), true)
+		})
+	}
+}
+
+func TestParseSimpleLeavesTheRestToReadRequest(t *testing.T) {
+	for name, head := range unplainHeads {
+		t.Run(name, func(t *testing.T) {
+			var req http.Request
+			if parseSimple([]byte(head), &req) {
+				t.Fatalf("parseSimple took %q", head)
+			}
+		})
+	}
+}
+
+// The point of it: the common head in a handful of allocations (the head's
+// string, the URL, the header map and its values' backing array), where
+// ReadRequest makes about a dozen.
+func TestParseSimpleAllocations(t *testing.T) {
+	head := []byte(plainHeads["curl"])
+	var req http.Request
+	allocs := testing.AllocsPerRun(100, func() {
+		if !parseSimple(head, &req) {
+			t.Fatal("not taken")
+		}
+	})
+	std := testing.AllocsPerRun(100, func() {
+		if _, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(head))); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Logf("parseSimple %v allocations, http.ReadRequest %v (with its reader)", allocs, std)
+	if allocs > 5 {
+		t.Errorf("parseSimple made %v allocations, want at most 5", allocs)
+	}
+}
+
+// FuzzParseSimpleAgainstReadRequest: whatever parseSimple takes, it must
+// parse into exactly the Request http.ReadRequest makes of the same bytes,
+// consuming exactly the head; and ReadRequest must not refuse it.
+//
+//	go test ./proxy/h1serve/ -run x -fuzz FuzzParseSimpleAgainstReadRequest
+func FuzzParseSimpleAgainstReadRequest(f *testing.F) {
+	for _, h := range plainHeads {
+		f.Add([]byte(h + "GET / HTTP/1.1\r\n"))
+	}
+	for _, h := range unplainHeads {
+		f.Add([]byte(h))
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		checkAgainstReadRequest(t, raw, false)
+	})
+}
+
+// checkAgainstReadRequest parses the head at the start of raw both ways and
+// compares; mustTake says parseSimple has to take it.
+func checkAgainstReadRequest(t *testing.T, raw []byte, mustTake bool) {
+	t.Helper()
+	n := headLength(raw)
+	var got http.Request
+	if n == 0 || !parseSimple(raw[:n], &got) {
+		if mustTake {
+			t.Fatalf("parseSimple did not take %q", raw)
+		}
+		return
+	}
+	src := bytes.NewReader(raw)
+	br := bufio.NewReaderSize(src, readBufferSize)
+	want, err := http.ReadRequest(br)
+	if err != nil {
+		t.Fatalf("parseSimple took %q, which http.ReadRequest refuses: %v", raw, err)
+	}
+	if consumed := len(raw) - br.Buffered() - src.Len(); consumed != n {
+		t.Errorf("http.ReadRequest consumed %d bytes of %q, parseSimple's head is %d", consumed, raw, n)
+	}
+	if !reflect.DeepEqual(&got, want) {
+		t.Errorf("%q:\nparseSimple    %+v\nURL %+v\nhttp.ReadRequest %+v\nURL %+v", raw, got, *got.URL, *want, *want.URL)
+	}
+}

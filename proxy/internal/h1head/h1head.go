@@ -1,0 +1,168 @@
+// Package h1head reads the field lines of the plainest HTTP/1.1 heads, the
+// ones almost every app and upstream sends, into an http.Header with few
+// allocations: one string for the whole head, which every name and value is
+// cut from, one map and one backing array for the values. The app-side
+// loop's request parser (h1serve) and the upstream client's response parser
+// (h1conn) build on it; each holds its result to net/http's own parser with
+// a differential fuzz test, and leaves every head that is not plain to it.
+//
+// Written by hand because net/http has no cheaper way to make its types
+// from bytes, and net/textproto's reader allocates per line and value: that
+// was a fifth of the sidecar's allocations per request at full load
+// (docs/benchmarks.md, run 29).
+package h1head
+
+import (
+	"net/http"
+	"net/textproto"
+	"strings"
+)
+
+// Plain reports whether the field lines in b (after the start line, up to
+// and including the blank line that ends the head) are all plain: "Name:
+// value" and CRLF, a token for a name directly followed by the colon, a
+// value of visible ASCII, spaces and tabs. It calls visit with each name
+// and its value without the spaces and tabs around it, and stops with
+// false as soon as visit does. n is the number of fields.
+func Plain(b []byte, visit func(name, value []byte) bool) (n int, ok bool) {
+	for {
+		l, rest, ok := CutLine(b)
+		if !ok {
+			return 0, false
+		}
+		if len(l) == 0 {
+			return n, len(rest) == 0
+		}
+		name, value, ok := field(l)
+		if !ok || !visit(name, value) {
+			return 0, false
+		}
+		n++
+		b = rest
+	}
+}
+
+// Header makes the header of the n plain field lines (Plain said so) that
+// start at head[off:]; s is head as a string, which every name and value is
+// cut from. The field named skip (canonical) is kept out of it and its first
+// value returned, as http.ReadRequest does with Host.
+func Header(head []byte, s string, off, n int, skip string) (h http.Header, skipped string) {
+	h = make(http.Header, n)
+	strs := make([]string, n) // one backing array for the first value of each name, as textproto does
+	for {
+		l, _, _ := CutLine(head[off:])
+		if len(l) == 0 {
+			return h, skipped
+		}
+		name, value, _ := field(l)
+		k := http.CanonicalHeaderKey(s[off : off+len(name)]) // allocates only if not canonical already
+		start := off + len(l) - trailingSpace(l) - len(value)
+		v := s[start : start+len(value)]
+		switch vv, ok := h[k]; {
+		case k == skip:
+			if skipped == "" {
+				skipped = v
+			}
+		case ok:
+			h[k] = append(vv, v)
+		default:
+			vv, strs = strs[:1:1], strs[1:]
+			vv[0] = v
+			h[k] = vv
+		}
+		off += len(l) + 2
+	}
+}
+
+// Is reports whether name is the field canonical names (case blind, as
+// canonicalisation is).
+func Is(name []byte, canonical string) bool {
+	return len(name) == len(canonical) && strings.EqualFold(string(name), canonical)
+}
+
+// OnlyKeepAlive: a Connection field value that names nothing but
+// keep-alive, as Java's, Node's and Python's clients send on every request.
+// net/http acts on no such token of HTTP/1.1 (only on close, which sets
+// Close, and on an h2c upgrade).
+func OnlyKeepAlive(vv []string) bool {
+	for _, v := range vv {
+		for t := range strings.SplitSeq(v, ",") {
+			if t = textproto.TrimString(t); t != "" && !strings.EqualFold(t, "keep-alive") {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// CutLine cuts b at its first CRLF; it reports false for a bare CR or LF
+// before it, or none at all.
+func CutLine(b []byte) (line, rest []byte, ok bool) {
+	for i := 0; i+1 < len(b); i++ {
+		switch b[i] {
+		case '\r':
+			if b[i+1] != '\n' {
+				return nil, nil, false
+			}
+			return b[:i], b[i+2:], true
+		case '\n':
+			return nil, nil, false
+		}
+	}
+	return nil, nil, false
+}
+
+// field splits a plain "Name: value" line into the name and the value
+// without the spaces and tabs around it.
+func field(l []byte) (name, value []byte, ok bool) {
+	colon := -1
+	for i, c := range l {
+		if c == ':' {
+			colon = i
+			break
+		}
+		if !isTokenByte[c] {
+			return nil, nil, false
+		}
+	}
+	if colon <= 0 {
+		return nil, nil, false
+	}
+	name, v := l[:colon], l[colon+1:]
+	for _, c := range v {
+		if (c < ' ' || c >= 0x7f) && c != '\t' {
+			return nil, nil, false
+		}
+	}
+	i, j := 0, len(v)
+	for i < j && (v[i] == ' ' || v[i] == '\t') {
+		i++
+	}
+	for j > i && (v[j-1] == ' ' || v[j-1] == '\t') {
+		j--
+	}
+	return name, v[i:j], true
+}
+
+// trailingSpace is the number of spaces and tabs ending l.
+func trailingSpace(l []byte) int {
+	n := 0
+	for n < len(l) && (l[len(l)-1-n] == ' ' || l[len(l)-1-n] == '\t') {
+		n++
+	}
+	return n
+}
+
+// isTokenByte: the characters of a token (RFC 9110, 5.6.2), a field name's.
+var isTokenByte = func() (t [256]bool) {
+	for c := '0'; c <= '9'; c++ {
+		t[c] = true
+	}
+	for c := 'a'; c <= 'z'; c++ {
+		t[c], t[c-'a'+'A'] = true, true
+	}
+	for _, c := range "!#$%&'*+-.^_`|~" {
+		t[c] = true
+	}
+	return t
+}()
