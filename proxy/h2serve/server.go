@@ -32,6 +32,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -211,6 +212,11 @@ type conn struct {
 	idleSince  time.Time
 	idleTimer  *time.Timer
 	handlers   sync.WaitGroup
+
+	// work hands a new stream to an idle worker (see worker); only the
+	// reader sends, and teardown closes it once the reader is done.
+	work        chan *stream
+	idleWorkers atomic.Int32
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
@@ -222,6 +228,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 		sendWindow: defaultWindow,
 		peerWindow: defaultWindow,
 		recv:       h2wire.NewInflow(initialConnWindow),
+		work:       make(chan *stream),
 	}
 	c.window.L = &c.mu
 	c.w = h2wire.NewConn(nc, "the app at "+c.remote)
@@ -567,6 +574,7 @@ func closeWrite(nc net.Conn) {
 // teardown ends every stream, waits for their handlers, and closes the
 // connection once the client has had its say (see closeConn).
 func (c *conn) teardown() {
+	close(c.work) // the reader is done: idle workers end
 	c.mu.Lock()
 	c.closed = true
 	for _, st := range c.streams {

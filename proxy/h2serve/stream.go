@@ -115,8 +115,45 @@ func (c *conn) processHeaders(f *http2.MetaHeadersFrame) error {
 	c.running++
 	c.handlers.Add(1)
 	c.mu.Unlock()
-	go c.runHandler(st)
+	select {
+	case c.work <- st: // an idle worker takes it
+	default:
+		go c.worker(st)
+	}
 	return nil
+}
+
+// workerStreams is how many streams a worker serves before it ends, so that
+// a stack one large request grew is given back now and then (grpc-go's
+// serverWorkerResetThreshold).
+const workerStreams = 1 << 16
+
+// maxIdleWorkers is how many workers a connection keeps waiting for
+// streams; past a burst, the others end rather than hold their stacks.
+const maxIdleWorkers = 16
+
+// worker runs st's handler, then those of the connection's next streams
+// while it has them. A goroutine per stream started each handler on a small
+// stack that grew, copied, through the request path on every request:
+// 8-10 % of the sidecar's CPU at h2c max load (runtime.newstack and
+// copystack, docs/benchmarks.md run 29). grpc-go's server keeps workers for
+// the same reason. Idle workers end with the connection (teardown closes
+// work).
+func (c *conn) worker(st *stream) {
+	for range workerStreams {
+		c.runHandler(st)
+		if c.idleWorkers.Add(1) > maxIdleWorkers {
+			c.idleWorkers.Add(-1)
+			return
+		}
+		var ok bool
+		st, ok = <-c.work
+		c.idleWorkers.Add(-1)
+		if !ok {
+			return
+		}
+	}
+	c.runHandler(st)
 }
 
 // trailers takes a request's trailers; the caller holds c.mu.
@@ -341,7 +378,7 @@ func validMethod(m string) bool {
 // request.
 var errMalformed = errors.New("h2serve: malformed request")
 
-// runHandler serves st on its own goroutine.
+// runHandler serves st on a worker's goroutine.
 func (c *conn) runHandler(st *stream) {
 	defer c.handlers.Done()
 	completed := false
