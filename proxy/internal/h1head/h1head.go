@@ -13,6 +13,7 @@
 package h1head
 
 import (
+	"bytes"
 	"net/http"
 	"net/textproto"
 	"strings"
@@ -54,10 +55,17 @@ func Header(head []byte, s string, off, n int, skip string) (h http.Header, skip
 		if len(l) == 0 {
 			return h, skipped
 		}
-		name, value, _ := field(l)
-		k := http.CanonicalHeaderKey(s[off : off+len(name)]) // allocates only if not canonical already
-		start := off + len(l) - trailingSpace(l) - len(value)
-		v := s[start : start+len(value)]
+		// Plain checked the line: only its parts are wanted here.
+		colon := bytes.IndexByte(l, ':')
+		k := http.CanonicalHeaderKey(s[off : off+colon]) // allocates only if not canonical already
+		i, j := colon+1, len(l)
+		for i < j && (l[i] == ' ' || l[i] == '\t') {
+			i++
+		}
+		for j > i && (l[j-1] == ' ' || l[j-1] == '\t') {
+			j--
+		}
+		v := s[off+i : off+j]
 		switch vv, ok := h[k]; {
 		case k == skip:
 			if skipped == "" {
@@ -98,18 +106,11 @@ func OnlyKeepAlive(vv []string) bool {
 // CutLine cuts b at its first CRLF; it reports false for a bare CR or LF
 // before it, or none at all.
 func CutLine(b []byte) (line, rest []byte, ok bool) {
-	for i := 0; i+1 < len(b); i++ {
-		switch b[i] {
-		case '\r':
-			if b[i+1] != '\n' {
-				return nil, nil, false
-			}
-			return b[:i], b[i+2:], true
-		case '\n':
-			return nil, nil, false
-		}
+	i := bytes.IndexByte(b, '\n')
+	if i < 1 || b[i-1] != '\r' || bytes.IndexByte(b[:i-1], '\r') >= 0 {
+		return nil, nil, false
 	}
-	return nil, nil, false
+	return b[:i-1], b[i+1:], true
 }
 
 // field splits a plain "Name: value" line into the name and the value
@@ -142,15 +143,6 @@ func field(l []byte) (name, value []byte, ok bool) {
 		j--
 	}
 	return name, v[i:j], true
-}
-
-// trailingSpace is the number of spaces and tabs ending l.
-func trailingSpace(l []byte) int {
-	n := 0
-	for n < len(l) && (l[len(l)-1-n] == ' ' || l[len(l)-1-n] == '\t') {
-		n++
-	}
-	return n
 }
 
 // isTokenByte: the characters of a token (RFC 9110, 5.6.2), a field name's.
