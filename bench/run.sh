@@ -708,6 +708,7 @@ run_one() {
 	*) die "unknown scenario $sc" ;;
 	esac
 	noise_start
+	steal_start
 	proc_start "$(target_pid "$t")"
 	if [[ $tool == fortio ]]; then
 		file=$base.json
@@ -718,10 +719,12 @@ run_one() {
 		"${LOAD_PIN[@]}" h2load "${H2LOAD_ARGS[@]}" >"$RUNS/$file" 2>&1 ||
 			log "warning: h2load failed for $base (see bench/out/runs/$file)"
 	fi
-	local noise cpu rss cs
-	read -r cpu rss cs < <(proc_end)
+	local noise cpu rss cs user steal_srv steal_load
+	read -r cpu rss cs user < <(proc_end)
 	noise=$(noise_end)
-	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$sc" "$kind" "$desc" "$t" "$rep" "$tool" "$file" "$noise" "$cpu" "$rss" "$cs" >>"$RUNS/manifest.tsv"
+	read -r steal_srv steal_load < <(steal_end)
+	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$sc" "$kind" "$desc" "$t" "$rep" "$tool" "$file" "$noise" "$cpu" "$rss" "$cs" \
+		"$user" "$steal_srv" "$steal_load" >>"$RUNS/manifest.tsv"
 	log "  $sc rep $rep $t: $(summary_line "$tool" "$RUNS/$file")${noise:+ (others used $noise% of the server core)}"
 }
 
@@ -733,24 +736,53 @@ run_one() {
 # goes that a C proxy's does not: the runtime's scheduler threads (sysmon,
 # Ms handed a P while another sits in a slow loopback write) switch on the
 # same core as the work. A thread that exits mid-measurement is missed.
+# The user part of the CPU is reported on its own too: it is the proxy's own
+# code and runtime, while the system part (the loopback writes above all)
+# swells with the hypervisor's steal (see steal_start).
 CLK_TCK=$(getconf CLK_TCK)
-proc_jiffies() { cut -d')' -f2 "/proc/$1/stat" 2>/dev/null | awk '{ print $12 + $13 }'; }
+proc_jiffies() { cut -d')' -f2 "/proc/$1/stat" 2>/dev/null | awk '{ print $12 + $13, $12 }'; } # total, user
 proc_switches() {
 	cat "/proc/$1"/task/*/status 2>/dev/null | awk '/^(nonvoluntary|voluntary)_ctxt_switches:/ { s += $2 } END { print s + 0 }'
 }
 proc_start() {
 	PROC_PID=$1
-	PROC_J0=$(proc_jiffies "$PROC_PID")
+	read -r PROC_J0 PROC_U0 < <(proc_jiffies "$PROC_PID")
 	PROC_CS0=$(proc_switches "$PROC_PID")
 	echo 5 >"/proc/$PROC_PID/clear_refs" 2>/dev/null || true
 }
-proc_end() { # prints "cpu_seconds peak_rss_kb context_switches"
-	local j1 hwm cs1
-	j1=$(proc_jiffies "$PROC_PID")
+proc_end() { # prints "cpu_seconds peak_rss_kb context_switches user_cpu_seconds"
+	local j1 u1 hwm cs1
+	read -r j1 u1 < <(proc_jiffies "$PROC_PID")
 	cs1=$(proc_switches "$PROC_PID")
 	hwm=$(awk '/^VmHWM:/ { print $2 }' "/proc/$PROC_PID/status" 2>/dev/null)
-	awk -v a="$PROC_J0" -v b="$j1" -v t="$CLK_TCK" -v h="${hwm:-0}" -v c=$((cs1 - PROC_CS0)) \
-		'BEGIN { printf "%.2f %d %d\n", (b - a) / t, h, c }'
+	awk -v a="$PROC_J0" -v b="$j1" -v ua="$PROC_U0" -v ub="$u1" -v t="$CLK_TCK" -v h="${hwm:-0}" -v c=$((cs1 - PROC_CS0)) \
+		'BEGIN { printf "%.2f %d %d %.2f\n", (b - a) / t, h, c, (ub - ua) / t }'
+}
+
+# The steal meter. This box is a virtual machine whose host takes CPU back
+# at times (the steal column of /proc/stat): under load it was 30-45 % of
+# both cores for minutes on end, and then every process's system time per
+# request doubles and throughput halves, ours and the peers' alike, which
+# no noise meter inside the machine sees. Recorded per measurement, for
+# the server core and the load generator's, so that a repetition taken in
+# such a spell can be told from one that was not.
+core_steal() { # CPU: prints "steal total" jiffies
+	awk -v c="cpu$1" '$1 == c { print $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9; exit }' /proc/stat
+}
+steal_start() {
+	STEAL_OK=0
+	[[ $SERVER_CPUS =~ ^[0-9]+$ && $LOAD_CPUS =~ ^[0-9]+$ ]] || return 0
+	read -r STEAL_S0 STEAL_ST0 < <(core_steal "$SERVER_CPUS")
+	read -r STEAL_L0 STEAL_LT0 < <(core_steal "$LOAD_CPUS")
+	STEAL_OK=1
+}
+steal_end() { # prints "server_core_steal_pct load_core_steal_pct", or nothing
+	((STEAL_OK)) || return 0
+	local s st l lt
+	read -r s st < <(core_steal "$SERVER_CPUS")
+	read -r l lt < <(core_steal "$LOAD_CPUS")
+	awk -v s=$((s - STEAL_S0)) -v st=$((st - STEAL_ST0)) -v l=$((l - STEAL_L0)) -v lt=$((lt - STEAL_LT0)) \
+		'BEGIN { printf "%.1f %.1f\n", (st > 0 ? 100 * s / st : 0), (lt > 0 ? 100 * l / lt : 0) }'
 }
 
 # The noise meter. Other processes on the box (builds, tests) steal CPU from

@@ -86,6 +86,13 @@ type run struct {
 	// the measurement, voluntary and not; SwitchesPerReq the same per request
 	// (NaN for h2load, as CPUPer1k).
 	Switches, SwitchesPerReq float64
+	// UserCPU is the user part of CPU, UserPer1k the same per 1000 requests:
+	// the proxy's own code and runtime, which the host's steal inflates less
+	// than the system part.
+	UserCPU, UserPer1k float64
+	// StealServer and StealLoad are the host's steal of the server core and
+	// of the load generator's core during the measurement, in %.
+	StealServer, StealLoad float64
 }
 
 func (r run) MarshalJSON() ([]byte, error) {
@@ -109,10 +116,15 @@ func (r run) MarshalJSON() ([]byte, error) {
 		RSSKB    *float64 `json:"peak_rss_kb"`
 		Switches *float64 `json:"context_switches"`
 		SwPerReq *float64 `json:"context_switches_per_req"`
+		UserCPU  *float64 `json:"user_cpu_s"`
+		UserPer  *float64 `json:"user_cpu_s_per_1000_req"`
+		StealSrv *float64 `json:"server_core_steal_pct"`
+		StealLd  *float64 `json:"load_core_steal_pct"`
 	}
 	return json.Marshal(plain{r.Scenario, r.Target, r.Rep, r.Tool, r.QPS,
 		us(r.Mean), us(r.P50), us(r.P90), us(r.P99), us(r.P999), r.Requests, r.Errors, r.File, ptr(r.Noise),
-		ptr(r.CPU), ptr(round(r.CPUPer1k, 4)), ptr(r.RSSKB), ptr(r.Switches), ptr(round(r.SwitchesPerReq, 3))})
+		ptr(r.CPU), ptr(round(r.CPUPer1k, 4)), ptr(r.RSSKB), ptr(r.Switches), ptr(round(r.SwitchesPerReq, 3)),
+		ptr(r.UserCPU), ptr(round(r.UserPer1k, 4)), ptr(r.StealServer), ptr(r.StealLoad)})
 }
 
 // us converts seconds to microseconds, nil for NaN.
@@ -142,6 +154,10 @@ type summary struct {
 	RSSMB    float64 // median peak RSS, MB
 	// SwitchesPerReq is the median of the proxy's context switches per request.
 	SwitchesPerReq float64
+	UserPer1k      float64 // median user CPU seconds per 1000 requests
+	// StealServer and StealLoad are the medians of the host's steal of the
+	// two cores, in %.
+	StealServer, StealLoad float64
 	// Ratios of medians (NaN when a baseline is missing, or for added
 	// latency when the baseline proxy added none: the run was too noisy).
 	QPSvsDirect, QPSvsRevproxy, QPSvsHAProxy float64
@@ -172,12 +188,16 @@ func (s summary) MarshalJSON() ([]byte, error) {
 		CPUPer1k           *float64 `json:"cpu_s_per_1000_req_median"`
 		RSSMB              *float64 `json:"peak_rss_mb_median"`
 		SwitchesPerReq     *float64 `json:"context_switches_per_req_median"`
+		UserPer1k          *float64 `json:"user_cpu_s_per_1000_req_median"`
+		StealServer        *float64 `json:"server_core_steal_pct_median"`
+		StealLoad          *float64 `json:"load_core_steal_pct_median"`
 	}
 	return json.Marshal(plain{s.Scenario, s.Target, s.Reps, round(s.QPS, 1), round(s.QPSMin, 1), round(s.QPSMax, 1),
 		us(s.Mean), us(s.P50), us(s.P90), us(s.P99), s.Errors,
 		ptr(round(s.QPSvsDirect, 3)), ptr(round(s.QPSvsRevproxy, 3)), ptr(round(s.QPSvsHAProxy, 3)),
 		us(s.AddedP50), ptr(round(s.AddedP50vsRevproxy, 3)), ptr(round(s.AddedP50vsHAProxy, 3)), ptr(round(s.Noise, 1)),
-		ptr(round(s.CPUPer1k, 4)), ptr(round(s.RSSMB, 1)), ptr(round(s.SwitchesPerReq, 3))})
+		ptr(round(s.CPUPer1k, 4)), ptr(round(s.RSSMB, 1)), ptr(round(s.SwitchesPerReq, 3)),
+		ptr(round(s.UserPer1k, 4)), ptr(round(s.StealServer, 1)), ptr(round(s.StealLoad, 1))})
 }
 
 func round(v float64, digits int) float64 {
@@ -209,7 +229,7 @@ func main() {
 	}
 
 	var md strings.Builder
-	writeMarkdown(&md, scenarios, sums)
+	writeMarkdown(&md, scenarios, sums, runs)
 	if *imgDir != "" {
 		if err := writePictures(*imgDir, scenarios, sums, &md); err != nil {
 			log.Fatal(err)
@@ -272,7 +292,8 @@ func readRuns(dir string) ([]run, []scenario, error) {
 		}
 		rep, _ := strconv.Atoi(repS)
 		r := run{Scenario: name, Target: target, Rep: rep, Tool: tool, File: file, Noise: math.NaN(),
-			CPU: math.NaN(), CPUPer1k: math.NaN(), RSSKB: math.NaN(), Switches: math.NaN(), SwitchesPerReq: math.NaN()}
+			CPU: math.NaN(), CPUPer1k: math.NaN(), RSSKB: math.NaN(), Switches: math.NaN(), SwitchesPerReq: math.NaN(),
+			UserCPU: math.NaN(), UserPer1k: math.NaN(), StealServer: math.NaN(), StealLoad: math.NaN()}
 		if len(fields) > 7 && fields[7] != "" {
 			r.Noise, _ = strconv.ParseFloat(fields[7], 64)
 		}
@@ -285,6 +306,13 @@ func readRuns(dir string) ([]run, []scenario, error) {
 		}
 		if len(fields) > 10 && fields[10] != "" {
 			r.Switches, _ = strconv.ParseFloat(fields[10], 64)
+		}
+		if len(fields) > 11 && fields[11] != "" {
+			r.UserCPU, _ = strconv.ParseFloat(fields[11], 64)
+		}
+		if len(fields) > 13 && fields[12] != "" && fields[13] != "" {
+			r.StealServer, _ = strconv.ParseFloat(fields[12], 64)
+			r.StealLoad, _ = strconv.ParseFloat(fields[13], 64)
 		}
 		path := filepath.Join(dir, file)
 		switch tool {
@@ -304,6 +332,9 @@ func readRuns(dir string) ([]run, []scenario, error) {
 		}
 		if tool == "fortio" && r.Requests > 0 && !math.IsNaN(r.Switches) {
 			r.SwitchesPerReq = r.Switches / float64(r.Requests)
+		}
+		if tool == "fortio" && r.Requests > 0 && !math.IsNaN(r.UserCPU) {
+			r.UserPer1k = r.UserCPU / float64(r.Requests) * 1000
 		}
 		runs = append(runs, r)
 	}
@@ -424,13 +455,15 @@ func summarize(sc string, runs []run) []summary {
 	var out []summary
 	for _, t := range orderedTargets(byTarget) {
 		reps := byTarget[t]
-		var qps, mean, p50, p90, p99, noise, cpu, rss, sw []float64
+		var qps, mean, p50, p90, p99, noise, cpu, rss, sw, user, stealS, stealL []float64
 		s := summary{Scenario: sc, Target: t, Reps: len(reps)}
 		for _, r := range reps {
 			noise = append(noise, r.Noise)
 			cpu = append(cpu, r.CPUPer1k)
 			rss = append(rss, r.RSSKB/1024)
 			sw = append(sw, r.SwitchesPerReq)
+			user = append(user, r.UserPer1k)
+			stealS, stealL = append(stealS, r.StealServer), append(stealL, r.StealLoad)
 			qps = append(qps, r.QPS)
 			mean = append(mean, r.Mean)
 			p50 = append(p50, r.P50)
@@ -442,6 +475,7 @@ func summarize(sc string, runs []run) []summary {
 		s.Mean, s.P50, s.P90, s.P99 = median(mean), median(p50), median(p90), median(p99)
 		s.Noise = median(noise)
 		s.CPUPer1k, s.RSSMB, s.SwitchesPerReq = median(cpu), median(rss), median(sw)
+		s.UserPer1k, s.StealServer, s.StealLoad = median(user), median(stealS), median(stealL)
 		out = append(out, s)
 	}
 	// Ratios of the medians against the baselines of the same run.
@@ -538,19 +572,20 @@ func fmtPct(v float64) string {
 	return strconv.FormatFloat(v, 'f', 0, 64)
 }
 
-func writeMarkdown(w io.Writer, scenarios []scenario, sums []summary) {
+func writeMarkdown(w io.Writer, scenarios []scenario, sums []summary, runs []run) {
 	fmt.Fprintln(w, "\nMedians of the repetitions; ratios are ratios of those medians, against baselines of the same run.")
 	fmt.Fprintln(w, "CPU s/1k = CPU seconds of the proxy process (utime+stime) per 1000 requests (for direct: the upstream's own); RSS = its peak RSS during the measurement.")
 	fmt.Fprintln(w, "sw/req = context switches of all the proxy process's threads (voluntary and not) per request: each is a trip through the kernel's scheduler on the shared server core.")
-	fmt.Fprintln(w, "noise % = median share of the server core used by processes other than the benchmark's. nginx passes h2c on as HTTP/1.1 (no h2 upstreams).")
+	fmt.Fprintln(w, "user s/1k = the user part of CPU s/1k: the proxy's own code and runtime. The system part swells with the host's steal.")
+	fmt.Fprintln(w, "noise % = median share of the server core used by processes other than the benchmark's. steal % = the host's steal of the server core / of the load generator's core (medians). nginx passes h2c on as HTTP/1.1 (no h2 upstreams).")
 	for _, sc := range scenarios {
 		fmt.Fprintf(w, "\n### %s: %s\n\n", sc.name, sc.desc)
 		if sc.kind == "max" {
-			fmt.Fprintln(w, "| target | req/s (median) | min–max | ×direct | ×haproxy | ×revproxy | mean µs | p50 µs | p99 µs | CPU s/1k | sw/req | RSS MB | errors | noise % |")
-			fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+			fmt.Fprintln(w, "| target | req/s (median) | min–max | ×direct | ×haproxy | ×revproxy | mean µs | p50 µs | p99 µs | CPU s/1k | user s/1k | sw/req | RSS MB | errors | noise % | steal % |")
+			fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 		} else {
-			fmt.Fprintln(w, "| target | req/s | p50 µs | p90 µs | p99 µs | added p50 µs | added p50 ×haproxy | added p50 ×revproxy | CPU s/1k | CPU ×haproxy | sw/req | RSS MB | errors | noise % |")
-			fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+			fmt.Fprintln(w, "| target | req/s | p50 µs | p90 µs | p99 µs | added p50 µs | added p50 ×haproxy | added p50 ×revproxy | CPU s/1k | user s/1k | CPU ×haproxy | sw/req | RSS MB | errors | noise % | steal % |")
+			fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 		}
 		hap, _ := find(sums, sc.name, baseHAProxy)
 		for _, s := range sums {
@@ -558,17 +593,19 @@ func writeMarkdown(w io.Writer, scenarios []scenario, sums []summary) {
 				continue
 			}
 			if sc.kind == "max" {
-				fmt.Fprintf(w, "| %s | %.0f | %.0f–%.0f | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %s |\n", s.Target, s.QPS, s.QPSMin, s.QPSMax,
+				fmt.Fprintf(w, "| %s | %.0f | %.0f–%.0f | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %s | %s |\n", s.Target, s.QPS, s.QPSMin, s.QPSMax,
 					fmtRatio(s.QPSvsDirect), fmtRatio(s.QPSvsHAProxy), fmtRatio(s.QPSvsRevproxy),
-					fmtUS(s.Mean), fmtUS(s.P50), fmtUS(s.P99), fmtCPU(s.CPUPer1k), fmtRatio(s.SwitchesPerReq), fmtMB(s.RSSMB), s.Errors, fmtPct(s.Noise))
+					fmtUS(s.Mean), fmtUS(s.P50), fmtUS(s.P99), fmtCPU(s.CPUPer1k), fmtCPU(s.UserPer1k), fmtRatio(s.SwitchesPerReq), fmtMB(s.RSSMB), s.Errors,
+					fmtPct(s.Noise), fmtSteal(s))
 			} else {
 				added, vsRev, vsHAP := fmtUS(s.AddedP50), fmtRatio(s.AddedP50vsRevproxy), fmtRatio(s.AddedP50vsHAProxy)
 				if s.Target == baseDirect { // the baseline adds nothing by definition
 					added, vsRev, vsHAP = "(baseline)", "–", "–"
 				}
-				fmt.Fprintf(w, "| %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %s |\n", s.Target, s.QPS,
+				fmt.Fprintf(w, "| %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %s | %s |\n", s.Target, s.QPS,
 					fmtUS(s.P50), fmtUS(s.P90), fmtUS(s.P99), added, vsHAP, vsRev,
-					fmtCPU(s.CPUPer1k), fmtRatio(s.CPUPer1k/hap.CPUPer1k), fmtRatio(s.SwitchesPerReq), fmtMB(s.RSSMB), s.Errors, fmtPct(s.Noise))
+					fmtCPU(s.CPUPer1k), fmtCPU(s.UserPer1k), fmtRatio(s.CPUPer1k/hap.CPUPer1k), fmtRatio(s.SwitchesPerReq), fmtMB(s.RSSMB), s.Errors,
+					fmtPct(s.Noise), fmtSteal(s))
 			}
 		}
 	}
@@ -576,8 +613,10 @@ func writeMarkdown(w io.Writer, scenarios []scenario, sums []summary) {
 	// The verdict against the issue's goals, per watertight target.
 	fmt.Fprintf(w, "\n### Goals: ahead of the Go peers (%s); within %.1f× of %s's added p50 and ≥ %.1f× their throughput\n\n",
 		strings.Join(goPeers, ", "), goalVsCAddedP50, strings.Join(cPeers, " and "), goalVsCThroughput)
-	fmt.Fprintln(w, "| target | scenario | measure | vs | value | goal | met |")
-	fmt.Fprintln(w, "|---|---|---|---|---:|---:|---|")
+	fmt.Fprintln(w, "The value is the ratio of the medians; per rep is the median of the ratios within each repetition, whose targets ran minutes apart at most.")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| target | scenario | measure | vs | value | per rep | goal | met |")
+	fmt.Fprintln(w, "|---|---|---|---|---:|---:|---:|---|")
 	for _, t := range watertightTargets {
 		for _, sc := range scenarios {
 			s, ok := find(sums, sc.name, t)
@@ -596,8 +635,8 @@ func writeMarkdown(w io.Writer, scenarios []scenario, sums []summary) {
 					if cPeer {
 						goal = goalVsCThroughput
 					}
-					fmt.Fprintf(w, "| %s | %s | throughput ratio | %s | %s | ≥ %.2f | %s |\n", t, sc.name, peer,
-						fmtRatio(v), goal, verdict(v >= goal, v))
+					fmt.Fprintf(w, "| %s | %s | throughput ratio | %s | %s | %s | ≥ %.2f | %s |\n", t, sc.name, peer,
+						fmtRatio(v), fmtRatio(perRep(runs, sc.name, t, peer, qpsRatio)), goal, verdict(v >= goal, v))
 				} else {
 					v, goal := math.NaN(), 1.0
 					if p.P50 > d.P50 {
@@ -610,12 +649,61 @@ func writeMarkdown(w io.Writer, scenarios []scenario, sums []summary) {
 					if !cPeer {
 						op = "<"
 					}
-					fmt.Fprintf(w, "| %s | %s | added p50 ratio | %s | %s | %s %.2f | %s |\n", t, sc.name, peer,
-						fmtRatio(v), op, goal, verdict(v <= goal, v))
+					fmt.Fprintf(w, "| %s | %s | added p50 ratio | %s | %s | %s | %s %.2f | %s |\n", t, sc.name, peer,
+						fmtRatio(v), fmtRatio(perRep(runs, sc.name, t, peer, addedP50Ratio)), op, goal, verdict(v <= goal, v))
 				}
 			}
 		}
 	}
+}
+
+// perRep is the median over the repetitions of scenario sc of ratio(the
+// target's run, the peer's, direct's) of that repetition: the targets of one
+// repetition run back to back, so that slow swings of the host's speed,
+// which move the medians of a whole run apart, cancel out. NaN where no
+// repetition has both.
+func perRep(runs []run, sc, target, peer string, ratio func(t, p, d run) float64) float64 {
+	byRep := map[int]map[string]run{}
+	for _, r := range runs {
+		if r.Scenario == sc {
+			if byRep[r.Rep] == nil {
+				byRep[r.Rep] = map[string]run{}
+			}
+			byRep[r.Rep][r.Target] = r
+		}
+	}
+	var vs []float64
+	for _, rs := range byRep {
+		t, ok1 := rs[target]
+		p, ok2 := rs[peer]
+		if !ok1 || !ok2 {
+			continue
+		}
+		d, ok := rs[baseDirect]
+		if !ok {
+			d = run{P50: math.NaN()}
+		}
+		vs = append(vs, ratio(t, p, d))
+	}
+	return median(vs)
+}
+
+func qpsRatio(t, p, _ run) float64 { return t.QPS / p.QPS }
+
+// addedP50Ratio is NaN when the peer added nothing over direct in that
+// repetition (its baseline was inflated).
+func addedP50Ratio(t, p, d run) float64 {
+	if !(p.P50 > d.P50) {
+		return math.NaN()
+	}
+	return (t.P50 - d.P50) / (p.P50 - d.P50)
+}
+
+func fmtSteal(s summary) string {
+	if math.IsNaN(s.StealServer) || math.IsNaN(s.StealLoad) {
+		return "–"
+	}
+	return fmt.Sprintf("%.0f / %.0f", s.StealServer, s.StealLoad)
 }
 
 func find(sums []summary, sc, target string) (summary, bool) {
@@ -719,7 +807,8 @@ func writeCSV(path string, sums []summary) error {
 	w := csv.NewWriter(f)
 	_ = w.Write([]string{"scenario", "target", "reps", "qps_median", "qps_min", "qps_max", "mean_us", "p50_us", "p90_us", "p99_us",
 		"errors", "qps_vs_direct", "qps_vs_revproxy", "qps_vs_haproxy", "added_p50_us", "added_p50_vs_revproxy", "added_p50_vs_haproxy",
-		"foreign_cpu_pct_median", "cpu_s_per_1000_req", "peak_rss_mb", "context_switches_per_req"})
+		"foreign_cpu_pct_median", "cpu_s_per_1000_req", "peak_rss_mb", "context_switches_per_req",
+		"user_cpu_s_per_1000_req", "server_core_steal_pct", "load_core_steal_pct"})
 	num := func(v float64, f byte, prec int) string {
 		if math.IsNaN(v) || math.IsInf(v, 0) {
 			return ""
@@ -733,7 +822,8 @@ func writeCSV(path string, sums []summary) error {
 			strconv.FormatInt(s.Errors, 10),
 			num(s.QPSvsDirect, 'f', 3), num(s.QPSvsRevproxy, 'f', 3), num(s.QPSvsHAProxy, 'f', 3),
 			num(s.AddedP50*1e6, 'f', 1), num(s.AddedP50vsRevproxy, 'f', 3), num(s.AddedP50vsHAProxy, 'f', 3),
-			num(s.Noise, 'f', 1), num(s.CPUPer1k, 'f', 4), num(s.RSSMB, 'f', 1), num(s.SwitchesPerReq, 'f', 3)})
+			num(s.Noise, 'f', 1), num(s.CPUPer1k, 'f', 4), num(s.RSSMB, 'f', 1), num(s.SwitchesPerReq, 'f', 3),
+			num(s.UserPer1k, 'f', 4), num(s.StealServer, 'f', 1), num(s.StealLoad, 'f', 1)})
 	}
 	w.Flush()
 	if err := w.Error(); err != nil {

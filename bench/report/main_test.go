@@ -1,0 +1,89 @@
+package main
+
+import (
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// writeRun adds one fortio measurement to a manifest in dir: qps, p50 in
+// µs, and the proxy's CPU, user CPU and the two cores' steal.
+func writeRun(t *testing.T, dir string, manifest *strings.Builder, sc, target string, rep int, qps, p50us, cpu, user, stealSrv, stealLoad float64) {
+	t.Helper()
+	file := fmt.Sprintf("%s.%s.%d.json", sc, target, rep)
+	n := int64(qps * 10) // 10 s
+	body := fmt.Sprintf(`{"ActualQPS": %g, "DurationHistogram": {"Count": %d, "Avg": %g, "Percentiles": [{"Percentile": 50, "Value": %g}]}, "RetCodes": {"200": %d}}`,
+		qps, n, p50us/1e6, p50us/1e6, n)
+	if err := os.WriteFile(filepath.Join(dir, file), []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(manifest, "%s\trate\tdesc\t%s\t%d\tfortio\t%s\t0.0\t%.2f\t1000\t500\t%.2f\t%.1f\t%.1f\n",
+		sc, target, rep, file, cpu, user, stealSrv, stealLoad)
+}
+
+func TestUserCPUStealAndPerRepetitionRatios(t *testing.T) {
+	dir := t.TempDir()
+	var m strings.Builder
+	// Two repetitions: in the second, a steal spell slows everyone down
+	// and inflates direct's p50; the added latencies keep their ratio.
+	writeRun(t, dir, &m, "h1-rate2000", "direct", 1, 2000, 200, 2, 1, 0, 0)
+	writeRun(t, dir, &m, "h1-rate2000", "watertight", 1, 2000, 500, 4, 1, 0, 0)
+	writeRun(t, dir, &m, "h1-rate2000", "nginx", 1, 2000, 400, 2, 0.2, 0, 0)
+	writeRun(t, dir, &m, "h1-rate2000", "direct", 2, 2000, 1000, 3, 1, 40, 30)
+	writeRun(t, dir, &m, "h1-rate2000", "watertight", 2, 2000, 1600, 6, 1.2, 40, 30)
+	writeRun(t, dir, &m, "h1-rate2000", "nginx", 2, 2000, 1400, 4, 0.4, 40, 30)
+	if err := os.WriteFile(filepath.Join(dir, "manifest.tsv"), []byte(m.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	runs, scenarios, err := readRuns(dir)
+	if err != nil || len(runs) != 6 || len(scenarios) != 1 {
+		t.Fatalf("readRuns: %d runs, %d scenarios, %v", len(runs), len(scenarios), err)
+	}
+	sums := summarize("h1-rate2000", runs)
+	wt, _ := find(sums, "h1-rate2000", "watertight")
+	// 20,000 requests a repetition: user 1 s and 1.2 s -> 0.05 and 0.06 s per 1,000.
+	if math.Abs(wt.UserPer1k-0.055) > 1e-9 || math.Abs(wt.CPUPer1k-0.25) > 1e-9 {
+		t.Errorf("watertight: user %v, CPU %v s/1k; want 0.055, 0.25", wt.UserPer1k, wt.CPUPer1k)
+	}
+	if wt.StealServer != 20 || wt.StealLoad != 15 {
+		t.Errorf("steal medians %v / %v, want 20 / 15", wt.StealServer, wt.StealLoad)
+	}
+	// Added p50 by repetition: 300/200 and 600/400, 1.5 both times; the
+	// ratio of the medians says (1050-600)/(900-600), also 1.5 here, but
+	// the per-repetition one holds however the medians fall.
+	if v := perRep(runs, "h1-rate2000", "watertight", "nginx", addedP50Ratio); math.Abs(v-1.5) > 1e-9 {
+		t.Errorf("per-repetition added p50 ratio %v, want 1.5", v)
+	}
+	if v := perRep(runs, "h1-rate2000", "watertight", "haproxy", qpsRatio); !math.IsNaN(v) {
+		t.Errorf("ratio against a peer that never ran: %v, want NaN", v)
+	}
+	var md strings.Builder
+	writeMarkdown(&md, scenarios, sums, runs)
+	for _, want := range []string{"| 0.055 |", "| 20 / 15 |", "| 1.50 | 1.50 | ≤ 1.50 |"} {
+		if !strings.Contains(md.String(), want) {
+			t.Errorf("the report lacks %q:\n%s", want, md.String())
+		}
+	}
+}
+
+// A manifest of the old layout (11 fields) still reads, with the new
+// measures unknown.
+func TestOldManifestReads(t *testing.T) {
+	dir := t.TempDir()
+	var m strings.Builder
+	writeRun(t, dir, &m, "h1-max", "watertight", 1, 9000, 300, 5, 2, 0, 0)
+	old := strings.Join(strings.Split(strings.TrimSuffix(m.String(), "\n"), "\t")[:11], "\t") + "\n"
+	if err := os.WriteFile(filepath.Join(dir, "manifest.tsv"), []byte(old), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	runs, _, err := readRuns(dir)
+	if err != nil || len(runs) != 1 {
+		t.Fatalf("readRuns: %v, %v", runs, err)
+	}
+	if r := runs[0]; !math.IsNaN(r.UserPer1k) || !math.IsNaN(r.StealServer) || r.QPS != 9000 {
+		t.Errorf("old manifest read as %+v", r)
+	}
+}
