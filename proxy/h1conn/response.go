@@ -58,7 +58,7 @@ func parseSimple(head []byte, req *http.Request) *http.Response {
 		case h1head.Is(name, "Content-Length"):
 			lengths++
 			var plain bool
-			length, plain = parseLength(value)
+			length, plain = h1head.Length(value)
 			return plain
 		case h1head.Is(name, "Connection"):
 			return h1head.OnlyKeepAlive([]string{string(value)})
@@ -106,22 +106,6 @@ func plainStatusLine(l []byte) bool {
 		}
 	}
 	return true
-}
-
-// parseLength: a Content-Length of 1 to 18 digits (so it fits an int64;
-// longer ones are ReadResponse's to judge).
-func parseLength(v []byte) (int64, bool) {
-	if len(v) == 0 || len(v) > 18 {
-		return 0, false
-	}
-	var n int64
-	for _, c := range v {
-		if !isDigit(c) {
-			return 0, false
-		}
-		n = n*10 + int64(c-'0')
-	}
-	return n, true
 }
 
 func isDigit(c byte) bool { return '0' <= c && c <= '9' }

@@ -1,8 +1,10 @@
 package h1serve
 
 import (
+	"io"
 	"net/http"
 	"net/url"
+	"sync"
 
 	"github.com/watertight/watertight/proxy/internal/h1head"
 )
@@ -16,8 +18,11 @@ import (
 //
 // The plainest request: "METHOD /target HTTP/1.1" with a common method and
 // an origin-form target of visible ASCII, plain field lines (h1head.Plain),
-// exactly one Host, no body (no Content-Length or Transfer-Encoding), and
-// no Pragma or Connection but keep-alive (which ReadRequest would act on).
+// exactly one Host, at most one Content-Length, of digits, no
+// Transfer-Encoding, and no Pragma or Connection but keep-alive (which
+// ReadRequest would act on). A body's length is in req.ContentLength and
+// req.Body is nil: the caller gives it a fixedBody once the head is
+// consumed.
 func parseSimple(head []byte, req *http.Request) bool {
 	// head ends with the blank line (headLength found it).
 	line, fields, ok := h1head.CutLine(head)
@@ -28,19 +33,24 @@ func parseSimple(head []byte, req *http.Request) bool {
 	if !ok {
 		return false
 	}
-	hosts := 0
+	hosts, lengths, length := 0, 0, int64(0)
 	n, ok := h1head.Plain(fields, func(name, value []byte) bool {
 		switch {
 		case h1head.Is(name, "Host"):
 			hosts++
+		case h1head.Is(name, "Content-Length"):
+			lengths++
+			var digits bool
+			length, digits = h1head.Length(value)
+			return digits
 		case h1head.Is(name, "Connection"):
 			return h1head.OnlyKeepAlive([]string{string(value)})
-		case h1head.Is(name, "Content-Length"), h1head.Is(name, "Transfer-Encoding"), h1head.Is(name, "Pragma"):
+		case h1head.Is(name, "Transfer-Encoding"), h1head.Is(name, "Pragma"):
 			return false
 		}
 		return true
 	})
-	if !ok || hosts != 1 {
+	if !ok || hosts != 1 || lengths > 1 {
 		return false
 	}
 
@@ -52,18 +62,83 @@ func parseSimple(head []byte, req *http.Request) bool {
 	}
 	h, host := h1head.Header(head, s, len(line)+2, n-1, "Host")
 	*req = http.Request{
-		Method:     method,
-		URL:        u,
-		Proto:      "HTTP/1.1",
-		ProtoMajor: 1,
-		ProtoMinor: 1,
-		Header:     h,
-		Body:       http.NoBody,
-		Host:       host,
-		RequestURI: uri,
+		Method:        method,
+		URL:           u,
+		Proto:         "HTTP/1.1",
+		ProtoMajor:    1,
+		ProtoMinor:    1,
+		Header:        h,
+		ContentLength: length,
+		Host:          host,
+		RequestURI:    uri,
+	}
+	if length == 0 {
+		req.Body = http.NoBody
 	}
 	return true
 }
+
+// fixedBody is a plain request's body of known length, read off the
+// connection's reader exactly as net/http's request body reads it (the
+// fuzz test holds the two to the same bytes and errors): the end comes with
+// the last bytes, an end before them is io.ErrUnexpectedEOF, Close reads
+// what is left so that the next request starts clean, and a read after
+// Close fails. Its own type because net/http's is unexported.
+type fixedBody struct {
+	mu     sync.Mutex
+	src    io.LimitedReader
+	sawEOF bool
+	closed bool
+}
+
+func newFixedBody(r io.Reader, n int64) *fixedBody {
+	return &fixedBody{src: io.LimitedReader{R: r, N: n}}
+}
+
+func (b *fixedBody) Read(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return 0, http.ErrBodyReadAfterClose
+	}
+	return b.readLocked(p)
+}
+
+func (b *fixedBody) readLocked(p []byte) (int, error) {
+	if b.sawEOF {
+		return 0, io.EOF
+	}
+	n, err := b.src.Read(p)
+	if err == io.EOF {
+		b.sawEOF = true
+		if b.src.N > 0 {
+			err = io.ErrUnexpectedEOF
+		}
+	}
+	if err == nil && n > 0 && b.src.N == 0 {
+		err = io.EOF
+		b.sawEOF = true
+	}
+	return n, err
+}
+
+func (b *fixedBody) Close() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return nil
+	}
+	var err error
+	if !b.sawEOF {
+		_, err = io.Copy(io.Discard, readerFunc(b.readLocked))
+	}
+	b.closed = true
+	return err
+}
+
+type readerFunc func([]byte) (int, error)
+
+func (f readerFunc) Read(p []byte) (int, error) { return f(p) }
 
 // requestLine splits "METHOD /target HTTP/1.1" and returns the method (one
 // of the common ones, as a constant) and the target's bounds in the line.

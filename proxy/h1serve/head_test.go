@@ -3,6 +3,7 @@ package h1serve
 import (
 	"bufio"
 	"bytes"
+	"io"
 	"net/http"
 	"reflect"
 	"testing"
@@ -15,13 +16,18 @@ var plainHeads = map[string]string{
 	"go":      "GET /x HTTP/1.1\r\nHost: orders:8080\r\nUser-Agent: Go-http-client/1.1\r\nAccept-Encoding: gzip\r\n\r\n",
 	"java":    "DELETE /a/b HTTP/1.1\r\nConnection: keep-alive\r\nHost: orders\r\nuser-agent: Java-http-client/21\r\n\r\n",
 	"repeats": "HEAD /%7Euser HTTP/1.1\r\nHost: a\r\nAccept: a\r\nAccept:  b \t\r\nX-Empty:\r\nX-Spaces:   \r\n\r\n",
+	"json":    "POST /orders HTTP/1.1\r\nHost: orders\r\nContent-Type: application/json\r\nContent-Length: 13\r\n\r\n{\"id\": 12345}",
+	"short":   "PUT /a HTTP/1.1\r\nHost: a\r\ncontent-length: 007\r\n\r\nabc",
+	"empty":   "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
 }
 
 // Heads that ReadRequest must parse instead: each is outside the plain
 // case for one reason.
 var unplainHeads = map[string]string{
-	"body":              "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n",
-	"empty body":        "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+	"two lengths":       "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
+	"signed length":     "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\n",
+	"spaced length":     "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1 2\r\n\r\n",
+	"huge length":       "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1234567890123456789\r\n\r\n",
 	"chunked":           "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
 	"pragma":            "GET / HTTP/1.1\r\nHost: a\r\nPragma: no-cache\r\n\r\n",
 	"close":             "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
@@ -109,28 +115,79 @@ func FuzzParseSimpleAgainstReadRequest(f *testing.F) {
 	})
 }
 
-// checkAgainstReadRequest parses the head at the start of raw both ways and
-// compares; mustTake says parseSimple has to take it.
+// checkAgainstReadRequest parses the request at the start of raw both ways
+// and compares the heads, what each consumed, and the bodies: read whole,
+// and read in part then closed (Close reads the rest). mustTake says
+// parseSimple has to take it.
 func checkAgainstReadRequest(t *testing.T, raw []byte, mustTake bool) {
 	t.Helper()
 	n := headLength(raw)
-	var got http.Request
-	if n == 0 || !parseSimple(raw[:n], &got) {
+	var probe http.Request
+	if n == 0 || !parseSimple(raw[:n], &probe) {
 		if mustTake {
 			t.Fatalf("parseSimple did not take %q", raw)
 		}
 		return
 	}
-	src := bytes.NewReader(raw)
-	br := bufio.NewReaderSize(src, readBufferSize)
-	want, err := http.ReadRequest(br)
-	if err != nil {
-		t.Fatalf("parseSimple took %q, which http.ReadRequest refuses: %v", raw, err)
+	for _, part := range []int{-1, 1} { // the whole body; one byte, then Close
+		got, gotRest := parseOurs(raw, n)
+		src := bytes.NewReader(raw)
+		br := bufio.NewReaderSize(src, readBufferSize)
+		want, err := http.ReadRequest(br)
+		if err != nil {
+			t.Fatalf("parseSimple took %q, which http.ReadRequest refuses: %v", raw, err)
+		}
+		if consumed := len(raw) - br.Buffered() - src.Len(); consumed != n {
+			t.Errorf("http.ReadRequest consumed %d bytes of %q, parseSimple's head is %d", consumed, raw, n)
+		}
+		gotBody, wantBody := got.Body, want.Body
+		if (gotBody == http.NoBody) != (wantBody == http.NoBody) {
+			t.Fatalf("%q: parseSimple's body %T, http.ReadRequest's %T", raw, gotBody, wantBody)
+		}
+		got.Body, want.Body = nil, nil
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("%q:\nparseSimple    %+v\nURL %+v\nhttp.ReadRequest %+v\nURL %+v", raw, *got, *got.URL, *want, *want.URL)
+		}
+		g, gerr := readPart(gotBody, part)
+		w, werr := readPart(wantBody, part)
+		if !bytes.Equal(g, w) || gerr != werr {
+			t.Errorf("%q, reading %d: parseSimple's body gave %q, %v; http.ReadRequest's %q, %v", raw, part, g, gerr, w, werr)
+		}
+		if cerr, werr := gotBody.Close(), wantBody.Close(); cerr != werr {
+			t.Errorf("%q: Close gave %v and %v", raw, cerr, werr)
+		}
+		if _, gerr := gotBody.Read(make([]byte, 1)); gotBody != http.NoBody && gerr != http.ErrBodyReadAfterClose {
+			t.Errorf("%q: a read after Close gave %v", raw, gerr)
+		}
+		if g, w := restOf(gotRest), restOf(br); g != w {
+			t.Errorf("%q, reading %d: after the body parseSimple's reader holds %q, http.ReadRequest's %q", raw, part, g, w)
+		}
 	}
-	if consumed := len(raw) - br.Buffered() - src.Len(); consumed != n {
-		t.Errorf("http.ReadRequest consumed %d bytes of %q, parseSimple's head is %d", consumed, raw, n)
+}
+
+// parseOurs is what the loop does: parseSimple on the head, then the body
+// off a reader of what follows.
+func parseOurs(raw []byte, n int) (*http.Request, *bufio.Reader) {
+	var req http.Request
+	parseSimple(raw[:n], &req)
+	br := bufio.NewReaderSize(bytes.NewReader(raw[n:]), readBufferSize)
+	if req.Body == nil {
+		req.Body = newFixedBody(br, req.ContentLength)
 	}
-	if !reflect.DeepEqual(&got, want) {
-		t.Errorf("%q:\nparseSimple    %+v\nURL %+v\nhttp.ReadRequest %+v\nURL %+v", raw, got, *got.URL, *want, *want.URL)
+	return &req, br
+}
+
+// readPart reads n bytes of b, or all of it for n < 0.
+func readPart(b io.Reader, n int) ([]byte, error) {
+	if n < 0 {
+		return io.ReadAll(b)
 	}
+	p := make([]byte, n)
+	k, err := b.Read(p)
+	return p[:k], err
+}
+
+func restOf(br *bufio.Reader) string {
+	b, _ := io.ReadAll(br)
+	return string(b)
 }

@@ -312,6 +312,9 @@ func (c *conn) serve(ctx context.Context) (handedOff bool) {
 				return c.handOff(nil) // nothing consumed yet
 			}
 			_, _ = c.br.Discard(len(head))
+			if plain.Body == nil {
+				plain.Body = newFixedBody(c.br, plain.ContentLength)
+			}
 		} else if req, err = http.ReadRequest(c.br); err != nil || !serves(req, head) {
 			// head still holds the bytes ReadRequest consumed: it read
 			// only what was buffered, so the buffer was not refilled.

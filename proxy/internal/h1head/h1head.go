@@ -88,6 +88,23 @@ func Is(name []byte, canonical string) bool {
 	return len(name) == len(canonical) && strings.EqualFold(string(name), canonical)
 }
 
+// Length reads a Content-Length value of 1 to 18 digits, which always fits
+// an int64; anything else (signs, spaces, longer numbers) is the standard
+// library's to judge.
+func Length(v []byte) (int64, bool) {
+	if len(v) == 0 || len(v) > 18 {
+		return 0, false
+	}
+	var n int64
+	for _, c := range v {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return n, true
+}
+
 // OnlyKeepAlive: a Connection field value that names nothing but
 // keep-alive, as Java's, Node's and Python's clients send on every request.
 // net/http acts on no such token of HTTP/1.1 (only on close, which sets
