@@ -348,6 +348,7 @@ func (cc *clientConn) processHeaders(f *http2.MetaHeadersFrame) error {
 	}
 	regular := f.RegularFields()
 	h := make(http.Header, len(regular))
+	values := make(h2wire.Values, len(regular))
 	var trailer http.Header
 	for _, hf := range regular {
 		k := cc.names.Canonical(hf.Name)
@@ -362,7 +363,7 @@ func (cc *clientConn) processHeaders(f *http2.MetaHeadersFrame) error {
 			}
 			continue
 		}
-		h[k] = append(h[k], hf.Value)
+		values.Add(h, k, hf.Value)
 	}
 	if status < 200 {
 		if f.StreamEnded() {
@@ -377,16 +378,13 @@ func (cc *clientConn) processHeaders(f *http2.MetaHeadersFrame) error {
 		return nil
 	}
 	res := &http.Response{
-		Status:     strconv.Itoa(status) + " " + http.StatusText(status),
+		Status:     statusLines[status-100],
 		StatusCode: status,
 		Proto:      "HTTP/2.0",
 		ProtoMajor: 2,
 		Header:     h,
 		Trailer:    trailer,
 		Request:    cs.req,
-	}
-	if http.StatusText(status) == "" {
-		res.Status = strconv.Itoa(status)
 	}
 	res.ContentLength = -1
 	if vv := h["Content-Length"]; len(vv) == 1 {
@@ -630,3 +628,16 @@ func (cc *clientConn) encodeRequest(req *http.Request, contentLength int64) erro
 	}
 	return nil
 }
+
+// statusLines are the Status of each code, as net/http's client says them
+// ("200 OK", or "299" for a code without a text), made once.
+var statusLines = func() (t [900]string) {
+	for i := range t {
+		code := 100 + i
+		t[i] = strconv.Itoa(code)
+		if text := http.StatusText(code); text != "" {
+			t[i] += " " + text
+		}
+	}
+	return t
+}()

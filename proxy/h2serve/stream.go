@@ -276,6 +276,7 @@ func (c *conn) newRequest(st *stream, f *http2.MetaHeadersFrame) error {
 	}
 	regular := f.RegularFields()
 	h := make(http.Header, len(regular))
+	values := make(h2wire.Values, len(regular))
 	var cookies []string
 	for _, hf := range regular {
 		switch hf.Name {
@@ -290,8 +291,7 @@ func (c *conn) newRequest(st *stream, f *http2.MetaHeadersFrame) error {
 			cookies = append(cookies, hf.Value)
 			continue
 		}
-		k := c.names.Canonical(hf.Name)
-		h[k] = append(h[k], hf.Value)
+		values.Add(h, c.names.Canonical(hf.Name), hf.Value)
 	}
 	if len(cookies) > 0 {
 		h["Cookie"] = []string{strings.Join(cookies, "; ")}

@@ -40,3 +40,21 @@ func (n *Names) put(k, v string) {
 		(*n)[k] = v
 	}
 }
+
+// Values hands out the first value of each header field from one backing
+// array, as net/textproto does: one allocation for the values of a whole
+// header block instead of one per field. Make it with one slot per field
+// of the block.
+type Values []string
+
+// Add appends v to h[k].
+func (s *Values) Add(h http.Header, k, v string) {
+	if vv, ok := h[k]; ok {
+		h[k] = append(vv, v)
+		return
+	}
+	vv := (*s)[:1:1]
+	*s = (*s)[1:]
+	vv[0] = v
+	h[k] = vv
+}
