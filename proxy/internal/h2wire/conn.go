@@ -46,6 +46,10 @@ func NewConn(nc net.Conn, peer string) *Conn {
 	c.maxFrame.Store(MinFrameSize)
 	c.bw = bufio.NewWriterSize(stickyWriter{c}, writeBufferSize)
 	c.Framer = http2.NewFramer(c.bw, bufio.NewReaderSize(nc, 4<<10))
+	// One DATA frame reused for every read instead of one per frame: both
+	// readers (h2serve's and h2conn's) copy a frame's data before they read
+	// the next, as they must anyway (its bytes live in the Framer's buffer).
+	c.Framer.SetReuseFrames()
 	c.enc = hpack.NewEncoder(blockWriter{c})
 	return c
 }
