@@ -308,14 +308,14 @@ func (c *conn) serve(ctx context.Context) (handedOff bool) {
 		var plain http.Request
 		req := &plain
 		if parseSimple(head, &plain) {
-			if !serves(req, head) {
+			if !serves(req, head, true) {
 				return c.handOff(nil) // nothing consumed yet
 			}
 			_, _ = c.br.Discard(len(head))
 			if plain.Body == nil {
 				plain.Body = newFixedBody(c.br, plain.ContentLength)
 			}
-		} else if req, err = http.ReadRequest(c.br); err != nil || !serves(req, head) {
+		} else if req, err = http.ReadRequest(c.br); err != nil || !serves(req, head, false) {
 			// head still holds the bytes ReadRequest consumed: it read
 			// only what was buffered, so the buffer was not refilled.
 			return c.handOff(head)
@@ -376,7 +376,9 @@ func (c *conn) handOff(consumed []byte) bool {
 // serves says whether this loop answers req itself; see the package
 // comment. The header checks are the ones net/http's server makes before
 // calling a handler, so a request it would refuse is handed to it.
-func serves(req *http.Request, head []byte) bool {
+// plain says parseSimple made req: it took one unfolded Host line and only
+// token names and values without controls, which spares the scans below.
+func serves(req *http.Request, head []byte, plain bool) bool {
 	// "OPTIONS *" is answered by net/http's server itself, not its handler.
 	if req.ProtoMajor != 1 || req.ProtoMinor != 1 || req.Method == http.MethodConnect || req.Close || req.RequestURI == "*" ||
 		len(req.TransferEncoding) > 0 || req.ContentLength < 0 || req.ContentLength > MaxInlineBody {
@@ -385,6 +387,9 @@ func serves(req *http.Request, head []byte) bool {
 	h := req.Header
 	if len(h["Expect"]) > 0 || len(h["Upgrade"]) > 0 || !h1head.OnlyKeepAlive(h["Connection"]) {
 		return false
+	}
+	if plain {
+		return httpguts.ValidHostHeader(req.Host)
 	}
 	// http.ReadRequest drops the Host field (req.Host may come from an
 	// absolute-form target instead); the server wants exactly one field,
