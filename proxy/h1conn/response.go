@@ -11,7 +11,7 @@ import (
 // readResponse reads the answer's head from c: the plainest heads with
 // parseSimple, the rest with http.ReadResponse, the reference. A nil body
 // on a plain answer means the body is the next ContentLength bytes of c,
-// for exchange's body to read (see body.raw).
+// for exchange's body to read (see body.readRaw).
 func readResponse(c *conn, req *http.Request) (*http.Response, error) {
 	// Wait for the first bytes, as ReadResponse would; then the head has
 	// usually come whole.
