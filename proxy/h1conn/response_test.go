@@ -154,3 +154,48 @@ func checkAgainstReadResponse(t *testing.T, raw []byte, method string, mustTake 
 		t.Errorf("%q: http.ReadResponse's body is %d bytes, parseSimple's length %d", raw, len(b), got.ContentLength)
 	}
 }
+
+// The transport itself reads plain answers the fast way: the body comes
+// straight off the connection (no reader of net/http's), and a chunked
+// answer still gets net/http's.
+func TestTransportReadsPlainAnswersItself(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		h    http.HandlerFunc
+		raw  bool
+	}{
+		{"plain", func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Length", "5")
+			_, _ = io.WriteString(w, "hello")
+		}, true},
+		{"chunked", func(w http.ResponseWriter, r *http.Request) {
+			_, _ = io.WriteString(w, "hel")
+			w.(http.Flusher).Flush()
+			_, _ = io.WriteString(w, "lo")
+		}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := newServer(t, tc.h)
+			tr, _ := newTransport(t)
+			req, err := http.NewRequest(http.MethodGet, srv.URL, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp, err := tr.RoundTrip(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			b, ok := resp.Body.(*body)
+			if !ok {
+				t.Fatalf("body %T", resp.Body)
+			}
+			if raw := b.rc == nil; raw != tc.raw {
+				t.Errorf("read off the connection: %v, want %v", raw, tc.raw)
+			}
+			if got, err := io.ReadAll(resp.Body); err != nil || string(got) != "hello" {
+				t.Errorf("body %q, %v", got, err)
+			}
+		})
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"reflect"
 	"testing"
+	"time"
 )
 
 // Heads real clients send, which must take the fast way.
@@ -190,4 +191,41 @@ func readPart(b io.Reader, n int) ([]byte, error) {
 func restOf(br *bufio.Reader) string {
 	b, _ := io.ReadAll(br)
 	return string(b)
+}
+
+// The loop itself takes plain requests the fast way: a handler sees a body
+// read by fixedBody, and a request net/http must parse (here folded) still
+// gets net/http's.
+func TestLoopParsesPlainRequestsItself(t *testing.T) {
+	kinds := make(chan string, 2)
+	p := startPair(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		kind := "net/http"
+		if rb, ok := r.Body.(*requestBody); ok {
+			if _, ok := rb.ReadCloser.(*fixedBody); ok {
+				kind = "fixedBody"
+			}
+		}
+		kinds <- kind
+	}))
+	for raw, want := range map[string]string{
+		"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc":               "fixedBody",
+		"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nX: 1\r\n 2\r\n\r\nabc": "net/http",
+	} {
+		sendRaw(t, p.fast, []byte(raw))
+		if got := recvKind(t, kinds); got != want {
+			t.Errorf("%q reached the handler through %s, want %s", raw, got, want)
+		}
+	}
+}
+
+func recvKind(t *testing.T, kinds <-chan string) string {
+	t.Helper()
+	select {
+	case k := <-kinds:
+		return k
+	case <-time.After(10 * time.Second):
+		t.Fatal("the handler never ran")
+		return ""
+	}
 }
