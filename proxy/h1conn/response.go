@@ -38,10 +38,8 @@ var crlf2 = []byte("\r\n\r\n")
 // allocations (see h1head), or returns nil for anything else.
 //
 // The plainest answer: "HTTP/1.1 NNN reason" with a final status that has
-// a body (not 1xx, 204 or 304, and not to HEAD), plain field lines
-// (h1head.Plain), exactly one Content-Length of digits, no
-// Transfer-Encoding, and no Pragma or Connection but keep-alive (which
-// ReadResponse would act on). Its Body is nil (the caller's to set) unless
+// a body (not 1xx, 204 or 304, and not to HEAD), plain fields
+// (h1head.Plain) and exactly one Content-Length. Its Body is nil (the caller's to set) unless
 // the length is 0.
 func parseSimple(head []byte, req *http.Request) *http.Response {
 	line, fields, ok := h1head.CutLine(head)
@@ -52,26 +50,12 @@ func parseSimple(head []byte, req *http.Request) *http.Response {
 	if code < 200 || code == http.StatusNoContent || code == http.StatusNotModified {
 		return nil
 	}
-	lengths, length := 0, int64(0)
-	n, ok := h1head.Plain(fields, func(name, value []byte) bool {
-		switch {
-		case h1head.Is(name, "Content-Length"):
-			lengths++
-			var plain bool
-			length, plain = h1head.Length(value)
-			return plain
-		case h1head.Is(name, "Connection"):
-			return h1head.OnlyKeepAlive([]string{string(value)})
-		case h1head.Is(name, "Transfer-Encoding"), h1head.Is(name, "Pragma"):
-			return false
-		}
-		return true
-	})
-	if !ok || lengths != 1 {
+	fh, ok := h1head.Plain(fields)
+	if !ok || fh.Lengths != 1 {
 		return nil
 	}
 	s := string(head)
-	h, _ := h1head.Header(head, s, len(line)+2, n, "")
+	h, _ := h1head.Header(head, s, len(line)+2, fh.Fields, "")
 	resp := &http.Response{
 		Status:        s[9:len(line)],
 		StatusCode:    code,
@@ -79,10 +63,10 @@ func parseSimple(head []byte, req *http.Request) *http.Response {
 		ProtoMajor:    1,
 		ProtoMinor:    1,
 		Header:        h,
-		ContentLength: length,
+		ContentLength: fh.Length,
 		Request:       req,
 	}
-	if length == 0 {
+	if fh.Length == 0 {
 		resp.Body = http.NoBody
 	}
 	return resp
@@ -97,15 +81,7 @@ func plainStatusLine(l []byte) bool {
 	if len(l) == 12 {
 		return true
 	}
-	if l[12] != ' ' {
-		return false
-	}
-	for _, c := range l[13:] {
-		if (c < ' ' || c >= 0x7f) && c != '\t' {
-			return false
-		}
-	}
-	return true
+	return l[12] == ' ' && h1head.Text(l[13:])
 }
 
 func isDigit(c byte) bool { return '0' <= c && c <= '9' }

@@ -17,12 +17,10 @@ import (
 // fast way to its answer for the common case.
 //
 // The plainest request: "METHOD /target HTTP/1.1" with a common method and
-// an origin-form target of visible ASCII, plain field lines (h1head.Plain),
-// exactly one Host, at most one Content-Length, of digits, no
-// Transfer-Encoding, and no Pragma or Connection but keep-alive (which
-// ReadRequest would act on). A body's length is in req.ContentLength and
-// req.Body is nil: the caller gives it a fixedBody once the head is
-// consumed.
+// an origin-form target of visible ASCII, plain fields (h1head.Plain),
+// exactly one Host and at most one Content-Length. A body's length is in
+// req.ContentLength and req.Body is nil: the caller gives it a fixedBody
+// once the head is consumed.
 func parseSimple(head []byte, req *http.Request) bool {
 	// head ends with the blank line (headLength found it).
 	line, fields, ok := h1head.CutLine(head)
@@ -33,24 +31,8 @@ func parseSimple(head []byte, req *http.Request) bool {
 	if !ok {
 		return false
 	}
-	hosts, lengths, length := 0, 0, int64(0)
-	n, ok := h1head.Plain(fields, func(name, value []byte) bool {
-		switch {
-		case h1head.Is(name, "Host"):
-			hosts++
-		case h1head.Is(name, "Content-Length"):
-			lengths++
-			var digits bool
-			length, digits = h1head.Length(value)
-			return digits
-		case h1head.Is(name, "Connection"):
-			return h1head.OnlyKeepAlive([]string{string(value)})
-		case h1head.Is(name, "Transfer-Encoding"), h1head.Is(name, "Pragma"):
-			return false
-		}
-		return true
-	})
-	if !ok || hosts != 1 || lengths > 1 {
+	fh, ok := h1head.Plain(fields)
+	if !ok || fh.Hosts != 1 || fh.Lengths > 1 {
 		return false
 	}
 
@@ -60,7 +42,7 @@ func parseSimple(head []byte, req *http.Request) bool {
 	if err != nil {
 		return false
 	}
-	h, host := h1head.Header(head, s, len(line)+2, n-1, "Host")
+	h, host := h1head.Header(head, s, len(line)+2, fh.Fields-1, "Host")
 	*req = http.Request{
 		Method:        method,
 		URL:           u,
@@ -68,11 +50,11 @@ func parseSimple(head []byte, req *http.Request) bool {
 		ProtoMajor:    1,
 		ProtoMinor:    1,
 		Header:        h,
-		ContentLength: length,
+		ContentLength: fh.Length,
 		Host:          host,
 		RequestURI:    uri,
 	}
-	if length == 0 {
+	if fh.Length == 0 {
 		req.Body = http.NoBody
 	}
 	return true

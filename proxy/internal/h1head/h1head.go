@@ -19,26 +19,54 @@ import (
 	"strings"
 )
 
+// Head is what Plain learned of a head's fields.
+type Head struct {
+	Fields  int   // field lines
+	Hosts   int   // Host fields
+	Lengths int   // Content-Length fields
+	Length  int64 // the value of the last of them
+}
+
 // Plain reports whether the field lines in b (after the start line, up to
-// and including the blank line that ends the head) are all plain: "Name:
-// value" and CRLF, a token for a name directly followed by the colon, a
-// value of visible ASCII, spaces and tabs. It calls visit with each name
-// and its value without the spaces and tabs around it, and stops with
-// false as soon as visit does. n is the number of fields.
-func Plain(b []byte, visit func(name, value []byte) bool) (n int, ok bool) {
+// and including the blank line that ends the head) are all plain, and
+// counts what the callers need to know: "Name: value" and CRLF, a token
+// for a name directly followed by the colon, a value of visible ASCII,
+// spaces and tabs (Text), and none of the fields net/http's parser acts on
+// beyond storing them: Transfer-Encoding, Pragma (which adds
+// Cache-Control), a Connection naming more than keep-alive, a
+// Content-Length other than 1 to 18 digits. How many Host and
+// Content-Length fields make a plain request or answer is the caller's to
+// judge.
+func Plain(b []byte) (Head, bool) {
+	var h Head
 	for {
 		l, rest, ok := CutLine(b)
 		if !ok {
-			return 0, false
+			return Head{}, false
 		}
 		if len(l) == 0 {
-			return n, len(rest) == 0
+			return h, len(rest) == 0
 		}
 		name, value, ok := field(l)
-		if !ok || !visit(name, value) {
-			return 0, false
+		if !ok {
+			return Head{}, false
 		}
-		n++
+		switch {
+		case is(name, "Host"):
+			h.Hosts++
+		case is(name, "Content-Length"):
+			h.Lengths++
+			if h.Length, ok = length(value); !ok {
+				return Head{}, false
+			}
+		case is(name, "Connection"):
+			if !onlyKeepAlive(string(value)) {
+				return Head{}, false
+			}
+		case is(name, "Transfer-Encoding"), is(name, "Pragma"):
+			return Head{}, false
+		}
+		h.Fields++
 		b = rest
 	}
 }
@@ -82,16 +110,16 @@ func Header(head []byte, s string, off, n int, skip string) (h http.Header, skip
 	}
 }
 
-// Is reports whether name is the field canonical names (case blind, as
+// is reports whether name is the field canonical names (case blind, as
 // canonicalisation is).
-func Is(name []byte, canonical string) bool {
+func is(name []byte, canonical string) bool {
 	return len(name) == len(canonical) && strings.EqualFold(string(name), canonical)
 }
 
-// Length reads a Content-Length value of 1 to 18 digits, which always fits
+// length reads a Content-Length value of 1 to 18 digits, which always fits
 // an int64; anything else (signs, spaces, longer numbers) is the standard
 // library's to judge.
-func Length(v []byte) (int64, bool) {
+func length(v []byte) (int64, bool) {
 	if len(v) == 0 || len(v) > 18 {
 		return 0, false
 	}
@@ -111,10 +139,17 @@ func Length(v []byte) (int64, bool) {
 // Close, and on an h2c upgrade).
 func OnlyKeepAlive(vv []string) bool {
 	for _, v := range vv {
-		for t := range strings.SplitSeq(v, ",") {
-			if t = textproto.TrimString(t); t != "" && !strings.EqualFold(t, "keep-alive") {
-				return false
-			}
+		if !onlyKeepAlive(v) {
+			return false
+		}
+	}
+	return true
+}
+
+func onlyKeepAlive(v string) bool {
+	for t := range strings.SplitSeq(v, ",") {
+		if t = textproto.TrimString(t); t != "" && !strings.EqualFold(t, "keep-alive") {
+			return false
 		}
 	}
 	return true
@@ -147,10 +182,8 @@ func field(l []byte) (name, value []byte, ok bool) {
 		return nil, nil, false
 	}
 	name, v := l[:colon], l[colon+1:]
-	for _, c := range v {
-		if (c < ' ' || c >= 0x7f) && c != '\t' {
-			return nil, nil, false
-		}
+	if !Text(v) {
+		return nil, nil, false
 	}
 	i, j := 0, len(v)
 	for i < j && (v[i] == ' ' || v[i] == '\t') {
@@ -160,6 +193,17 @@ func field(l []byte) (name, value []byte, ok bool) {
 		j--
 	}
 	return name, v[i:j], true
+}
+
+// Text reports whether b is visible ASCII, spaces and tabs only: what a
+// plain field value or reason phrase holds.
+func Text(b []byte) bool {
+	for _, c := range b {
+		if (c < ' ' || c >= 0x7f) && c != '\t' {
+			return false
+		}
+	}
+	return true
 }
 
 // isTokenByte: the characters of a token (RFC 9110, 5.6.2), a field name's.
