@@ -762,10 +762,11 @@ proc_end() { # prints "cpu_seconds peak_rss_kb context_switches user_cpu_seconds
 # The steal meter. This box is a virtual machine whose host takes CPU back
 # at times (the steal column of /proc/stat): under load it was 30-45 % of
 # both cores for minutes on end, and then every process's system time per
-# request doubles and throughput halves, ours and the peers' alike, which
-# no noise meter inside the machine sees. Recorded per measurement, for
-# the server core and the load generator's, so that a repetition taken in
-# such a spell can be told from one that was not.
+# request doubles and throughput halves, ours and the peers' alike; the
+# noise meter, which counted it in with other processes' time, showed 0 %
+# through it. Recorded per measurement, for the server core and the load
+# generator's, so that a repetition taken in such a spell can be told from
+# one that was not.
 core_steal() { # CPU: prints "steal total" jiffies
 	awk -v c="cpu$1" '$1 == c { print $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9; exit }' /proc/stat
 }
@@ -790,9 +791,10 @@ steal_end() { # prints "server_core_steal_pct load_core_steal_pct", or nothing
 # measured: the CPU time the server core spent on user and system work,
 # minus what our pinned servers used, is someone else's. It is recorded per
 # measurement so that the report can show how noisy each one was.
-# (irq/softirq time is left out: loopback traffic of our own is counted there.)
+# (irq/softirq time is left out: loopback traffic of our own is counted there;
+# the host's steal too: the steal meter below reports it on its own.)
 core_busy_total() { # prints "busy total" jiffies of the server core
-	awk -v c="cpu$SERVER_CPUS" '$1 == c { print $2 + $3 + $4 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9; exit }' /proc/stat
+	awk -v c="cpu$SERVER_CPUS" '$1 == c { print $2 + $3 + $4, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9; exit }' /proc/stat
 }
 
 servers_jiffies() { # utime + stime of every server we started
