@@ -378,7 +378,7 @@ func (cc *clientConn) processHeaders(f *http2.MetaHeadersFrame) error {
 		return nil
 	}
 	res := &http.Response{
-		Status:     statusLines[status-100],
+		Status:     h2wire.StatusLine(status),
 		StatusCode: status,
 		Proto:      "HTTP/2.0",
 		ProtoMajor: 2,
@@ -628,16 +628,3 @@ func (cc *clientConn) encodeRequest(req *http.Request, contentLength int64) erro
 	}
 	return nil
 }
-
-// statusLines are the Status of each code, as net/http's client says them
-// ("200 OK", or "299" for a code without a text), made once.
-var statusLines = func() (t [900]string) {
-	for i := range t {
-		code := 100 + i
-		t[i] = strconv.Itoa(code)
-		if text := http.StatusText(code); text != "" {
-			t[i] += " " + text
-		}
-	}
-	return t
-}()

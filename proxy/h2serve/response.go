@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/net/http/httpguts"
+
+	"github.com/watertight/watertight/proxy/internal/h2wire"
 )
 
 // responseWriter is a stream's http.ResponseWriter. Like net/http's, it
@@ -132,7 +134,7 @@ func (w *responseWriter) informational(code int) {
 	}
 	c.w.Lock()
 	c.w.StartBlock()
-	c.w.Encode(":status", statusText(code))
+	c.w.Encode(":status", h2wire.Status(code))
 	for k, vv := range w.header {
 		if k == "Content-Length" || k == "Transfer-Encoding" {
 			continue
@@ -320,7 +322,7 @@ func (w *responseWriter) alive() error {
 func (w *responseWriter) writeHeaders(end bool, sniffed string) {
 	c := w.c
 	c.w.StartBlock()
-	c.w.Encode(":status", statusText(w.status))
+	c.w.Encode(":status", h2wire.Status(w.status))
 	for _, f := range w.fields {
 		c.encodeField(f.key, f.values)
 	}
@@ -417,16 +419,6 @@ func (c *conn) encodeField(k string, vv []string) {
 		}
 	}
 }
-
-// statusText: the :status values, made once.
-var statusTexts = func() (t [900]string) {
-	for i := range t {
-		t[i] = strconv.Itoa(100 + i)
-	}
-	return t
-}()
-
-func statusText(code int) string { return statusTexts[code-100] }
 
 // httpDate is the Date value, formatted once a second.
 func httpDate() string {
