@@ -140,20 +140,27 @@ const maxIdleWorkers = 16
 // the same reason. Idle workers end with the connection (teardown closes
 // work).
 func (c *conn) worker(st *stream) {
-	for range workerStreams {
+	for n := 1; ; n++ {
 		c.runHandler(st)
-		if c.idleWorkers.Add(1) > maxIdleWorkers {
-			c.idleWorkers.Add(-1)
+		var ok bool
+		if n == workerStreams {
 			return
 		}
-		var ok bool
-		st, ok = <-c.work
-		c.idleWorkers.Add(-1)
-		if !ok {
+		if st, ok = c.nextStream(); !ok {
 			return
 		}
 	}
-	c.runHandler(st)
+}
+
+// nextStream waits for the connection's next stream as one of at most
+// maxIdleWorkers idle workers; false says the worker ends instead.
+func (c *conn) nextStream() (*stream, bool) {
+	defer c.idleWorkers.Add(-1)
+	if c.idleWorkers.Add(1) > maxIdleWorkers {
+		return nil, false
+	}
+	st, ok := <-c.work
+	return st, ok
 }
 
 // trailers takes a request's trailers; the caller holds c.mu.
