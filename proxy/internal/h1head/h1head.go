@@ -15,7 +15,6 @@ package h1head
 import (
 	"bytes"
 	"net/http"
-	"net/textproto"
 	"strings"
 )
 
@@ -60,7 +59,7 @@ func Plain(b []byte) (Head, bool) {
 				return Head{}, false
 			}
 		case is(name, "Connection"):
-			if !onlyKeepAlive(string(value)) {
+			if !onlyKeepAlive(value) {
 				return Head{}, false
 			}
 		case is(name, "Transfer-Encoding"), is(name, "Pragma"):
@@ -146,9 +145,40 @@ func OnlyKeepAlive(vv []string) bool {
 	return true
 }
 
-func onlyKeepAlive(v string) bool {
-	for t := range strings.SplitSeq(v, ",") {
-		if t = textproto.TrimString(t); t != "" && !strings.EqualFold(t, "keep-alive") {
+// onlyKeepAlive is OnlyKeepAlive for one value, as text or as the head's
+// bytes (no string made of them: Java's, Node's and Python's clients send
+// the field on every request).
+func onlyKeepAlive[T string | []byte](v T) bool {
+	start := 0
+	for i := 0; i <= len(v); i++ {
+		if i < len(v) && v[i] != ',' {
+			continue
+		}
+		t := v[start:i]
+		for len(t) > 0 && isSpace(t[0]) {
+			t = t[1:]
+		}
+		for len(t) > 0 && isSpace(t[len(t)-1]) {
+			t = t[:len(t)-1]
+		}
+		if len(t) > 0 && !isKeepAlive(t) {
+			return false
+		}
+		start = i + 1
+	}
+	return true
+}
+
+// isSpace is what textproto.TrimString trims.
+func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\r' || c == '\n' }
+
+func isKeepAlive[T string | []byte](t T) bool {
+	const ka = "keep-alive"
+	if len(t) != len(ka) {
+		return false
+	}
+	for i := range len(ka) {
+		if c := t[i]; c != ka[i] && !('A' <= c && c <= 'Z' && c+'a'-'A' == ka[i]) {
 			return false
 		}
 	}

@@ -50,9 +50,16 @@ func TestPlainRefuses(t *testing.T) {
 }
 
 func TestOnlyKeepAlive(t *testing.T) {
-	for vv, want := range map[string]bool{"keep-alive": true, " Keep-Alive ,, keep-alive": true, "": true, "close": false, "keep-alive, Upgrade": false} {
+	for vv, want := range map[string]bool{
+		"keep-alive": true, " Keep-Alive ,, keep-alive": true, "": true, "\tKEEP-ALIVE\t": true,
+		"close": false, "keep-alive, Upgrade": false,
+		"keep\ralive": false, "keep alive": false, "keep-alivee": false, "\u212aeep-alive": false,
+	} {
 		if got := OnlyKeepAlive([]string{vv}); got != want {
 			t.Errorf("OnlyKeepAlive(%q) = %v", vv, got)
+		}
+		if got := onlyKeepAlive([]byte(vv)); got != want {
+			t.Errorf("onlyKeepAlive of the bytes %q = %v", vv, got)
 		}
 	}
 }
