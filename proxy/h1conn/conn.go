@@ -4,10 +4,13 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"io"
 	"math"
 	"net"
 	"syscall"
 	"time"
+
+	"github.com/watertight/watertight/proxy/internal/rawio"
 )
 
 const noLimit = math.MaxInt64
@@ -19,6 +22,8 @@ var errHeadTooLarge = errors.New("response head larger than the limit")
 type conn struct {
 	addr      string
 	nc        net.Conn
+	r         io.Reader // nc, read and written with raw system calls (proxy/internal/rawio)
+	w         io.Writer
 	br        *bufio.Reader
 	bw        *bufio.Writer
 	raw       syscall.RawConn // nil if the connection has no file descriptor
@@ -38,7 +43,7 @@ func (t *Transport) dial(ctx context.Context, addr string) (*conn, error) {
 	if err != nil {
 		return nil, err // net.OpError "dial" names the address
 	}
-	c := &conn{addr: addr, nc: nc, limit: noLimit}
+	c := &conn{addr: addr, nc: nc, r: rawio.NewReader(nc), w: rawio.NewWriter(nc), limit: noLimit}
 	c.br = bufio.NewReader(c)
 	c.bw = bufio.NewWriter(c)
 	c.abort = c.close
@@ -58,13 +63,13 @@ func (c *conn) Read(p []byte) (int, error) {
 	if int64(len(p)) > c.limit {
 		p = p[:c.limit]
 	}
-	n, err := c.nc.Read(p)
+	n, err := c.r.Read(p)
 	c.limit -= int64(n)
 	return n, err
 }
 
 func (c *conn) Write(p []byte) (int, error) {
-	n, err := c.nc.Write(p)
+	n, err := c.w.Write(p)
 	c.written += int64(n)
 	return n, err
 }
@@ -90,8 +95,8 @@ func (c *conn) alive() bool {
 // with nothing to take returns EAGAIN at once. Returning true tells the
 // runtime not to wait for readability.
 func (c *conn) probe(fd uintptr) bool {
-	_, err := syscall.Read(int(fd), c.probeBuf[:])
-	c.probed = err == syscall.EAGAIN // syscall.Read returns the bare Errno
+	_, errno := rawio.Read(fd, c.probeBuf[:])
+	c.probed = errno == syscall.EAGAIN
 	return true
 }
 

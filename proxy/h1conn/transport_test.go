@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/watertight/watertight/internal/poll"
+	"github.com/watertight/watertight/proxy/internal/rawio"
 )
 
 // wait bounds every wait for what another goroutine (a server, the
@@ -1034,5 +1035,32 @@ func TestStatusBelow100IsNotInformational(t *testing.T) {
 	defer resp.Body.Close()
 	if b, err := io.ReadAll(resp.Body); resp.StatusCode != 99 || string(b) != "ok" || err != nil {
 		t.Errorf("got %d %q (%v), want 99 ok", resp.StatusCode, b, err)
+	}
+}
+
+// The upstream connections read and write with raw system calls
+// (proxy/internal/rawio), the liveness probe included: the guard that
+// keeps the request path out of the scheduler's system-call state.
+func TestConnectionsUseRawIO(t *testing.T) {
+	srv := newServer(t, func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "hello") })
+	tr, _ := newTransport(t)
+	if _, body := get(t, tr, srv.URL); body != "hello" {
+		t.Fatalf("body %q", body)
+	}
+	addr := strings.TrimPrefix(srv.URL, "http://")
+	tr.mu.Lock()
+	idle := slices.Clone(tr.pools[addr])
+	tr.mu.Unlock()
+	if len(idle) != 1 {
+		t.Fatalf("%d idle connections to %s, want 1", len(idle), addr)
+	}
+	if _, ok := idle[0].r.(*rawio.Reader); !ok {
+		t.Errorf("the connection reads through a %T, not a *rawio.Reader", idle[0].r)
+	}
+	if _, ok := idle[0].w.(*rawio.Writer); !ok {
+		t.Errorf("the connection writes through a %T, not a *rawio.Writer", idle[0].w)
+	}
+	if !idle[0].alive() {
+		t.Error("an idle connection the upstream keeps open failed the liveness probe")
 	}
 }

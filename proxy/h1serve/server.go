@@ -36,6 +36,7 @@ import (
 	"golang.org/x/net/http/httpguts"
 
 	"github.com/watertight/watertight/proxy/internal/h1head"
+	"github.com/watertight/watertight/proxy/internal/rawio"
 )
 
 // MaxInlineBody is the largest request body served here; larger ones are
@@ -93,10 +94,11 @@ type Server struct {
 // ServeConn serves c until it closes, is handed off, or the server shuts
 // down. It runs on the caller's goroutine.
 func (s *Server) ServeConn(nc net.Conn) {
-	c := &conn{s: s, nc: nc, remote: nc.RemoteAddr().String()}
+	c := &conn{s: s, nc: nc, rd: rawio.NewReader(nc), remote: nc.RemoteAddr().String()}
 	c.src.c = c
 	c.br = bufio.NewReaderSize(&c.src, readBufferSize)
-	c.bw = bufio.NewWriterSize(nc, readBufferSize)
+	c.wr = rawio.NewWriter(nc)
+	c.bw = bufio.NewWriterSize(c.wr, readBufferSize)
 	if !s.track(c) {
 		_ = nc.Close()
 		return
@@ -237,6 +239,8 @@ func (s *Server) watchLoop() {
 type conn struct {
 	s      *Server
 	nc     net.Conn
+	rd     io.Reader // nc, read and written with raw system calls (proxy/internal/rawio)
+	wr     io.Writer
 	remote string
 	src    source
 	br     *bufio.Reader
@@ -369,7 +373,7 @@ func (c *conn) handOff(consumed []byte) bool {
 	if c.s.HandOffHTTP2 != nil && c.served == 0 && bytes.HasPrefix(pending, http2Preface) {
 		to = c.s.HandOffHTTP2
 	}
-	to(&replayConn{Conn: c.nc, pending: pending})
+	to(&replayConn{Conn: c.nc, pending: pending, r: c.rd, w: c.wr})
 	return true
 }
 
@@ -536,7 +540,7 @@ func (c *conn) watch() {
 	go func() {
 		defer close(done)
 		var b [1]byte
-		n, err := c.nc.Read(b[:])
+		n, err := c.rd.Read(b[:])
 		switch {
 		case n == 1:
 			c.src.keep(b[0])
@@ -600,14 +604,18 @@ func (s *source) Read(p []byte) (int, error) {
 		return n, nil
 	}
 	s.mu.Unlock()
-	return s.c.nc.Read(p)
+	return s.c.rd.Read(p)
 }
 
 // replayConn is a handed-off connection: its reads return the bytes the
-// loop had read first.
+// loop had read first. It reads and writes with the loop's raw I/O, which
+// its new owner (h2serve for h2c, whose rawio can only see a replayConn's
+// own Read and Write) would otherwise lose.
 type replayConn struct {
 	net.Conn
 	pending []byte
+	r       io.Reader
+	w       io.Writer
 }
 
 func (r *replayConn) Read(p []byte) (int, error) {
@@ -616,8 +624,10 @@ func (r *replayConn) Read(p []byte) (int, error) {
 		r.pending = r.pending[n:]
 		return n, nil
 	}
-	return r.Conn.Read(p)
+	return r.r.Read(p)
 }
+
+func (r *replayConn) Write(p []byte) (int, error) { return r.w.Write(p) }
 
 // NetConn returns the connection underneath (as tls.Conn's does), for code
 // that looks at what kind of connection it has.

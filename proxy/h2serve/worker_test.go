@@ -28,6 +28,13 @@ func workers() int {
 	return bytes.Count(buf, []byte("h2serve.(*conn).worker("))
 }
 
+// idleWorkers counts the goroutines waiting for a connection's next stream.
+func idleWorkers() int {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	return bytes.Count(buf, []byte("h2serve.(*conn).nextStream("))
+}
+
 // A connection's streams one after another run on one goroutine, whose
 // stack has grown already, rather than on a new one each.
 func TestStreamsReuseAWorker(t *testing.T) {
@@ -38,6 +45,9 @@ func TestStreamsReuseAWorker(t *testing.T) {
 	c := h2Client(t)
 	for range 3 {
 		get(t, c, srv.url)
+		// The answer reaches the client before its worker is back waiting;
+		// a stream that came in between would rightly get a new worker.
+		poll.Until(t, waitLimit, "the worker waiting for the next stream", func() bool { return idleWorkers() == 1 })
 	}
 	first := recv(t, ids, "a handler")
 	for range 2 {

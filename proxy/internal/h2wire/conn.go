@@ -7,12 +7,15 @@ package h2wire
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"net"
 	"sync"
 	"sync/atomic"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/watertight/watertight/proxy/internal/rawio"
 )
 
 // MinFrameSize is every peer's SETTINGS_MAX_FRAME_SIZE until it says more.
@@ -30,6 +33,7 @@ type Conn struct {
 	Names Names
 
 	nc       net.Conn
+	wr       io.Writer // nc, written with raw system calls (proxy/internal/rawio)
 	peer     string
 	mu       sync.Mutex
 	waiting  atomic.Int32 // writers holding or waiting for mu
@@ -42,10 +46,10 @@ type Conn struct {
 
 // NewConn frames nc; peer names the other end in errors.
 func NewConn(nc net.Conn, peer string) *Conn {
-	c := &Conn{nc: nc, peer: peer}
+	c := &Conn{nc: nc, wr: rawio.NewWriter(nc), peer: peer}
 	c.maxFrame.Store(MinFrameSize)
 	c.bw = bufio.NewWriterSize(stickyWriter{c}, writeBufferSize)
-	c.Framer = http2.NewFramer(c.bw, bufio.NewReaderSize(nc, 4<<10))
+	c.Framer = http2.NewFramer(c.bw, bufio.NewReaderSize(rawio.NewReader(nc), 4<<10))
 	// One DATA frame reused for every read instead of one per frame: both
 	// readers (h2serve's and h2conn's) copy a frame's data before they read
 	// the next, as they must anyway (its bytes live in the Framer's buffer).
@@ -62,7 +66,7 @@ func (w stickyWriter) Write(p []byte) (int, error) {
 	if w.c.err != nil {
 		return 0, w.c.err
 	}
-	n, err := w.c.nc.Write(p)
+	n, err := w.c.wr.Write(p)
 	if err != nil {
 		w.c.err = fmt.Errorf("writing to %s: %w", w.c.peer, err)
 		_ = w.c.nc.Close()

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/net/http2/hpack"
 
 	"github.com/watertight/watertight/internal/poll"
+	"github.com/watertight/watertight/proxy/internal/rawio"
 )
 
 // countingConn counts the writes that reach the socket.
@@ -203,5 +204,32 @@ func TestEncodeLiteral(t *testing.T) {
 		if id == 3 && size > 1+1+1+len("x-request-timeout")+1+len("3ms") {
 			t.Errorf("the second block is %d bytes: x-kept was not sent as a table reference", size)
 		}
+	}
+}
+
+// Over a socket the framing reads and writes with raw system calls
+// (proxy/internal/rawio); frames cross both ways as before.
+func TestSocketsUseRawIO(t *testing.T) {
+	_, counted, peer := pipe(t)
+	c := NewConn(counted.Conn, "the test's peer")
+	if _, ok := c.wr.(*rawio.Writer); !ok {
+		t.Fatalf("writes go through a %T, not a *rawio.Writer", c.wr)
+	}
+	c.Lock()
+	_ = c.Framer.WritePing(false, [8]byte{1})
+	if err := c.Unlock(); err != nil {
+		t.Fatal(err)
+	}
+	pf := http2.NewFramer(peer, peer)
+	f, err := pf.ReadFrame()
+	if p, ok := f.(*http2.PingFrame); err != nil || !ok || p.Data[0] != 1 {
+		t.Fatalf("the peer read %v, %v; want our PING", f, err)
+	}
+	if err := pf.WritePing(true, [8]byte{2}); err != nil {
+		t.Fatal(err)
+	}
+	f, err = c.Framer.ReadFrame()
+	if p, ok := f.(*http2.PingFrame); err != nil || !ok || p.Data[0] != 2 {
+		t.Fatalf("read %v, %v; want the peer's PING", f, err)
 	}
 }

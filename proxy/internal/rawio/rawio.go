@@ -1,0 +1,198 @@
+// Package rawio reads and writes a connected socket with raw system calls:
+// the same non-blocking read(2) and write(2) net.Conn makes, waiting for
+// readiness in the same runtime poller, but without telling the Go
+// scheduler that the goroutine is in a system call.
+//
+// Why by hand: net.Conn enters the scheduler's system-call state around
+// every read and write. On a proxy's core that state is what wakes the
+// runtime's monitor thread (sysmon) out of its deep sleep and, when a
+// loopback write runs the receiver's TCP input inline for longer than
+// the monitor's 20 µs tick, has the monitor take the P away and hand it
+// to another thread: context switches, futex wake-ups and a thread to
+// reacquire the P on the way out, none of which buys anything on a
+// non-blocking socket, whose calls return as soon as the kernel has
+// copied the bytes (docs/forwarding-path.md, step 5). The runtime's own
+// rule for raw system calls is that they must not block; a non-blocking
+// socket's never do: with nothing to read or no room to write they return
+// EAGAIN, and the wait happens in the poller, as net.Conn's does.
+//
+// What a caller sees is net.Conn's behaviour: the same bytes, io.EOF at
+// the end, deadlines and Close honoured, and errors of the same form
+// (*net.OpError around *os.SyscallError). The package's tests hold the
+// two side by side.
+package rawio
+
+import (
+	"io"
+	"net"
+	"os"
+	"syscall"
+	"unsafe"
+)
+
+// maxRW is internal/poll's cap on one call's bytes: some kernels refuse
+// larger ones.
+const maxRW = 1 << 30
+
+// call is one connection's raw calls in one direction: the callback
+// syscall.RawConn runs, made once, and the state it works on.
+type call struct {
+	nc  net.Conn
+	raw syscall.RawConn
+	fn  func(fd uintptr) bool
+	p   []byte
+	n   int
+	err error
+}
+
+// init finds nc's file descriptor; false when it has none (a net.Pipe, a
+// TLS connection), whose own Read and Write are then used.
+func (c *call) init(nc net.Conn) bool {
+	sc, ok := nc.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	c.nc, c.raw = nc, raw
+	return true
+}
+
+// Reader reads one connection. It is not for concurrent use.
+type Reader struct{ call }
+
+// Writer writes one connection. It is not for concurrent use.
+type Writer struct{ call }
+
+// NewReader reads nc: raw reads when it has a file descriptor, nc's own
+// Read otherwise.
+func NewReader(nc net.Conn) io.Reader {
+	r := &Reader{}
+	if !r.init(nc) {
+		return nc
+	}
+	r.fn = r.read
+	return r
+}
+
+// NewWriter writes nc: raw writes when it has a file descriptor, nc's own
+// Write otherwise.
+func NewWriter(nc net.Conn) io.Writer {
+	w := &Writer{}
+	if !w.init(nc) {
+		return nc
+	}
+	w.fn = w.write
+	return w
+}
+
+// Read reads like net.Conn: at most len(p) bytes, once some are there.
+func (r *Reader) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil // net.Conn's answer too: a zero-byte read(2) would look like the end
+	}
+	if len(p) > maxRW {
+		p = p[:maxRW]
+	}
+	r.p, r.n, r.err = p, 0, nil
+	err := r.raw.Read(r.fn)
+	n := r.n
+	r.p = nil
+	if err == nil {
+		err = r.err
+	}
+	switch {
+	case err != nil:
+		return 0, opError(r.nc, "read", err)
+	case n == 0:
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
+func (r *Reader) read(fd uintptr) bool {
+	for {
+		n, errno := Read(fd, r.p)
+		switch errno {
+		case 0:
+			r.n = n
+			return true
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false // the poller waits for readability, then calls again
+		default:
+			r.err = os.NewSyscallError("read", errno)
+			return true
+		}
+	}
+}
+
+// Write writes all of p like net.Conn: on a full send buffer it waits for
+// room in the poller, and it stops early only on an error.
+func (w *Writer) Write(p []byte) (int, error) {
+	w.p, w.n, w.err = p, 0, nil
+	err := w.raw.Write(w.fn)
+	n := w.n
+	w.p = nil
+	if err == nil {
+		err = w.err
+	}
+	if err != nil {
+		return n, opError(w.nc, "write", err)
+	}
+	return n, nil
+}
+
+func (w *Writer) write(fd uintptr) bool {
+	for w.n < len(w.p) {
+		rest := w.p[w.n:]
+		if len(rest) > maxRW {
+			rest = rest[:maxRW]
+		}
+		n, errno := Write(fd, rest)
+		switch errno {
+		case 0:
+			if n == 0 {
+				w.err = io.ErrUnexpectedEOF // as internal/poll answers a write of nothing
+				return true
+			}
+			w.n += n
+		case syscall.EINTR:
+		case syscall.EAGAIN:
+			return false // the poller waits for room, then calls again
+		default:
+			w.err = os.NewSyscallError("write", errno)
+			return true
+		}
+	}
+	return true
+}
+
+// opError dresses err as net.Conn's Read and Write do. The poller's own
+// errors (a deadline, a closed connection) come back from syscall.RawConn
+// already as *net.OpError with Op "raw-read" or "raw-write".
+func opError(nc net.Conn, op string, err error) error {
+	if oe, ok := err.(*net.OpError); ok {
+		oe.Op = op
+		return oe
+	}
+	local := nc.LocalAddr()
+	return &net.OpError{Op: op, Net: local.Network(), Source: local, Addr: nc.RemoteAddr(), Err: err}
+}
+
+// Read is read(2) on fd without the scheduler's system-call state; fd
+// must be non-blocking.
+func Read(fd uintptr, p []byte) (int, syscall.Errno) {
+	n, _, errno := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
+	return int(n), errno
+}
+
+// Write is write(2) on fd without the scheduler's system-call state; fd
+// must be non-blocking.
+func Write(fd uintptr, p []byte) (int, syscall.Errno) {
+	n, _, errno := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
+	return int(n), errno
+}

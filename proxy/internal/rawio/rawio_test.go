@@ -1,0 +1,257 @@
+package rawio
+
+import (
+	"bytes"
+	"crypto/rand"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// pair returns the two ends of a loopback TCP connection.
+func pair(t *testing.T) (a, b *net.TCPConn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("listening: %v", err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			close(accepted)
+			return
+		}
+		accepted <- c
+	}()
+	ac, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatalf("dialling: %v", err)
+	}
+	bc, ok := <-accepted
+	if !ok {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { ac.Close(); bc.Close() })
+	return ac.(*net.TCPConn), bc.(*net.TCPConn)
+}
+
+// A write larger than both socket buffers fills them, so it must wait in
+// the poller for room (EAGAIN, then readiness) and carry on where it
+// stopped; the reader sees every byte in order, then io.EOF itself.
+func TestLargeWriteWaitsForRoomAndArrivesWhole(t *testing.T) {
+	a, b := pair(t)
+	if err := a.SetWriteBuffer(16 << 10); err != nil {
+		t.Fatal(err)
+	}
+	data := make([]byte, 8<<20)
+	_, _ = rand.Read(data)
+	written := make(chan error, 1)
+	go func() {
+		n, err := NewWriter(a).Write(data)
+		if err == nil && n != len(data) {
+			err = io.ErrShortWrite
+		}
+		_ = a.CloseWrite()
+		written <- err
+	}()
+	var got bytes.Buffer
+	r := NewReader(b)
+	buf := make([]byte, 1500) // small reads: many calls, some finding nothing yet
+	for {
+		n, err := r.Read(buf)
+		got.Write(buf[:n])
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("read after %d bytes: %v", got.Len(), err)
+		}
+		if n == 0 {
+			t.Fatal("Read returned 0 bytes and no error")
+		}
+	}
+	if err := <-written; err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	if !bytes.Equal(got.Bytes(), data) {
+		t.Fatalf("read %d bytes, not the %d written (or not the same)", got.Len(), len(data))
+	}
+}
+
+func TestZeroByteReadTakesNothing(t *testing.T) {
+	a, b := pair(t)
+	if _, err := a.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	r := NewReader(b)
+	if n, err := r.Read(nil); n != 0 || err != nil {
+		t.Fatalf("Read(nil) = %d, %v; want 0, nil", n, err)
+	}
+	var one [1]byte
+	if n, err := r.Read(one[:]); n != 1 || err != nil || one[0] != 'x' {
+		t.Fatalf("Read = %d, %v, %q; want the byte written", n, err, one[:n])
+	}
+}
+
+// The errors a caller sees are net.Conn's, word for word, for what the
+// poller reports (a deadline, a closed connection) and for what the
+// kernel does (a reset).
+func TestErrorsAreNetConns(t *testing.T) {
+	t.Run("read deadline", func(t *testing.T) {
+		_, b := pair(t)
+		_ = b.SetReadDeadline(time.Now().Add(-time.Second))
+		want := readErr(b)
+		got := readErr(NewReader(b))
+		same(t, got, want)
+		if ne, ok := got.(net.Error); !ok || !ne.Timeout() || !errors.Is(got, os.ErrDeadlineExceeded) {
+			t.Fatalf("%v: not a timeout", got)
+		}
+	})
+	t.Run("write deadline", func(t *testing.T) {
+		a, _ := pair(t)
+		_ = a.SetWriteDeadline(time.Now().Add(-time.Second))
+		_, want := a.Write([]byte("x"))
+		_, got := NewWriter(a).Write([]byte("x"))
+		same(t, got, want)
+	})
+	t.Run("read after close", func(t *testing.T) {
+		_, b := pair(t)
+		r := NewReader(b)
+		_ = b.Close()
+		same(t, readErr(r), readErr(b))
+		if !errors.Is(readErr(r), net.ErrClosed) {
+			t.Fatal("not net.ErrClosed")
+		}
+	})
+	t.Run("write after close", func(t *testing.T) {
+		a, _ := pair(t)
+		w := NewWriter(a)
+		_ = a.Close()
+		_, got := w.Write([]byte("x"))
+		_, want := a.Write([]byte("x"))
+		same(t, got, want)
+	})
+	t.Run("reset", func(t *testing.T) {
+		// Two pairs, one read through net.Conn and one through a Reader,
+		// each reset by its peer (SO_LINGER 0 makes Close send RST).
+		a1, b1 := pair(t)
+		a2, b2 := pair(t)
+		for _, a := range []*net.TCPConn{a1, a2} {
+			_ = a.SetLinger(0)
+			_ = a.Close()
+		}
+		want := readErr(b1)
+		got := readErr(NewReader(b2))
+		same(t, addrless(got, b2), addrless(want, b1))
+		if !errors.Is(got, syscall.ECONNRESET) {
+			t.Fatalf("%v: not ECONNRESET", got)
+		}
+		var se *os.SyscallError
+		if !errors.As(got, &se) || se.Syscall != "read" {
+			t.Fatalf("%v: not an *os.SyscallError from read", got)
+		}
+	})
+	t.Run("end", func(t *testing.T) {
+		a, b := pair(t)
+		_ = a.Close()
+		if err := readErr(NewReader(b)); err != io.EOF {
+			t.Fatalf("read at the end = %v, want io.EOF itself", err)
+		}
+	})
+}
+
+// A read parked in the poller wakes when a deadline passes or the
+// connection closes: h1serve ends its client watch with the first, and
+// shutdowns rely on the second.
+func TestParkedReadWakes(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		wake func(c *net.TCPConn)
+		is   error
+	}{
+		{"deadline", func(c *net.TCPConn) { _ = c.SetReadDeadline(time.Unix(1, 0)) }, os.ErrDeadlineExceeded},
+		{"close", func(c *net.TCPConn) { _ = c.Close() }, net.ErrClosed},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, b := pair(t)
+			done := make(chan error, 1)
+			started := make(chan struct{})
+			go func() {
+				close(started)
+				done <- readErr(NewReader(b))
+			}()
+			<-started
+			select {
+			case err := <-done:
+				t.Fatalf("read returned before anything happened: %v", err)
+			case <-time.After(20 * time.Millisecond): // a read with nothing to take waits
+			}
+			tc.wake(b)
+			if err := <-done; !errors.Is(err, tc.is) {
+				t.Fatalf("woken read = %v, want %v", err, tc.is)
+			}
+		})
+	}
+}
+
+// Without a file descriptor (a net.Pipe here) there is nothing raw to do:
+// the connection itself is returned.
+func TestWithoutAFileDescriptorTheConnItself(t *testing.T) {
+	p1, p2 := net.Pipe()
+	defer p1.Close()
+	defer p2.Close()
+	if r := NewReader(p1); r != io.Reader(p1) {
+		t.Fatalf("NewReader(pipe) = %T", r)
+	}
+	if w := NewWriter(p1); w != io.Writer(p1) {
+		t.Fatalf("NewWriter(pipe) = %T", w)
+	}
+}
+
+func TestNoAllocations(t *testing.T) {
+	a, b := pair(t)
+	r, w := NewReader(b), NewWriter(a)
+	msg := []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	buf := make([]byte, 64)
+	allocs := testing.AllocsPerRun(200, func() {
+		if _, err := w.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(r, buf[:len(msg)]); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if allocs != 0 {
+		t.Fatalf("%v allocations per write and read, want 0", allocs)
+	}
+}
+
+func readErr(r io.Reader) error {
+	var b [16]byte
+	_, err := r.Read(b[:])
+	return err
+}
+
+func same(t *testing.T, got, want error) {
+	t.Helper()
+	if got == nil || want == nil || got.Error() != want.Error() {
+		t.Fatalf("error %q, net.Conn's %q", got, want)
+	}
+}
+
+// addrless replaces c's addresses in err's text, for errors from two
+// different connections.
+func addrless(err error, c net.Conn) error {
+	if err == nil {
+		return nil
+	}
+	s := strings.ReplaceAll(err.Error(), c.LocalAddr().String(), "LOCAL")
+	return errors.New(strings.ReplaceAll(s, c.RemoteAddr().String(), "REMOTE"))
+}
