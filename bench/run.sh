@@ -21,6 +21,9 @@
 #                           --upstream-http2 net/http: net/http's HTTP/2 server and
 #                           client instead of proxy/h2serve and proxy/h2conn, the
 #                           defaults; with --targets)
+#       [watertight-h1up]  (the sidecar with its upstream set to protocol http1:
+#                           h2c in, HTTP/1.1 out, what nginx does, for a like-for-like
+#                           h2c row against it; with --targets)
 #       [watertight-sysmon] (an experiment, never shipped: the sidecar built with
 #                           go build -overlay against a copy of runtime/proc.go
 #                           whose monitor thread (sysmon) sleeps 1 ms at least,
@@ -64,6 +67,8 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+# shellcheck source=bench/nginx-conf.sh
+source "$ROOT/bench/nginx-conf.sh"
 OUT=$ROOT/bench/out
 RUNS=$OUT/runs
 LOGS=$OUT/logs
@@ -105,6 +110,7 @@ PORT_WT_H1SERVE=$((PORT_BASE + 20)) # +0 listener, +1 admin
 PORT_WT_NETSERVE=$((PORT_BASE + 22)) # +0 listener, +1 admin
 PORT_WT_NETH2=$((PORT_BASE + 24))    # +0 listener, +1 admin
 PORT_WT_SYSMON=$((PORT_BASE + 26))   # +0 listener, +1 admin
+PORT_WT_H1UP=$((PORT_BASE + 28))     # +0 listener, +1 admin
 PORT_GOFLOOR_RAW=$((PORT_BASE + 16))
 PORT_GOFLOOR_STD=$((PORT_BASE + 17))
 PORT_GOFLOOR_SRV=$((PORT_BASE + 18))
@@ -328,7 +334,10 @@ EOF
 	# The same sidecar, one per HTTP/1.1 client (watertight-h1conn,
 	# watertight-nethttp): its own ports, the same upstream.
 	local port
-	for port in "$PORT_WT_H1CONN" "$PORT_WT_NETHTTP" "$PORT_WT_H1SERVE" "$PORT_WT_NETSERVE" "$PORT_WT_NETH2" "$PORT_WT_SYSMON"; do
+	local protocol
+	for port in "$PORT_WT_H1CONN" "$PORT_WT_NETHTTP" "$PORT_WT_H1SERVE" "$PORT_WT_NETSERVE" "$PORT_WT_NETH2" "$PORT_WT_SYSMON" "$PORT_WT_H1UP"; do
+		protocol=auto
+		[[ $port == "$PORT_WT_H1UP" ]] && protocol=http1 # watertight-h1up: h2c in, HTTP/1.1 out, as nginx
 		cat >"$OUT/watertight-$port.yaml" <<EOF
 admin: {address: 127.0.0.1:$((port + 1))}
 budget: 4096
@@ -336,7 +345,7 @@ listeners:
   - {name: upstream-mode, address: 127.0.0.1:$port, mode: upstream, upstream: bench}
 upstreams:
   - name: bench
-    protocol: auto
+    protocol: $protocol
     endpoints: [127.0.0.1:$PORT_UPSTREAM]
 EOF
 	done
@@ -367,48 +376,8 @@ backend upstream_h2c
 EOF
 	haproxy -c -q -f "$OUT/haproxy.cfg" || die "HAProxy rejected bench/out/haproxy.cfg"
 
-	# nginx 1.22 (Debian 12), one process (master_process off: the measured
-	# pid is the one serving, and one worker matches the pinning), in the
-	# foreground, everything under bench/out/nginx. A cleartext `listen ...
-	# http2` in nginx before 1.25 speaks only HTTP/2 with prior knowledge, so
-	# HTTP/1.1 and h2c get a port each. proxy_pass speaks HTTP/1.x only: h2c
-	# clients reach the upstream over HTTP/1.1 keep-alive (nginx has no h2
-	# upstreams at all; grpc_pass is h2, but for gRPC only).
-	mkdir -p "$OUT/nginx/logs"
-	cat >"$OUT/nginx.conf" <<EOF
-daemon off;
-master_process off;
-worker_processes 1;
-pid $OUT/nginx/nginx.pid;
-error_log stderr warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $OUT/nginx/body;
-    proxy_temp_path $OUT/nginx/proxy;
-    fastcgi_temp_path $OUT/nginx/fastcgi;
-    uwsgi_temp_path $OUT/nginx/uwsgi;
-    scgi_temp_path $OUT/nginx/scgi;
-    keepalive_requests 100000000;
-    keepalive_timeout 300s;
-    upstream bench {
-        server 127.0.0.1:$PORT_UPSTREAM;
-        keepalive 256;
-        keepalive_requests 100000000;
-        keepalive_timeout 300s;
-    }
-    server {
-        listen 127.0.0.1:$PORT_NGINX;
-        listen 127.0.0.1:$PORT_NGINX_H2C http2;
-        http2_max_concurrent_streams 4096;
-        location / {
-            proxy_pass http://bench;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
-    }
-}
-EOF
+	# nginx: bench/nginx-conf.sh says how it is set up.
+	write_nginx_conf "$OUT/nginx.conf" "$OUT/nginx" "$PORT_UPSTREAM" "$PORT_NGINX" "$PORT_NGINX_H2C"
 	"$NGINX" -t -q -p "$OUT/nginx/" -e stderr -c "$OUT/nginx.conf" || die "nginx rejected bench/out/nginx.conf"
 
 	# Caddy: reverse_proxy, h1 and h2c on one cleartext port (servers
@@ -578,7 +547,7 @@ start_servers() {
 	# app-side loop, when asked for.
 	local t port flags
 	local bin
-	for t in watertight-h1conn watertight-nethttp watertight-h1serve watertight-netserve watertight-neth2 watertight-sysmon; do
+	for t in watertight-h1conn watertight-nethttp watertight-h1serve watertight-netserve watertight-neth2 watertight-sysmon watertight-h1up; do
 		has_target "$t" || continue
 		port=$(target_port "$t")
 		bin=$OUT/sidecar flags=()
@@ -631,6 +600,7 @@ target_port() { # TARGET [h1|h2]
 	watertight-netserve) echo "$PORT_WT_NETSERVE" ;;
 	watertight-neth2) echo "$PORT_WT_NETH2" ;;
 	watertight-sysmon) echo "$PORT_WT_SYSMON" ;;
+	watertight-h1up) echo "$PORT_WT_H1UP" ;;
 	revproxy) echo "$PORT_REVPROXY" ;;
 	gofloor-raw) echo "$PORT_GOFLOOR_RAW" ;;
 	gofloor-std) echo "$PORT_GOFLOOR_STD" ;;
@@ -652,7 +622,8 @@ target_host() { [[ $1 == watertight-proxy ]] && echo bench || true; }
 # with the client's protocol (the upstream's /_proto echoes it), so that no
 # proxy is quietly measured downgrading h2c to HTTP/1.1. The one exception
 # is nginx, which cannot proxy to an HTTP/2 upstream (proxy_pass is
-# HTTP/1.x only): it must pass h2c on as HTTP/1.1, and the tables say so.
+# HTTP/1.x only): it must pass h2c on as HTTP/1.1, and the tables say so;
+# watertight-h1up does the same on purpose, to be compared with it.
 sanity_check() {
 	local t url host got want
 	for t in "${TARGETS[@]}"; do
@@ -663,11 +634,11 @@ sanity_check() {
 		h1_only "$t" && continue
 		url=http://127.0.0.1:$(target_port "$t" h2)/_proto
 		want=HTTP/2.0
-		[[ $t == nginx ]] && want=HTTP/1.1
+		[[ $t == nginx || $t == watertight-h1up ]] && want=HTTP/1.1
 		got=$(curl -sS --http2-prior-knowledge ${host:+-H "Host: $host"} "$url")
 		[[ $got == "$want" ]] || die "$t over h2c reached the upstream as '$got' (want $want)"
 	done
-	log "sanity check: every target passes HTTP/1.1 as HTTP/1.1 and h2c as h2c (nginx: h2c in, HTTP/1.1 out; gofloor: HTTP/1.1 only)"
+	log "sanity check: every target passes HTTP/1.1 as HTTP/1.1 and h2c as h2c (nginx and watertight-h1up: h2c in, HTTP/1.1 out; gofloor: HTTP/1.1 only)"
 }
 
 # The load commands. Same flags for every target; only the URL (and the
@@ -1108,7 +1079,7 @@ main() {
 		sanity_check
 		warm_up
 		run_scenarios
-		stop upstream watertight watertight-h1conn watertight-nethttp watertight-h1serve watertight-netserve watertight-neth2 watertight-sysmon revproxy gofloor-raw gofloor-std gofloor-srv gofloor-rp haproxy nginx caddy
+		stop upstream watertight watertight-h1conn watertight-nethttp watertight-h1serve watertight-netserve watertight-neth2 watertight-sysmon watertight-h1up revproxy gofloor-raw gofloor-std gofloor-srv gofloor-rp haproxy nginx caddy
 	fi
 	if part isolation || part weights; then
 		rm -rf "$OUT/iso-runs"

@@ -14,7 +14,7 @@ import (
 )
 
 // pair returns the two ends of a loopback TCP connection.
-func pair(t *testing.T) (a, b *net.TCPConn) {
+func pair(t testing.TB) (a, b *net.TCPConn) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -1,0 +1,49 @@
+# bench/nginx-conf.sh: sourced by bench/run.sh and bench/pair.sh, so that
+# both measure the same nginx.
+#
+# write_nginx_conf FILE DIR UPSTREAM_PORT H1_PORT H2C_PORT writes FILE: nginx
+# 1.22 (Debian 12), one process (master_process off: the measured pid is
+# the one serving, and one worker matches the pinning), in the foreground,
+# its files under DIR (absolute). A cleartext `listen ... http2` in nginx
+# before 1.25 speaks only HTTP/2 with prior knowledge, so HTTP/1.1 and h2c
+# get a port each. proxy_pass speaks HTTP/1.x only: h2c clients reach the
+# upstream over HTTP/1.1 keep-alive (nginx has no h2 upstreams at all;
+# grpc_pass is h2, but for gRPC only).
+write_nginx_conf() {
+	local file=$1 dir=$2 upstream=$3 h1=$4 h2c=$5
+	mkdir -p "$dir/logs"
+	cat >"$file" <<EOF
+daemon off;
+master_process off;
+worker_processes 1;
+pid $dir/nginx.pid;
+error_log stderr warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $dir/body;
+    proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi;
+    uwsgi_temp_path $dir/uwsgi;
+    scgi_temp_path $dir/scgi;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+    upstream bench {
+        server 127.0.0.1:$upstream;
+        keepalive 256;
+        keepalive_requests 100000000;
+        keepalive_timeout 300s;
+    }
+    server {
+        listen 127.0.0.1:$h1;
+        listen 127.0.0.1:$h2c http2;
+        http2_max_concurrent_streams 4096;
+        location / {
+            proxy_pass http://bench;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+}
