@@ -1268,6 +1268,7 @@ func TestRetryRefused(t *testing.T) {
 	})
 
 	t.Run("GOAWAY lets the streams below finish", func(t *testing.T) {
+		drained := make(chan error, 1) // the first connection's end, as its server saw it
 		s := newRawServer(t, func(n int64, c *rawConn) {
 			h := c.firstRequest(t)
 			if h == nil {
@@ -1277,8 +1278,9 @@ func TestRetryRefused(t *testing.T) {
 				_ = c.fr.WriteGoAway(h.StreamID, http2.ErrCodeNo, nil)
 			}
 			_ = c.answer(h.StreamID, fmt.Sprintf("connection %d", n))
-			if err := c.drain(); err != nil && n == 1 {
-				t.Errorf("after GOAWAY and the last answer: %v, want the client to close", err)
+			err := c.drain()
+			if n == 1 {
+				drained <- err
 			}
 		})
 		tr, _ := newTransport(t)
@@ -1287,6 +1289,12 @@ func TestRetryRefused(t *testing.T) {
 			if w := fmt.Sprintf("connection %d", want+1); body != w {
 				t.Errorf("body %q, want %q", body, w)
 			}
+		}
+		// The client closes the first connection once its last stream is
+		// done, on its own goroutine: wait for that here, before the
+		// server's cleanup closes it from this end.
+		if err := <-drained; err != nil {
+			t.Errorf("after GOAWAY and the last answer: %v, want the client to close", err)
 		}
 	})
 
