@@ -1244,6 +1244,7 @@ func TestRetryRefused(t *testing.T) {
 	})
 
 	t.Run("GOAWAY", func(t *testing.T) {
+		drained := make(chan error, 1) // the first connection's end, as its server saw it
 		s := newRawServer(t, func(n int64, c *rawConn) {
 			h := c.firstRequest(t)
 			if h == nil {
@@ -1252,9 +1253,7 @@ func TestRetryRefused(t *testing.T) {
 			if n == 1 {
 				// Nothing processed: the request may go again elsewhere.
 				_ = c.fr.WriteGoAway(0, http2.ErrCodeNo, nil)
-				if err := c.drain(); err != nil {
-					t.Errorf("after GOAWAY: %v, want the client to close", err)
-				}
+				drained <- c.drain()
 				return
 			}
 			_ = c.answer(h.StreamID, fmt.Sprintf("connection %d", n))
@@ -1264,6 +1263,11 @@ func TestRetryRefused(t *testing.T) {
 		_, body := fetch(t, tr, newRequest(t, http.MethodGet, s.url+"/", nil))
 		if body != "connection 2" {
 			t.Errorf("body %q, want the second connection's answer", body)
+		}
+		// The client closes the first connection on its own goroutine: wait
+		// for that before the server's cleanup closes it from this end.
+		if err := <-drained; err != nil {
+			t.Errorf("after GOAWAY: %v, want the client to close", err)
 		}
 	})
 
