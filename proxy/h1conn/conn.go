@@ -26,11 +26,7 @@ type conn struct {
 	w         io.Writer
 	br        *bufio.Reader
 	bw        *bufio.Writer
-	raw       syscall.RawConn // nil if the connection has no file descriptor
-	abort     func()          // closes nc; a method value made once, not per request
-	probeFn   func(fd uintptr) bool
-	probed    bool // what the last probe found: alive
-	probeBuf  [1]byte
+	abort     func() // closes nc; a method value made once, not per request
 	reused    bool
 	idleSince time.Time
 
@@ -47,12 +43,6 @@ func (t *Transport) dial(ctx context.Context, addr string) (*conn, error) {
 	c.br = bufio.NewReader(c)
 	c.bw = bufio.NewWriter(c)
 	c.abort = c.close
-	if sc, ok := nc.(syscall.Conn); ok {
-		if raw, err := sc.SyscallConn(); err == nil {
-			c.raw = raw
-			c.probeFn = c.probe
-		}
-	}
 	return c, nil
 }
 
@@ -80,24 +70,10 @@ func (c *conn) close() { _ = c.nc.Close() }
 // has neither closed it nor sent anything unasked. net/http's Transport
 // learns this from a read goroutine parked on every idle connection; one
 // non-blocking read when the connection is taken costs a syscall instead.
+// A connection without a file descriptor cannot be asked and is taken.
 func (c *conn) alive() bool {
-	if c.raw == nil {
-		return true
-	}
-	c.probed = false
-	if err := c.raw.Read(c.probeFn); err != nil {
-		return false
-	}
-	return c.probed
-}
-
-// probe runs inside RawConn.Read; the socket is non-blocking, so a read
-// with nothing to take returns EAGAIN at once. Returning true tells the
-// runtime not to wait for readability.
-func (c *conn) probe(fd uintptr) bool {
-	_, errno := rawio.Read(fd, c.probeBuf[:])
-	c.probed = errno == syscall.EAGAIN
-	return true
+	r, ok := c.r.(*rawio.Reader)
+	return !ok || r.Idle()
 }
 
 // isReset: the peer reset the connection.

@@ -22,17 +22,17 @@ func goroutineID() int {
 }
 
 // workers counts the goroutines in the server's worker loop.
-func workers() int {
-	buf := make([]byte, 1<<20)
-	buf = buf[:runtime.Stack(buf, true)]
-	return bytes.Count(buf, []byte("h2serve.(*conn).worker("))
-}
+func workers() int { return inStacks("h2serve.(*conn).worker(") }
 
 // idleWorkers counts the goroutines waiting for a connection's next stream.
-func idleWorkers() int {
+func idleWorkers() int { return inStacks("h2serve.(*conn).nextStream(") }
+
+// inStacks counts frame in every goroutine's stack (these frames are not
+// recursive: one per goroutine).
+func inStacks(frame string) int {
 	buf := make([]byte, 1<<20)
 	buf = buf[:runtime.Stack(buf, true)]
-	return bytes.Count(buf, []byte("h2serve.(*conn).nextStream("))
+	return bytes.Count(buf, []byte(frame))
 }
 
 // A connection's streams one after another run on one goroutine, whose

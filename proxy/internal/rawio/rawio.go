@@ -23,6 +23,7 @@
 package rawio
 
 import (
+	"errors"
 	"io"
 	"net"
 	"os"
@@ -47,7 +48,7 @@ type call struct {
 
 // init finds nc's file descriptor; false when it has none (a net.Pipe, a
 // TLS connection), whose own Read and Write are then used.
-func (c *call) init(nc net.Conn) bool {
+func (c *call) init(nc net.Conn, fn func(fd uintptr) bool) bool {
 	sc, ok := nc.(syscall.Conn)
 	if !ok {
 		return false
@@ -56,12 +57,38 @@ func (c *call) init(nc net.Conn) bool {
 	if err != nil {
 		return false
 	}
-	c.nc, c.raw = nc, raw
+	c.nc, c.raw, c.fn = nc, raw, fn
 	return true
 }
 
+// do runs the callback on p through RawConn.Write (write) or Read, which
+// hold the descriptor's lock, check the deadline and wait in the poller
+// whenever the callback returns false.
+func (c *call) do(p []byte, write bool, op string) (int, error) {
+	c.p, c.n, c.err = p, 0, nil
+	var err error
+	if write {
+		err = c.raw.Write(c.fn)
+	} else {
+		err = c.raw.Read(c.fn)
+	}
+	n := c.n
+	c.p = nil
+	if err == nil {
+		err = c.err
+	}
+	if err != nil {
+		return n, opError(c.nc, op, err)
+	}
+	return n, nil
+}
+
 // Reader reads one connection. It is not for concurrent use.
-type Reader struct{ call }
+type Reader struct {
+	call
+	probing bool    // Idle's read: EAGAIN is the answer, not a reason to wait
+	one     [1]byte // Idle's buffer, here so that it does not escape per call
+}
 
 // Writer writes one connection. It is not for concurrent use.
 type Writer struct{ call }
@@ -70,22 +97,20 @@ type Writer struct{ call }
 // Read otherwise.
 func NewReader(nc net.Conn) io.Reader {
 	r := &Reader{}
-	if !r.init(nc) {
-		return nc
+	if r.init(nc, r.read) {
+		return r
 	}
-	r.fn = r.read
-	return r
+	return nc
 }
 
 // NewWriter writes nc: raw writes when it has a file descriptor, nc's own
 // Write otherwise.
 func NewWriter(nc net.Conn) io.Writer {
 	w := &Writer{}
-	if !w.init(nc) {
-		return nc
+	if w.init(nc, w.write) {
+		return w
 	}
-	w.fn = w.write
-	return w
+	return nc
 }
 
 // Read reads like net.Conn: at most len(p) bytes, once some are there.
@@ -96,20 +121,27 @@ func (r *Reader) Read(p []byte) (int, error) {
 	if len(p) > maxRW {
 		p = p[:maxRW]
 	}
-	r.p, r.n, r.err = p, 0, nil
-	err := r.raw.Read(r.fn)
-	n := r.n
-	r.p = nil
-	if err == nil {
-		err = r.err
-	}
-	switch {
-	case err != nil:
-		return 0, opError(r.nc, "read", err)
-	case n == 0:
+	n, err := r.do(p, false, "read")
+	if err == nil && n == 0 {
 		return 0, io.EOF
 	}
-	return n, nil
+	return n, err
+}
+
+// errAgain is what Idle's read found: nothing to take.
+var errAgain = errors.New("nothing to read")
+
+// Idle reports whether the connection has nothing to read and the peer
+// has not closed it, without waiting: one read of a byte that finds
+// nothing. A byte it does find is consumed, so it is for connections
+// that are dropped when it says false (an HTTP/1.1 client's idle
+// connection, whose server may have closed it or sent something unasked).
+func (r *Reader) Idle() bool {
+	// Not through do: its error would be dressed (allocated) per request.
+	r.probing, r.p, r.n, r.err = true, r.one[:], 0, nil
+	err := r.raw.Read(r.fn)
+	r.probing, r.p = false, nil
+	return err == nil && r.err == errAgain
 }
 
 func (r *Reader) read(fd uintptr) bool {
@@ -122,6 +154,10 @@ func (r *Reader) read(fd uintptr) bool {
 		case syscall.EINTR:
 			continue
 		case syscall.EAGAIN:
+			if r.probing {
+				r.err = errAgain
+				return true
+			}
 			return false // the poller waits for readability, then calls again
 		default:
 			r.err = os.NewSyscallError("read", errno)
@@ -132,19 +168,7 @@ func (r *Reader) read(fd uintptr) bool {
 
 // Write writes all of p like net.Conn: on a full send buffer it waits for
 // room in the poller, and it stops early only on an error.
-func (w *Writer) Write(p []byte) (int, error) {
-	w.p, w.n, w.err = p, 0, nil
-	err := w.raw.Write(w.fn)
-	n := w.n
-	w.p = nil
-	if err == nil {
-		err = w.err
-	}
-	if err != nil {
-		return n, opError(w.nc, "write", err)
-	}
-	return n, nil
-}
+func (w *Writer) Write(p []byte) (int, error) { return w.do(p, true, "write") }
 
 func (w *Writer) write(fd uintptr) bool {
 	for w.n < len(w.p) {

@@ -7,10 +7,13 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/watertight/watertight/internal/poll"
 )
 
 // pair returns the two ends of a loopback TCP connection.
@@ -182,22 +185,59 @@ func TestParkedReadWakes(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			_, b := pair(t)
 			done := make(chan error, 1)
-			started := make(chan struct{})
-			go func() {
-				close(started)
-				done <- readErr(NewReader(b))
-			}()
-			<-started
-			select {
-			case err := <-done:
-				t.Fatalf("read returned before anything happened: %v", err)
-			case <-time.After(20 * time.Millisecond): // a read with nothing to take waits
-			}
+			go func() { done <- readErr(NewReader(b)) }()
+			// A read with nothing to take waits in the poller ("IO wait")
+			// and not before.
+			poll.Until(t, 10*time.Second, "the read to wait in the poller", func() bool {
+				select {
+				case err := <-done:
+					t.Fatalf("read returned before anything happened: %v", err)
+				default:
+				}
+				return parkedReads() == 1
+			})
 			tc.wake(b)
 			if err := <-done; !errors.Is(err, tc.is) {
 				t.Fatalf("woken read = %v, want %v", err, tc.is)
 			}
 		})
+	}
+}
+
+// parkedReads counts the goroutines waiting in the poller inside a
+// Reader's Read.
+func parkedReads() int {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	n := 0
+	for _, g := range bytes.Split(buf, []byte("\n\n")) {
+		if bytes.Contains(g, []byte("[IO wait")) && bytes.Contains(g, []byte("rawio.(*Reader).Read(")) {
+			n++
+		}
+	}
+	return n
+}
+
+// Idle answers without waiting: true on a quiet connection, false once the
+// peer has sent something or closed it.
+func TestIdle(t *testing.T) {
+	a, b := pair(t)
+	r := NewReader(b).(*Reader)
+	if !r.Idle() {
+		t.Fatal("a quiet connection is not idle")
+	}
+	if _, err := a.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	poll.Until(t, 10*time.Second, "the unasked byte to make the connection not idle", func() bool { return !r.Idle() })
+
+	a2, b2 := pair(t)
+	r2 := NewReader(b2).(*Reader)
+	_ = a2.Close()
+	poll.Until(t, 10*time.Second, "the peer's close to make the connection not idle", func() bool { return !r2.Idle() })
+	// Idle read without waiting; Read still reads the end after it.
+	if err := readErr(r2); err != io.EOF {
+		t.Fatalf("read after the close = %v, want io.EOF", err)
 	}
 }
 
@@ -215,12 +255,16 @@ func TestWithoutAFileDescriptorTheConnItself(t *testing.T) {
 	}
 }
 
+// Neither a read and a write nor Idle allocate: they run per request.
 func TestNoAllocations(t *testing.T) {
 	a, b := pair(t)
 	r, w := NewReader(b), NewWriter(a)
 	msg := []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
 	buf := make([]byte, 64)
 	allocs := testing.AllocsPerRun(200, func() {
+		if !r.(*Reader).Idle() {
+			t.Fatal("not idle between exchanges")
+		}
 		if _, err := w.Write(msg); err != nil {
 			t.Fatal(err)
 		}
