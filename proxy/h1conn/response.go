@@ -39,8 +39,8 @@ var crlf2 = []byte("\r\n\r\n")
 //
 // The plainest answer: "HTTP/1.1 NNN reason" with a final status that has
 // a body (not 1xx, 204 or 304, and not to HEAD), plain fields
-// (h1head.Plain) and exactly one Content-Length. Its Body is nil (the caller's to set) unless
-// the length is 0.
+// (h1head.Plain) and exactly one Content-Length. Its Body is nil (the
+// caller's to set) unless the length is 0.
 func parseSimple(head []byte, req *http.Request) *http.Response {
 	line, fields, ok := h1head.CutLine(head)
 	if !ok || req.Method == http.MethodHead || !plainStatusLine(line) {
