@@ -1,16 +1,19 @@
 # bench/nginx-conf.sh: sourced by bench/run.sh and bench/pair.sh, so that
 # both measure the same nginx.
 #
-# write_nginx_conf FILE DIR UPSTREAM_PORT H1_PORT H2C_PORT writes FILE: nginx
-# 1.22 (Debian 12), one process (master_process off: the measured pid is
-# the one serving, and one worker matches the pinning), in the foreground,
-# its files under DIR (absolute). A cleartext `listen ... http2` in nginx
-# before 1.25 speaks only HTTP/2 with prior knowledge, so HTTP/1.1 and h2c
-# get a port each. proxy_pass speaks HTTP/1.x only: h2c clients reach the
-# upstream over HTTP/1.1 keep-alive (nginx has no h2 upstreams at all;
-# grpc_pass is h2, but for gRPC only).
+# write_nginx_conf FILE DIR UPSTREAM_PORT H1_PORT H2C_PORT [H2UP_PORT] writes
+# FILE: nginx 1.22 (Debian 12), one process (master_process off: the
+# measured pid is the one serving, and one worker matches the pinning), in
+# the foreground, its files under DIR (absolute). A cleartext `listen ...
+# http2` in nginx before 1.25 speaks only HTTP/2 with prior knowledge, so
+# HTTP/1.1 and h2c get a port each. proxy_pass speaks HTTP/1.x only: h2c
+# clients on H2C_PORT reach the upstream over HTTP/1.1 keep-alive.
+# H2UP_PORT (run.sh's nginx-h2up) is the same process passing h2c on as h2c:
+# grpc_pass is nginx's only HTTP/2 upstream, made for gRPC, and it forwards
+# any HTTP/2 request (the upstream's /_proto answers HTTP/2.0), one request
+# per upstream connection at a time, kept alive, as proxy_pass does.
 write_nginx_conf() {
-	local file=$1 dir=$2 upstream=$3 h1=$4 h2c=$5
+	local file=$1 dir=$2 upstream=$3 h1=$4 h2c=$5 h2up=${6:-}
 	mkdir -p "$dir/logs"
 	cat >"$file" <<EOF
 daemon off;
@@ -44,6 +47,17 @@ http {
             proxy_set_header Connection "";
         }
     }
-}
 EOF
+	if [[ -n $h2up ]]; then
+		cat >>"$file" <<EOF
+    server {
+        listen 127.0.0.1:$h2up http2;
+        http2_max_concurrent_streams 4096;
+        location / {
+            grpc_pass grpc://bench;
+        }
+    }
+EOF
+	fi
+	echo "}" >>"$file"
 }

@@ -24,6 +24,8 @@
 #       [watertight-h1up]  (the sidecar with its upstream set to protocol http1:
 #                           h2c in, HTTP/1.1 out, what nginx does, for a like-for-like
 #                           h2c row against it; with --targets)
+#       [nginx-h2up]       (the same nginx process passing h2c on as h2c, through
+#                           grpc_pass; h2c rows only; with --targets)
 #       [watertight-sysmon] (an experiment, never shipped: the sidecar built with
 #                           go build -overlay against a copy of runtime/proc.go
 #                           whose monitor thread (sysmon) sleeps 1 ms at least,
@@ -102,6 +104,7 @@ PORT_ADMIN=$((PORT_BASE + 5))
 PORT_NGINX=$((PORT_BASE + 6))     # HTTP/1.1
 PORT_NGINX_H2C=$((PORT_BASE + 7)) # h2c prior knowledge (nginx 1.22 cannot serve both on one cleartext port)
 PORT_CADDY=$((PORT_BASE + 8))
+PORT_NGINX_H2UP=$((PORT_BASE + 9)) # the same nginx: h2c in, h2c out (grpc_pass), for nginx-h2up
 PORT_PPROF_WATERTIGHT=$((PORT_BASE + 10))
 PORT_PPROF_REVPROXY=$((PORT_BASE + 11))
 PORT_WT_H1CONN=$((PORT_BASE + 12))  # +0 listener, +1 admin
@@ -377,7 +380,7 @@ EOF
 	haproxy -c -q -f "$OUT/haproxy.cfg" || die "HAProxy rejected bench/out/haproxy.cfg"
 
 	# nginx: bench/nginx-conf.sh says how it is set up.
-	write_nginx_conf "$OUT/nginx.conf" "$OUT/nginx" "$PORT_UPSTREAM" "$PORT_NGINX" "$PORT_NGINX_H2C"
+	write_nginx_conf "$OUT/nginx.conf" "$OUT/nginx" "$PORT_UPSTREAM" "$PORT_NGINX" "$PORT_NGINX_H2C" "$PORT_NGINX_H2UP"
 	"$NGINX" -t -q -p "$OUT/nginx/" -e stderr -c "$OUT/nginx.conf" || die "nginx rejected bench/out/nginx.conf"
 
 	# Caddy: reverse_proxy, h1 and h2c on one cleartext port (servers
@@ -585,6 +588,7 @@ target_pid() {
 	case $1 in
 	direct) echo "${PID_OF[upstream]}" ;;
 	watertight-proxy) echo "${PID_OF[watertight]}" ;;
+	nginx-h2up) echo "${PID_OF[nginx]}" ;;
 	*) echo "${PID_OF[$1]}" ;;
 	esac
 }
@@ -609,11 +613,16 @@ target_port() { # TARGET [h1|h2]
 	haproxy) echo "$PORT_HAPROXY" ;;
 	caddy) echo "$PORT_CADDY" ;;
 	nginx) if [[ ${2:-h1} == h2 ]]; then echo "$PORT_NGINX_H2C"; else echo "$PORT_NGINX"; fi ;;
+	nginx-h2up) if [[ ${2:-h1} == h2 ]]; then echo "$PORT_NGINX_H2UP"; else echo "$PORT_NGINX"; fi ;;
 	esac
 }
 
 # The gofloor targets are measuring tools that speak HTTP/1.1 only.
 h1_only() { [[ $1 == gofloor-* ]]; }
+
+# nginx-h2up is nginx's h2c port with an HTTP/2 upstream; over HTTP/1.1 it
+# would measure nginx's own row again.
+h2c_only() { [[ $1 == nginx-h2up ]]; }
 
 # Only mode proxy routes by Host; everyone else gets the default authority.
 target_host() { [[ $1 == watertight-proxy ]] && echo bench || true; }
@@ -621,16 +630,17 @@ target_host() { [[ $1 == watertight-proxy ]] && echo bench || true; }
 # Check every target answers over both protocols and reaches the upstream
 # with the client's protocol (the upstream's /_proto echoes it), so that no
 # proxy is quietly measured downgrading h2c to HTTP/1.1. The one exception
-# is nginx, which cannot proxy to an HTTP/2 upstream (proxy_pass is
-# HTTP/1.x only): it must pass h2c on as HTTP/1.1, and the tables say so;
-# watertight-h1up does the same on purpose, to be compared with it.
+# is nginx's proxy_pass, which cannot proxy to an HTTP/2 upstream: it must
+# pass h2c on as HTTP/1.1, and the tables say so; watertight-h1up does the
+# same on purpose, to be compared with it. nginx-h2up (grpc_pass) passes
+# h2c on as h2c.
 sanity_check() {
 	local t url host got want
 	for t in "${TARGETS[@]}"; do
 		host=$(target_host "$t")
 		url=http://127.0.0.1:$(target_port "$t" h1)/_proto
 		got=$(curl -sS ${host:+-H "Host: $host"} "$url")
-		[[ $got == HTTP/1.1 ]] || die "$t over HTTP/1.1 reached the upstream as '$got'"
+		h2c_only "$t" || [[ $got == HTTP/1.1 ]] || die "$t over HTTP/1.1 reached the upstream as '$got'"
 		h1_only "$t" && continue
 		url=http://127.0.0.1:$(target_port "$t" h2)/_proto
 		want=HTTP/2.0
@@ -638,7 +648,7 @@ sanity_check() {
 		got=$(curl -sS --http2-prior-knowledge ${host:+-H "Host: $host"} "$url")
 		[[ $got == "$want" ]] || die "$t over h2c reached the upstream as '$got' (want $want)"
 	done
-	log "sanity check: every target passes HTTP/1.1 as HTTP/1.1 and h2c as h2c (nginx and watertight-h1up: h2c in, HTTP/1.1 out; gofloor: HTTP/1.1 only)"
+	log "sanity check: every target passes HTTP/1.1 as HTTP/1.1 and h2c as h2c (nginx and watertight-h1up: h2c in, HTTP/1.1 out; gofloor: HTTP/1.1 only; nginx-h2up: h2c only)"
 }
 
 # The load commands. Same flags for every target; only the URL (and the
@@ -838,6 +848,7 @@ run_scenarios() {
 		for ((rep = 1; rep <= REPS; rep++)); do
 			for ((i = 0; i < n; i++)); do
 				[[ $sc == h2c-* ]] && h1_only "${TARGETS[(i + rep - 1) % n]}" && continue
+				[[ $sc != h2c-* ]] && h2c_only "${TARGETS[(i + rep - 1) % n]}" && continue
 				run_one "$sc" "$kind" "$desc" "${TARGETS[(i + rep - 1) % n]}" "$rep"
 				sleep 1 # let sockets in TIME_WAIT and GC settle between targets
 			done

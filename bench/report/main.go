@@ -37,7 +37,7 @@ import (
 )
 
 // Targets, in table order, and the baselines ratios are taken against.
-var targetOrder = []string{"direct", "watertight", "watertight-proxy", "watertight-h1conn", "watertight-nethttp", "watertight-h1serve", "revproxy", "gofloor-raw", "gofloor-std", "gofloor-srv", "gofloor-rp", "caddy", "haproxy", "nginx"}
+var targetOrder = []string{"direct", "watertight", "watertight-proxy", "watertight-h1conn", "watertight-nethttp", "watertight-h1serve", "watertight-h1up", "revproxy", "gofloor-raw", "gofloor-std", "gofloor-srv", "gofloor-rp", "caddy", "haproxy", "nginx", "nginx-h2up"}
 
 const (
 	baseDirect   = "direct"
@@ -46,14 +46,14 @@ const (
 )
 
 // watertightTargets are the ones the goals are judged on.
-var watertightTargets = []string{"watertight", "watertight-proxy", "watertight-h1conn", "watertight-nethttp", "watertight-h1serve"}
+var watertightTargets = []string{"watertight", "watertight-proxy", "watertight-h1conn", "watertight-nethttp", "watertight-h1serve", "watertight-h1up"}
 
 // Goals from issue 7: ahead of every Go peer (bare ReverseProxy, Caddy) on
 // throughput and added latency; then within 1.5× of HAProxy's and nginx's
 // added p50 and at least 0.7× their throughput.
 var (
 	goPeers = []string{"revproxy", "caddy"}
-	cPeers  = []string{"haproxy", "nginx"}
+	cPeers  = []string{"haproxy", "nginx", "nginx-h2up"} // nginx-h2up: nginx passing h2c on as h2c (h2c rows only)
 )
 
 const (
@@ -577,7 +577,7 @@ func writeMarkdown(w io.Writer, scenarios []scenario, sums []summary, runs []run
 	fmt.Fprintln(w, "CPU s/1k = CPU seconds of the proxy process (utime+stime) per 1000 requests (for direct: the upstream's own); RSS = its peak RSS during the measurement.")
 	fmt.Fprintln(w, "sw/req = context switches of all the proxy process's threads (voluntary and not) per request: each is a trip through the kernel's scheduler on the shared server core.")
 	fmt.Fprintln(w, "user s/1k = the user part of CPU s/1k: the proxy's own code and runtime. The system part swells with the host's steal.")
-	fmt.Fprintln(w, "noise % = median share of the server core used by processes other than the benchmark's. steal % = the host's steal of the server core / of the load generator's core (medians). nginx passes h2c on as HTTP/1.1 (no h2 upstreams).")
+	fmt.Fprintln(w, "noise % = median share of the server core used by processes other than the benchmark's. steal % = the host's steal of the server core / of the load generator's core (medians). nginx passes h2c on as HTTP/1.1 (proxy_pass), as watertight-h1up does; nginx-h2up is the same nginx passing h2c on as h2c (grpc_pass).")
 	for _, sc := range scenarios {
 		fmt.Fprintf(w, "\n### %s: %s\n\n", sc.name, sc.desc)
 		if sc.kind == "max" {

@@ -24,6 +24,20 @@ func writeRun(t *testing.T, dir string, manifest *strings.Builder, sc, target st
 		sc, target, rep, file, cpu, user, stealSrv, stealLoad)
 }
 
+// readManifest writes manifest into dir and reads the runs back: want of
+// them, of one scenario.
+func readManifest(t *testing.T, dir, manifest string, want int) ([]run, []scenario) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(dir, "manifest.tsv"), []byte(manifest), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	runs, scenarios, err := readRuns(dir)
+	if err != nil || len(runs) != want || len(scenarios) != 1 {
+		t.Fatalf("readRuns: %d runs, %d scenarios, %v", len(runs), len(scenarios), err)
+	}
+	return runs, scenarios
+}
+
 func TestUserCPUStealAndPerRepetitionRatios(t *testing.T) {
 	dir := t.TempDir()
 	var m strings.Builder
@@ -35,13 +49,7 @@ func TestUserCPUStealAndPerRepetitionRatios(t *testing.T) {
 	writeRun(t, dir, &m, "h1-rate2000", "direct", 2, 2000, 1000, 3, 1, 40, 30)
 	writeRun(t, dir, &m, "h1-rate2000", "watertight", 2, 2000, 1600, 6, 1.2, 40, 30)
 	writeRun(t, dir, &m, "h1-rate2000", "nginx", 2, 2000, 1400, 4, 0.4, 40, 30)
-	if err := os.WriteFile(filepath.Join(dir, "manifest.tsv"), []byte(m.String()), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	runs, scenarios, err := readRuns(dir)
-	if err != nil || len(runs) != 6 || len(scenarios) != 1 {
-		t.Fatalf("readRuns: %d runs, %d scenarios, %v", len(runs), len(scenarios), err)
-	}
+	runs, scenarios := readManifest(t, dir, m.String(), 6)
 	sums := summarize("h1-rate2000", runs)
 	wt, _ := find(sums, "h1-rate2000", "watertight")
 	// 20,000 requests a repetition: user 1 s and 1.2 s -> 0.05 and 0.06 s per 1,000.
@@ -85,5 +93,36 @@ func TestOldManifestReads(t *testing.T) {
 	}
 	if r := runs[0]; !math.IsNaN(r.UserPer1k) || !math.IsNaN(r.StealServer) || r.QPS != 9000 {
 		t.Errorf("old manifest read as %+v", r)
+	}
+}
+
+// The like-for-like rows: watertight-h1up (h2c in, HTTP/1.1 out) is judged
+// like the sidecar, and nginx-h2up (nginx passing h2c on as h2c) is a peer
+// the goals are read against, next to nginx.
+func TestLikeForLikeTargetsAreJudged(t *testing.T) {
+	dir := t.TempDir()
+	var m strings.Builder
+	writeRun(t, dir, &m, "h2c-rate2000", "direct", 1, 2000, 200, 2, 1, 0, 0)
+	writeRun(t, dir, &m, "h2c-rate2000", "watertight", 1, 2000, 500, 4, 1, 0, 0)
+	writeRun(t, dir, &m, "h2c-rate2000", "watertight-h1up", 1, 2000, 400, 4, 1, 0, 0)
+	writeRun(t, dir, &m, "h2c-rate2000", "nginx", 1, 2000, 300, 2, 0.2, 0, 0)
+	writeRun(t, dir, &m, "h2c-rate2000", "nginx-h2up", 1, 2000, 450, 2, 0.2, 0, 0)
+	runs, scenarios := readManifest(t, dir, m.String(), 5)
+	sums := summarize("h2c-rate2000", runs)
+	var md strings.Builder
+	writeMarkdown(&md, scenarios, sums, runs)
+	for _, want := range []string{
+		// 300 µs added against nginx-h2up's 250: 1.20; against nginx's 100: 3.00.
+		"| watertight | h2c-rate2000 | added p50 ratio | nginx-h2up | 1.20 | 1.20 | ≤ 1.50 | yes |",
+		"| watertight | h2c-rate2000 | added p50 ratio | nginx | 3.00 | 3.00 | ≤ 1.50 | **no** |",
+		"| watertight-h1up | h2c-rate2000 | added p50 ratio | nginx | 2.00 | 2.00 | ≤ 1.50 | **no** |",
+	} {
+		if !strings.Contains(md.String(), want) {
+			t.Errorf("the report lacks %q:\n%s", want, md.String())
+		}
+	}
+	// Table order: the like-for-like rows sit next to what they mirror.
+	if i, j := strings.Index(md.String(), "| nginx | 2000"), strings.Index(md.String(), "| nginx-h2up | 2000"); i < 0 || j < i {
+		t.Errorf("nginx-h2up's row is not after nginx's:\n%s", md.String())
 	}
 }
