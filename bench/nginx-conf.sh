@@ -11,7 +11,11 @@
 # H2UP_PORT (run.sh's nginx-h2up) is the same process passing h2c on as h2c:
 # grpc_pass is nginx's only HTTP/2 upstream, made for gRPC, and it forwards
 # any HTTP/2 request (the upstream's /_proto answers HTTP/2.0), one request
-# per upstream connection at a time, kept alive, as proxy_pass does.
+# per upstream connection at a time, kept alive, as proxy_pass does. It has
+# an upstream block of its own: nginx keeps one idle-connection cache per
+# block, and a cache shared by both protocols hands HTTP/1.1 connections
+# to grpc_pass ("no connection data found for keepalive http2 connection")
+# and h2 ones to proxy_pass, failing requests of both.
 write_nginx_conf() {
 	local file=$1 dir=$2 upstream=$3 h1=$4 h2c=$5 h2up=${6:-}
 	mkdir -p "$dir/logs"
@@ -50,11 +54,17 @@ http {
 EOF
 	if [[ -n $h2up ]]; then
 		cat >>"$file" <<EOF
+    upstream bench_h2 {
+        server 127.0.0.1:$upstream;
+        keepalive 256;
+        keepalive_requests 100000000;
+        keepalive_timeout 300s;
+    }
     server {
         listen 127.0.0.1:$h2up http2;
         http2_max_concurrent_streams 4096;
         location / {
-            grpc_pass grpc://bench;
+            grpc_pass grpc://bench_h2;
         }
     }
 EOF
