@@ -15,7 +15,6 @@ import (
 
 	"golang.org/x/net/http/httpguts"
 	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/hpack"
 
 	"github.com/watertight/watertight/proxy/internal/h2wire"
 )
@@ -76,7 +75,6 @@ func newClientConn(t *Transport, addr string, nc net.Conn) (*clientConn, error) 
 	cc.window.L = &cc.mu
 	cc.w = h2wire.NewConn(nc, addr)
 	cc.fr = cc.w.Framer
-	cc.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	cc.fr.MaxHeaderListSize = maxHeaderList
 	cc.lastRead.Store(time.Now().UnixNano())
 	cc.lockWrite()
@@ -158,7 +156,7 @@ func (cc *clientConn) readLoop() {
 	defer func() { cc.close(err) }()
 	for {
 		var f http2.Frame
-		f, err = cc.fr.ReadFrame()
+		f, err = cc.w.ReadFrame()
 		if err != nil {
 			var se http2.StreamError
 			if errors.As(err, &se) {

@@ -36,7 +36,6 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/hpack"
 
 	"github.com/watertight/watertight/proxy/internal/h2wire"
 )
@@ -234,7 +233,6 @@ func newConn(s *Server, nc net.Conn) *conn {
 	c.w = h2wire.NewConn(nc, "the app at "+c.remote)
 	c.fr = c.w.Framer
 	c.fr.SetMaxReadFrameSize(h2wire.MinFrameSize) // the default SETTINGS_MAX_FRAME_SIZE, which we keep
-	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	c.fr.MaxHeaderListSize = s.maxHeaderBytes()
 	ctx := context.WithValue(context.Background(), http.ServerContextKey, s.HTTPServer)
 	ctx = context.WithValue(ctx, http.LocalAddrContextKey, nc.LocalAddr())
@@ -270,7 +268,7 @@ func (c *conn) serve() {
 	c.mu.Unlock()
 	first := true
 	for {
-		f, err := c.fr.ReadFrame()
+		f, err := c.w.ReadFrame()
 		if err != nil {
 			if !c.readFailed(err) {
 				return

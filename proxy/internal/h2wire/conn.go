@@ -42,6 +42,8 @@ type Conn struct {
 	block    []byte
 	err      error // the first write error: the connection is done
 	maxFrame atomic.Uint32
+
+	headers *headerReader // the reader's
 }
 
 // NewConn frames nc; peer names the other end in errors.
@@ -55,7 +57,25 @@ func NewConn(nc net.Conn, peer string) *Conn {
 	// the next, as they must anyway (its bytes live in the Framer's buffer).
 	c.Framer.SetReuseFrames()
 	c.enc = hpack.NewEncoder(blockWriter{c})
+	c.headers = newHeaderReader()
 	return c
+}
+
+// ReadFrame reads the next frame for the connection's reader. A header
+// block comes whole, HEADERS and CONTINUATION frames decoded together, as
+// the Framer's own ReadFrame returns it when given ReadMetaHeaders (which
+// must stay nil), checked the same way, within Framer.MaxHeaderListSize.
+// The *http2.MetaHeadersFrame is the connection's own, reused: like a DATA
+// frame, it is valid until the next ReadFrame.
+func (c *Conn) ReadFrame() (http2.Frame, error) {
+	f, err := c.Framer.ReadFrame()
+	if err != nil {
+		return nil, err
+	}
+	if hf, ok := f.(*http2.HeadersFrame); ok {
+		return c.headers.read(c.Framer, hf)
+	}
+	return f, nil
 }
 
 // stickyWriter writes to the connection and keeps the first error; a
