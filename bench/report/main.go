@@ -636,7 +636,7 @@ func writeMarkdown(w io.Writer, scenarios []scenario, sums []summary, runs []run
 						goal = goalVsCThroughput
 					}
 					fmt.Fprintf(w, "| %s | %s | throughput ratio | %s | %s | %s | ≥ %.2f | %s |\n", t, sc.name, peer,
-						fmtRatio(v), fmtRatio(perRep(runs, sc.name, t, peer, qpsRatio)), goal, verdict(v >= goal, v))
+						fmtRatio(v), fmtRatio(perRep(runs, sc.name, t, peer, qpsRatio)), goal, failedOr(s, p, verdict(v >= goal, v)))
 				} else {
 					v, goal := math.NaN(), 1.0
 					if p.P50 > d.P50 {
@@ -650,7 +650,7 @@ func writeMarkdown(w io.Writer, scenarios []scenario, sums []summary, runs []run
 						op = "<"
 					}
 					fmt.Fprintf(w, "| %s | %s | added p50 ratio | %s | %s | %s | %s %.2f | %s |\n", t, sc.name, peer,
-						fmtRatio(v), fmtRatio(perRep(runs, sc.name, t, peer, addedP50Ratio)), op, goal, verdict(v <= goal, v))
+						fmtRatio(v), fmtRatio(perRep(runs, sc.name, t, peer, addedP50Ratio)), op, goal, failedOr(s, p, verdict(v <= goal, v)))
 				}
 			}
 		}
@@ -786,6 +786,16 @@ func writePictures(dir string, scenarios []scenario, sums []summary, md io.Write
 	}
 	fmt.Fprintln(md, "![max throughput](img/throughput.svg)")
 	return nil
+}
+
+// failedOr is the verdict, unless the target or the peer failed requests
+// in the scenario: fast failures make a proxy look quicker than it is, so
+// such a ratio is no verdict (run 37: nginx failing 4–32 requests a run).
+func failedOr(t, p summary, verdict string) string {
+	if t.Errors > 0 || p.Errors > 0 {
+		return fmt.Sprintf("n/a (failed: %d / %d)", t.Errors, p.Errors)
+	}
+	return verdict
 }
 
 func verdict(ok bool, v float64) string {

@@ -126,3 +126,35 @@ func TestLikeForLikeTargetsAreJudged(t *testing.T) {
 		t.Errorf("nginx-h2up's row is not after nginx's:\n%s", md.String())
 	}
 }
+
+// A ratio against a peer that failed requests is no verdict: fast failures
+// flatter it.
+func TestFailedRequestsVoidTheVerdict(t *testing.T) {
+	dir := t.TempDir()
+	var m strings.Builder
+	writeRun(t, dir, &m, "h2c-rate2000", "direct", 1, 2000, 200, 2, 1, 0, 0)
+	writeRun(t, dir, &m, "h2c-rate2000", "watertight", 1, 2000, 500, 4, 1, 0, 0)
+	writeRun(t, dir, &m, "h2c-rate2000", "nginx", 1, 2000, 400, 2, 0.2, 0, 0)
+	writeRun(t, dir, &m, "h2c-rate2000", "nginx-h2up", 1, 2000, 400, 2, 0.2, 0, 0)
+	// nginx-h2up: 5 of its 20,000 requests answered 502.
+	file := filepath.Join(dir, "h2c-rate2000.nginx-h2up.1.json")
+	raw, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw = []byte(strings.Replace(string(raw), `"RetCodes": {"200": 20000}`, `"RetCodes": {"200": 19995, "502": 5}`, 1))
+	if err := os.WriteFile(file, raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	runs, scenarios := readManifest(t, dir, m.String(), 4)
+	var md strings.Builder
+	writeMarkdown(&md, scenarios, summarize("h2c-rate2000", runs), runs)
+	for _, want := range []string{
+		"| watertight | h2c-rate2000 | added p50 ratio | nginx | 1.50 | 1.50 | ≤ 1.50 | yes |",
+		"| watertight | h2c-rate2000 | added p50 ratio | nginx-h2up | 1.50 | 1.50 | ≤ 1.50 | n/a (failed: 0 / 5) |",
+	} {
+		if !strings.Contains(md.String(), want) {
+			t.Errorf("the report lacks %q:\n%s", want, md.String())
+		}
+	}
+}
