@@ -67,16 +67,7 @@ func NewConn(nc net.Conn, peer string) *Conn {
 // must stay nil), checked the same way, within Framer.MaxHeaderListSize.
 // The *http2.MetaHeadersFrame is the connection's own, reused: like a DATA
 // frame, it is valid until the next ReadFrame.
-func (c *Conn) ReadFrame() (http2.Frame, error) {
-	f, err := c.Framer.ReadFrame()
-	if err != nil {
-		return nil, err
-	}
-	if hf, ok := f.(*http2.HeadersFrame); ok {
-		return c.headers.read(c.Framer, hf)
-	}
-	return f, nil
-}
+func (c *Conn) ReadFrame() (http2.Frame, error) { return c.headers.next(c.Framer) }
 
 // stickyWriter writes to the connection and keeps the first error; a
 // failed write closes the connection, so that its reader ends too.
@@ -148,16 +139,21 @@ func (c *Conn) EncodeLiteral(name, value string) {
 // WriteBlock writes the block as HEADERS and, past the peer's frame size,
 // CONTINUATION frames; under Lock.
 func (c *Conn) WriteBlock(id uint32, end bool) {
-	block := c.block
-	size := int(c.maxFrame.Load())
+	_ = writeBlock(c.Framer, id, c.block, int(c.maxFrame.Load()), end)
+}
+
+// writeBlock writes block as a HEADERS frame and CONTINUATION frames of at
+// most size bytes each.
+func writeBlock(fr *http2.Framer, id uint32, block []byte, size int, end bool) error {
 	first := block[:min(len(block), size)]
 	block = block[len(first):]
-	_ = c.Framer.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: first, EndStream: end, EndHeaders: len(block) == 0})
-	for len(block) > 0 {
+	err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: first, EndStream: end, EndHeaders: len(block) == 0})
+	for err == nil && len(block) > 0 {
 		frag := block[:min(len(block), size)]
 		block = block[len(frag):]
-		_ = c.Framer.WriteContinuation(id, len(block) == 0, frag)
+		err = fr.WriteContinuation(id, len(block) == 0, frag)
 	}
+	return err
 }
 
 // MaxFrame is the largest frame the peer reads.

@@ -40,6 +40,19 @@ func newHeaderReader() *headerReader {
 	return r
 }
 
+// next reads fr's next frame; a HEADERS frame comes back decoded with its
+// block (read).
+func (r *headerReader) next(fr *http2.Framer) (http2.Frame, error) {
+	f, err := fr.ReadFrame()
+	if err != nil {
+		return nil, err
+	}
+	if hf, ok := f.(*http2.HeadersFrame); ok {
+		return r.read(fr, hf)
+	}
+	return f, nil
+}
+
 // read decodes the block hf starts, reading its CONTINUATION frames from
 // fr. The frame it returns is valid until the next read.
 func (r *headerReader) read(fr *http2.Framer, hf *http2.HeadersFrame) (http2.Frame, error) {

@@ -44,18 +44,8 @@ func wire(t testing.TB, blocks ...block) []byte {
 		if cut == 0 {
 			cut = len(frag) + 1
 		}
-		id := uint32(2*i + 1)
-		first := frag[:min(cut, len(frag))]
-		rest := frag[len(first):]
-		if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: first, EndStream: b.end, EndHeaders: len(rest) == 0}); err != nil {
+		if err := writeBlock(fr, uint32(2*i+1), frag, cut, b.end); err != nil {
 			t.Fatal(err)
-		}
-		for len(rest) > 0 {
-			next := rest[:min(cut, len(rest))]
-			rest = rest[len(next):]
-			if err := fr.WriteContinuation(id, len(rest) == 0, next); err != nil {
-				t.Fatal(err)
-			}
 		}
 	}
 	return buf.Bytes()
@@ -70,16 +60,7 @@ func readers(p []byte, maxList uint32) (xnet func() (http2.Frame, error), ours f
 	of := http2.NewFramer(nil, bytes.NewReader(p))
 	of.MaxHeaderListSize = maxList
 	r := newHeaderReader()
-	return xf.ReadFrame, func() (http2.Frame, error) {
-		f, err := of.ReadFrame()
-		if err != nil {
-			return nil, err
-		}
-		if hf, ok := f.(*http2.HeadersFrame); ok {
-			return r.read(of, hf)
-		}
-		return f, nil
-	}
+	return xf.ReadFrame, func() (http2.Frame, error) { return r.next(of) }
 }
 
 func hf(name, value string) hpack.HeaderField { return hpack.HeaderField{Name: name, Value: value} }
