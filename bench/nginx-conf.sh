@@ -35,12 +35,7 @@ http {
     scgi_temp_path $dir/scgi;
     keepalive_requests 100000000;
     keepalive_timeout 300s;
-    upstream bench {
-        server 127.0.0.1:$upstream;
-        keepalive 256;
-        keepalive_requests 100000000;
-        keepalive_timeout 300s;
-    }
+$(upstream_block bench "$upstream")
     server {
         listen 127.0.0.1:$h1;
         listen 127.0.0.1:$h2c http2;
@@ -54,12 +49,7 @@ http {
 EOF
 	if [[ -n $h2up ]]; then
 		cat >>"$file" <<EOF
-    upstream bench_h2 {
-        server 127.0.0.1:$upstream;
-        keepalive 256;
-        keepalive_requests 100000000;
-        keepalive_timeout 300s;
-    }
+$(upstream_block bench_h2 "$upstream")
     server {
         listen 127.0.0.1:$h2up http2;
         http2_max_concurrent_streams 4096;
@@ -70,4 +60,17 @@ EOF
 EOF
 	fi
 	echo "}" >>"$file"
+}
+
+# upstream_block NAME PORT: the upstream on loopback, its connections kept
+# alive for as long as a run lasts.
+upstream_block() {
+	cat <<EOF
+    upstream $1 {
+        server 127.0.0.1:$2;
+        keepalive 256;
+        keepalive_requests 100000000;
+        keepalive_timeout 300s;
+    }
+EOF
 }

@@ -638,9 +638,11 @@ sanity_check() {
 	local t url host got want
 	for t in "${TARGETS[@]}"; do
 		host=$(target_host "$t")
-		url=http://127.0.0.1:$(target_port "$t" h1)/_proto
-		got=$(curl -sS ${host:+-H "Host: $host"} "$url")
-		h2c_only "$t" || [[ $got == HTTP/1.1 ]] || die "$t over HTTP/1.1 reached the upstream as '$got'"
+		if ! h2c_only "$t"; then
+			url=http://127.0.0.1:$(target_port "$t" h1)/_proto
+			got=$(curl -sS ${host:+-H "Host: $host"} "$url")
+			[[ $got == HTTP/1.1 ]] || die "$t over HTTP/1.1 reached the upstream as '$got'"
+		fi
 		h1_only "$t" && continue
 		url=http://127.0.0.1:$(target_port "$t" h2)/_proto
 		want=HTTP/2.0
