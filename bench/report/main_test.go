@@ -13,10 +13,16 @@ import (
 // µs, and the proxy's CPU, user CPU and the two cores' steal.
 func writeRun(t *testing.T, dir string, manifest *strings.Builder, sc, target string, rep int, qps, p50us, cpu, user, stealSrv, stealLoad float64) {
 	t.Helper()
+	writeRunFailing(t, dir, manifest, sc, target, rep, qps, p50us, cpu, user, stealSrv, stealLoad, 0)
+}
+
+// writeRunFailing is writeRun with failed of the requests answered 502.
+func writeRunFailing(t *testing.T, dir string, manifest *strings.Builder, sc, target string, rep int, qps, p50us, cpu, user, stealSrv, stealLoad float64, failed int64) {
+	t.Helper()
 	file := fmt.Sprintf("%s.%s.%d.json", sc, target, rep)
 	n := int64(qps * 10) // 10 s
-	body := fmt.Sprintf(`{"ActualQPS": %g, "DurationHistogram": {"Count": %d, "Avg": %g, "Percentiles": [{"Percentile": 50, "Value": %g}]}, "RetCodes": {"200": %d}}`,
-		qps, n, p50us/1e6, p50us/1e6, n)
+	body := fmt.Sprintf(`{"ActualQPS": %g, "DurationHistogram": {"Count": %d, "Avg": %g, "Percentiles": [{"Percentile": 50, "Value": %g}]}, "RetCodes": {"200": %d, "502": %d}}`,
+		qps, n, p50us/1e6, p50us/1e6, n-failed, failed)
 	if err := os.WriteFile(filepath.Join(dir, file), []byte(body), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -100,61 +106,63 @@ func TestOldManifestReads(t *testing.T) {
 // like the sidecar, and nginx-h2up (nginx passing h2c on as h2c) is a peer
 // the goals are read against, next to nginx.
 func TestLikeForLikeTargetsAreJudged(t *testing.T) {
-	dir := t.TempDir()
-	var m strings.Builder
-	writeRun(t, dir, &m, "h2c-rate2000", "direct", 1, 2000, 200, 2, 1, 0, 0)
-	writeRun(t, dir, &m, "h2c-rate2000", "watertight", 1, 2000, 500, 4, 1, 0, 0)
-	writeRun(t, dir, &m, "h2c-rate2000", "watertight-h1up", 1, 2000, 400, 4, 1, 0, 0)
-	writeRun(t, dir, &m, "h2c-rate2000", "nginx", 1, 2000, 300, 2, 0.2, 0, 0)
-	writeRun(t, dir, &m, "h2c-rate2000", "nginx-h2up", 1, 2000, 450, 2, 0.2, 0, 0)
-	runs, scenarios := readManifest(t, dir, m.String(), 5)
-	sums := summarize("h2c-rate2000", runs)
-	var md strings.Builder
-	writeMarkdown(&md, scenarios, sums, runs)
-	for _, want := range []string{
+	md := rateReport(t, map[string]rateRun{
+		"direct": {p50: 200}, "watertight": {p50: 500}, "watertight-h1up": {p50: 400},
+		"nginx": {p50: 300}, "nginx-h2up": {p50: 450},
+	})
+	reportHas(t, md,
 		// 300 µs added against nginx-h2up's 250: 1.20; against nginx's 100: 3.00.
 		"| watertight | h2c-rate2000 | added p50 ratio | nginx-h2up | 1.20 | 1.20 | ≤ 1.50 | yes |",
 		"| watertight | h2c-rate2000 | added p50 ratio | nginx | 3.00 | 3.00 | ≤ 1.50 | **no** |",
 		"| watertight-h1up | h2c-rate2000 | added p50 ratio | nginx | 2.00 | 2.00 | ≤ 1.50 | **no** |",
-	} {
-		if !strings.Contains(md.String(), want) {
-			t.Errorf("the report lacks %q:\n%s", want, md.String())
-		}
-	}
+	)
 	// Table order: the like-for-like rows sit next to what they mirror.
-	if i, j := strings.Index(md.String(), "| nginx | 2000"), strings.Index(md.String(), "| nginx-h2up | 2000"); i < 0 || j < i {
-		t.Errorf("nginx-h2up's row is not after nginx's:\n%s", md.String())
+	if i, j := strings.Index(md, "| nginx | 2000"), strings.Index(md, "| nginx-h2up | 2000"); i < 0 || j < i {
+		t.Errorf("nginx-h2up's row is not after nginx's:\n%s", md)
 	}
 }
 
 // A ratio against a peer that failed requests is no verdict: fast failures
 // flatter it.
 func TestFailedRequestsVoidTheVerdict(t *testing.T) {
-	dir := t.TempDir()
-	var m strings.Builder
-	writeRun(t, dir, &m, "h2c-rate2000", "direct", 1, 2000, 200, 2, 1, 0, 0)
-	writeRun(t, dir, &m, "h2c-rate2000", "watertight", 1, 2000, 500, 4, 1, 0, 0)
-	writeRun(t, dir, &m, "h2c-rate2000", "nginx", 1, 2000, 400, 2, 0.2, 0, 0)
-	writeRun(t, dir, &m, "h2c-rate2000", "nginx-h2up", 1, 2000, 400, 2, 0.2, 0, 0)
-	// nginx-h2up: 5 of its 20,000 requests answered 502.
-	file := filepath.Join(dir, "h2c-rate2000.nginx-h2up.1.json")
-	raw, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw = []byte(strings.Replace(string(raw), `"RetCodes": {"200": 20000}`, `"RetCodes": {"200": 19995, "502": 5}`, 1))
-	if err := os.WriteFile(file, raw, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	runs, scenarios := readManifest(t, dir, m.String(), 4)
-	var md strings.Builder
-	writeMarkdown(&md, scenarios, summarize("h2c-rate2000", runs), runs)
-	for _, want := range []string{
+	md := rateReport(t, map[string]rateRun{
+		"direct": {p50: 200}, "watertight": {p50: 500}, "nginx": {p50: 400},
+		"nginx-h2up": {p50: 400, failed: 5}, // 5 of its 20,000 requests answered 502
+	})
+	reportHas(t, md,
 		"| watertight | h2c-rate2000 | added p50 ratio | nginx | 1.50 | 1.50 | ≤ 1.50 | yes |",
 		"| watertight | h2c-rate2000 | added p50 ratio | nginx-h2up | 1.50 | 1.50 | ≤ 1.50 | n/a (failed: 0 / 5) |",
-	} {
-		if !strings.Contains(md.String(), want) {
-			t.Errorf("the report lacks %q:\n%s", want, md.String())
+	)
+}
+
+// rateRun is one target's h2c-rate2000 repetition: its p50 in µs and its
+// failed requests.
+type rateRun struct {
+	p50    float64
+	failed int64
+}
+
+// rateReport writes one repetition of h2c-rate2000 at 2,000 req/s for each
+// target and returns the report's markdown.
+func rateReport(t *testing.T, targets map[string]rateRun) string {
+	t.Helper()
+	dir := t.TempDir()
+	var m strings.Builder
+	for target, r := range targets {
+		writeRunFailing(t, dir, &m, "h2c-rate2000", target, 1, 2000, r.p50, 2, 1, 0, 0, r.failed)
+	}
+	runs, scenarios := readManifest(t, dir, m.String(), len(targets))
+	var md strings.Builder
+	writeMarkdown(&md, scenarios, summarize("h2c-rate2000", runs), runs)
+	return md.String()
+}
+
+// reportHas checks md holds every line of want.
+func reportHas(t *testing.T, md string, want ...string) {
+	t.Helper()
+	for _, w := range want {
+		if !strings.Contains(md, w) {
+			t.Errorf("the report lacks %q:\n%s", w, md)
 		}
 	}
 }
