@@ -19,6 +19,7 @@ import (
 	"github.com/watertight/watertight/config"
 	"github.com/watertight/watertight/metrics"
 	"github.com/watertight/watertight/outlier"
+	"github.com/watertight/watertight/proxy/internal/reqctx"
 )
 
 // compartment is everything one upstream owns in one config snapshot,
@@ -152,14 +153,14 @@ func (c *compartment) begin(req *http.Request, trace *httptrace.ClientTrace) *re
 	if t, ok := callerTimeout(req, r.grpc); ok && (d == 0 || t < d) {
 		d = t
 	}
-	ctx := r.parent
-	if trace != nil {
-		ctx = httptrace.WithClientTrace(ctx, trace)
-	}
-	if d == 0 {
-		r.ctx, r.cancel = ctx, noCancel
-	} else {
-		r.ctx, r.cancel = context.WithDeadline(ctx, r.start.Add(d))
+	r.ctx = r.parent
+	if d > 0 || trace != nil {
+		var dl time.Time
+		if d > 0 {
+			dl = r.start.Add(d)
+		}
+		r.own = reqctx.New(r.parent, dl, trace)
+		r.ctx = r.own
 	}
 	if c.budget != nil {
 		c.budget.RecordExecution()

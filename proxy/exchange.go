@@ -12,6 +12,7 @@ import (
 
 	"github.com/watertight/watertight/breaker"
 	"github.com/watertight/watertight/metrics"
+	"github.com/watertight/watertight/proxy/internal/reqctx"
 )
 
 var (
@@ -33,8 +34,8 @@ type request struct {
 	c      *compartment
 	start  time.Time
 	parent context.Context // the app's request
-	ctx    context.Context // with the request's deadline
-	cancel context.CancelFunc
+	ctx    context.Context // with the request's deadline and the client trace
+	own    *reqctx.Context // ctx, when it needed one of its own; ended by finish
 	grpc   bool
 	rec    *accessRecord // nil unless this request is access-logged
 	done   atomic.Bool
@@ -46,7 +47,9 @@ func (r *request) finish(res metrics.Result) {
 	if r.done.Swap(true) {
 		return
 	}
-	r.cancel()
+	if r.own != nil {
+		r.own.Cancel()
+	}
 	if r.c.budget != nil {
 		r.c.budget.ReleaseExecution()
 	}

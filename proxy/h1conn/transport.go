@@ -33,6 +33,8 @@ import (
 	"time"
 
 	"golang.org/x/net/http/httpguts"
+
+	"github.com/watertight/watertight/proxy/internal/reqctx"
 )
 
 // MaxInlineBody is the largest request body written on the calling
@@ -127,7 +129,7 @@ var errStale = errors.New("upstream closed the connection before answering")
 // exchange writes req on c and reads the response head. On error, c is
 // closed.
 func (t *Transport) exchange(ctx context.Context, c *conn, req *http.Request) (*http.Response, error) {
-	stop := context.AfterFunc(ctx, c.abort)
+	stop := reqctx.AfterFunc(ctx, c.abort)
 	fail := func(doing string, err error) (*http.Response, error) {
 		stop()
 		c.close()

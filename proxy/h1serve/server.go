@@ -37,6 +37,7 @@ import (
 
 	"github.com/watertight/watertight/proxy/internal/h1head"
 	"github.com/watertight/watertight/proxy/internal/rawio"
+	"github.com/watertight/watertight/proxy/internal/reqctx"
 )
 
 // MaxInlineBody is the largest request body served here; larger ones are
@@ -250,11 +251,11 @@ type conn struct {
 
 	// The client-gone watch (see watch).
 	watchMu   sync.Mutex
-	armed     bool               // a request is running: watchLoop may start a watch
-	body      *requestBody       // the running request's body
-	cancel    context.CancelFunc // ends the running request
-	watchDone chan struct{}      // non-nil while a watch goroutine runs
-	gone      bool               // the watch saw the client hang up
+	armed     bool            // a request is running: watchLoop may start a watch
+	body      *requestBody    // the running request's body
+	ctx       *reqctx.Context // the running request's: ended when the client goes
+	watchDone chan struct{}   // non-nil while a watch goroutine runs
+	gone      bool            // the watch saw the client hang up
 }
 
 // serve runs the keep-alive loop; it reports whether the connection was
@@ -455,8 +456,8 @@ func hostFields(head []byte) (n int, value []byte, folded bool) {
 // serveRequest runs the handler on req; it reports whether the connection
 // can carry another request.
 func (c *conn) serveRequest(parent context.Context, req *http.Request) bool {
-	ctx, cancel := context.WithCancel(parent)
-	defer cancel()
+	ctx := reqctx.New(parent, time.Time{}, nil)
+	defer ctx.Cancel()
 	req.RemoteAddr = c.remote
 	var body *requestBody // nil when there is none: req.Body stays http.NoBody, as handlers expect
 	if req.ContentLength > 0 {
@@ -465,7 +466,7 @@ func (c *conn) serveRequest(parent context.Context, req *http.Request) bool {
 	}
 	r := req.WithContext(ctx) // req may be serve's stack copy: only r leaves
 	w := &response{c: c, req: r, header: make(http.Header), contentLength: -1}
-	c.arm(body, cancel)
+	c.arm(body, ctx)
 
 	c.s.Handler.ServeHTTP(w, r)
 
@@ -518,9 +519,9 @@ func (b *requestBody) finished() bool {
 }
 
 // arm lets watchLoop watch the running request's connection (see watch).
-func (c *conn) arm(body *requestBody, cancel context.CancelFunc) {
+func (c *conn) arm(body *requestBody, ctx *reqctx.Context) {
 	c.watchMu.Lock()
-	c.armed, c.body, c.cancel = true, body, cancel
+	c.armed, c.body, c.ctx = true, body, ctx
 	c.watchMu.Unlock()
 }
 
@@ -535,7 +536,7 @@ func (c *conn) watch() {
 	if !c.armed || c.watchDone != nil || !c.body.finished() || c.br.Buffered() > 0 {
 		return
 	}
-	done, cancel := make(chan struct{}), c.cancel
+	done, ctx := make(chan struct{}), c.ctx
 	c.watchDone = done
 	go func() {
 		defer close(done)
@@ -548,7 +549,7 @@ func (c *conn) watch() {
 			c.watchMu.Lock()
 			c.gone = true
 			c.watchMu.Unlock()
-			cancel()
+			ctx.Cancel()
 		}
 	}()
 }
@@ -556,7 +557,7 @@ func (c *conn) watch() {
 // disarm ends the request's watch and reports whether it saw the client go.
 func (c *conn) disarm() bool {
 	c.watchMu.Lock()
-	c.armed, c.body, c.cancel = false, nil, nil
+	c.armed, c.body, c.ctx = false, nil, nil
 	done := c.watchDone
 	c.watchMu.Unlock()
 	if done == nil {

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/net/http2"
 
 	"github.com/watertight/watertight/proxy/internal/h2wire"
+	"github.com/watertight/watertight/proxy/internal/reqctx"
 )
 
 // clientStream is one request and its answer. The fields below mu's line
@@ -90,8 +91,8 @@ func (cc *clientConn) roundTrip(req *http.Request) (*http.Response, error) {
 	cs.sendWindow = int64(cc.peerWindow)
 	cc.streams[cs.id] = cs
 	cc.watchReads()
-	if ctx.Done() != nil {
-		cs.stopCtx = context.AfterFunc(ctx, func() { cs.cancel(context.Cause(ctx)) })
+	if reqctx.Ends(ctx) {
+		cs.stopCtx = reqctx.AfterFunc(ctx, func() { cs.cancel(context.Cause(ctx)) })
 	}
 	cc.mu.Unlock()
 	if err := cc.encodeRequest(req, contentLength); err != nil {

@@ -1,7 +1,6 @@
 package h2serve
 
 import (
-	"context"
 	"errors"
 	"io"
 	"log/slog"
@@ -11,11 +10,13 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/net/http/httpguts"
 	"golang.org/x/net/http2"
 
 	"github.com/watertight/watertight/proxy/internal/h2wire"
+	"github.com/watertight/watertight/proxy/internal/reqctx"
 )
 
 // stream is one request and its answer. The handler's side (rw, req) is
@@ -31,9 +32,9 @@ type stream struct {
 	recv       h2wire.Inflow // its receive window
 	declLen    int64         // the request's Content-Length, or -1
 	gotLen     int64
-	trailer    http.Header // the request's trailers, as they arrive
-	body       *body       // nil when the request has none
-	cancel     context.CancelFunc
+	trailer    http.Header     // the request's trailers, as they arrive
+	body       *body           // nil when the request has none
+	ctx        *reqctx.Context // the request's: it ends with the stream
 
 	rw  responseWriter
 	req *http.Request
@@ -48,7 +49,7 @@ func (st *stream) close(err error) {
 	}
 	st.ended, st.err = true, err
 	delete(st.c.streams, st.id)
-	st.cancel()
+	st.ctx.Cancel()
 	if st.body != nil && st.body.err == nil {
 		st.body.err = err
 		st.body.ready.Broadcast()
@@ -364,9 +365,8 @@ func (c *conn) newRequest(st *stream, f *http2.MetaHeadersFrame) error {
 	if r.Body == http.NoBody {
 		r.Trailer = nil
 	}
-	ctx, cancel := context.WithCancel(c.baseCtx)
-	st.cancel = cancel
-	st.req = r.WithContext(ctx)
+	st.ctx = reqctx.New(c.baseCtx, time.Time{}, nil)
+	st.req = r.WithContext(st.ctx)
 	st.rw.init(st)
 	return nil
 }
@@ -419,7 +419,7 @@ func (c *conn) handlerDone(st *stream) {
 		st.ended = true
 		delete(c.streams, st.id)
 	}
-	st.cancel()
+	st.ctx.Cancel()
 	c.running--
 	closeNow := false
 	if c.running == 0 {
