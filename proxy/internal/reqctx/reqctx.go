@@ -3,15 +3,16 @@
 // same, with the request's deadline).
 //
 // Written by hand because the standard library's contexts cost a request
-// about a dozen allocations in this proxy, a third of all it makes on the
+// about a dozen allocations in this proxy, a third of all it made on the
 // HTTP/1.1 path: a cancelCtx and its lazily made channel per layer, a
 // children map in each parent, a timerCtx, and for every context.AfterFunc
-// a context of its own plus its closure. A Context is one allocation; its
-// children and after-functions sit in a small array inside it; a child
-// links to a parent Context without a map; and it implements the
-// AfterFunc method that the context package looks for (its afterFuncer), so
-// contexts the standard library derives from it (a hedge's, a per-try
-// timeout's) register with it instead of starting a goroutine.
+// a context of its own plus its closure. A Context is one allocation (a
+// deadline adds its timer); its children and after-functions sit in a
+// small array inside it; a child links to a parent Context without a map;
+// and it implements the AfterFunc method that the context package looks
+// for (its afterFuncer), so contexts the standard library derives from it
+// (a hedge's, a per-try timeout's) register with it instead of starting a
+// goroutine.
 //
 // It keeps the context package's contract: Done is closed once, Err is
 // context.Canceled or context.DeadlineExceeded (or the parent's error),
