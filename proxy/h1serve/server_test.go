@@ -507,6 +507,51 @@ func TestIdleTimeoutClosesTheConnection(t *testing.T) {
 	}
 }
 
+// A connection that never sends a request is closed once idle too, and one
+// that keeps sending is not: each request starts its idle time again.
+func TestIdleTimeoutCountsFromTheLastRequest(t *testing.T) {
+	const idle = 150 * time.Millisecond
+	p := startPair(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}),
+		func(s *Server) { s.IdleTimeout = idle })
+
+	silent, err := net.Dial("tcp", p.fast)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	_ = silent.SetReadDeadline(time.Now().Add(10 * time.Second))
+	start := time.Now()
+	if _, err := silent.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+		t.Fatalf("a silent connection: %v; want it closed", err)
+	}
+	if took := time.Since(start); took < idle {
+		t.Errorf("a silent connection was closed after %v, before its idle timeout %v", took, idle)
+	}
+
+	busy, err := net.Dial("tcp", p.fast)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	_ = busy.SetDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(busy)
+	start = time.Now()
+	for time.Since(start) < 3*idle {
+		if _, err := io.WriteString(busy, get); err != nil {
+			t.Fatalf("after %v of requests: %v", time.Since(start), err)
+		}
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("after %v of requests every idle/5: %v; want the connection kept", time.Since(start), err)
+		}
+		resp.Body.Close()
+		time.Sleep(idle / 5) // the gap between requests is what is under test
+	}
+	if _, err := br.ReadByte(); !errors.Is(err, io.EOF) {
+		t.Fatalf("after the last request: %v; want the connection closed once idle", err)
+	}
+}
+
 func TestHeadLength(t *testing.T) {
 	for in, want := range map[string]int{
 		"GET / HTTP/1.1\r\nHost: a\r\n\r\nrest": 27,
