@@ -106,12 +106,24 @@ func (c *compartment) RoundTrip(req *http.Request) (*http.Response, error) {
 // (relay's, for 1xx answers; nil for none), added to the context the
 // request makes anyway rather than to a copy of the request.
 func (c *compartment) roundTrip(req *http.Request, trace *httptrace.ClientTrace) (*http.Response, error) {
-	if c.breaker != nil && c.breaker.Rejecting() {
-		// An open breaker refuses before the request costs anything.
-		c.metrics.Request(metrics.CircuitOpen, 0)
-		return nil, &localReply{result: metrics.CircuitOpen, upstream: c.name, err: errCircuitOpen}
+	if lr := c.refuseOpen(); lr != nil {
+		return nil, lr
 	}
-	r := c.begin(req, trace)
+	return c.send(c.begin(req, trace), req)
+}
+
+// refuseOpen is an open breaker's refusal, before the request costs
+// anything; nil if the breaker lets it through.
+func (c *compartment) refuseOpen() *localReply {
+	if c.breaker != nil && c.breaker.Rejecting() {
+		c.metrics.Request(metrics.CircuitOpen, 0)
+		return &localReply{result: metrics.CircuitOpen, upstream: c.name, err: errCircuitOpen}
+	}
+	return nil
+}
+
+// send is roundTrip once begun: the attempts, then the fallback.
+func (c *compartment) send(r *request, req *http.Request) (*http.Response, error) {
 	x, err := c.retries(r, req)
 	if err != nil {
 		var lr *localReply
@@ -283,7 +295,10 @@ func (c *compartment) attempt(r *request, ctx context.Context, cancel context.Ca
 	if dl, ok := x.ctx.Deadline(); ok {
 		propagateDeadline(req.Header, r.grpc, time.Until(dl), &c.up.deadline)
 	}
-	resp, err := c.transports.forRequest(req, r.grpc).RoundTrip(req.WithContext(x.ctx))
+	if req.Context() != x.ctx {
+		req = req.WithContext(x.ctx) // a hedge's or a per-try timeout's, or a caller's request (not relay's)
+	}
+	resp, err := c.transports.forRequest(req, r.grpc).RoundTrip(req)
 	if err != nil {
 		res := classifyError(r.parent, x.ctx, err)
 		x.finish(res)

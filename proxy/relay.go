@@ -137,6 +137,10 @@ type relaying struct {
 	roundTrips bool // RoundTrip has not returned: 1xx answers may still be passed on
 }
 
+// headerAdopter is a ResponseWriter that can take an upstream's header as
+// its own instead of a copy: one map fewer an answer.
+type headerAdopter interface{ AdoptHeader(http.Header) bool }
+
 // relay sends r (relayable) through the compartment and copies the
 // answer back, as ReverseProxy.ServeHTTP does.
 func (c *compartment) relay(w http.ResponseWriter, r *http.Request) {
@@ -174,7 +178,18 @@ func (c *compartment) relay(w http.ResponseWriter, r *http.Request) {
 		h["User-Agent"] = emptyUserAgent
 	}
 
-	res, err := c.roundTrip(out, &f.trace)
+	var res *http.Response
+	var err error
+	if lr := c.refuseOpen(); lr != nil {
+		err = lr
+	} else {
+		rq := c.begin(out, &f.trace)
+		// The copy carries the request's own context (deadline, trace)
+		// from here on, so that its attempts need no copy of their own
+		// (attempt). The copy WithContext makes stays on the stack.
+		f.req = *out.WithContext(rq.ctx)
+		res, err = c.send(rq, out)
+	}
 	f.mu.Lock()
 	f.roundTrips = false
 	f.mu.Unlock()
@@ -190,14 +205,20 @@ func (c *compartment) relay(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	removeHopByHop(res.Header)
-	dst := w.Header()
-	for k, vv := range res.Header {
-		if old, ok := dst[k]; ok {
-			dst[k] = append(old, vv...)
-		} else {
-			dst[k] = vv // the response is done with it
+	// The response is done with its header: the app's answer takes it
+	// whole where the writer can (h1serve's, h2serve's), else field by
+	// field.
+	if a, ok := w.(headerAdopter); !ok || !a.AdoptHeader(res.Header) {
+		dst := w.Header()
+		for k, vv := range res.Header {
+			if old, ok := dst[k]; ok {
+				dst[k] = append(old, vv...)
+			} else {
+				dst[k] = vv
+			}
 		}
 	}
+	dst := w.Header()
 	announced := len(res.Trailer)
 	if announced > 0 {
 		keys := make([]string, 0, announced)

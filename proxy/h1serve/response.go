@@ -46,7 +46,24 @@ type response struct {
 	prefixed bool     // a trailer was set with http.TrailerPrefix
 }
 
-func (w *response) Header() http.Header { return w.header }
+func (w *response) Header() http.Header {
+	if w.header == nil {
+		w.header = make(http.Header)
+	}
+	return w.header
+}
+
+// AdoptHeader makes h the answer's header in place of an empty one, so that
+// a proxy passing an upstream's header on need not copy it into a map of
+// its own. It is false, and changes nothing, once the header has fields or
+// the status is set.
+func (w *response) AdoptHeader(h http.Header) bool {
+	if len(w.header) > 0 || w.wroteHeader {
+		return false
+	}
+	w.header = h
+	return true
+}
 
 func (w *response) WriteHeader(code int) {
 	if w.wroteHeader {

@@ -456,16 +456,23 @@ func hostFields(head []byte) (n int, value []byte, folded bool) {
 // serveRequest runs the handler on req; it reports whether the connection
 // can carry another request.
 func (c *conn) serveRequest(parent context.Context, req *http.Request) bool {
-	ctx := reqctx.New(parent, time.Time{}, nil)
+	st := new(served)
+	ctx := &st.ctx
+	ctx.Start(parent, time.Time{}, nil)
 	defer ctx.Cancel()
 	req.RemoteAddr = c.remote
 	var body *requestBody // nil when there is none: req.Body stays http.NoBody, as handlers expect
 	if req.ContentLength > 0 {
-		body = &requestBody{ReadCloser: req.Body}
+		body = &st.body
+		body.ReadCloser = req.Body
 		req.Body = body
 	}
-	r := req.WithContext(ctx) // req may be serve's stack copy: only r leaves
-	w := &response{c: c, req: r, header: make(http.Header), contentLength: -1}
+	// req may be serve's stack copy: the handler gets st's. (The copy
+	// WithContext makes stays on the stack.)
+	st.req = *req.WithContext(ctx)
+	r := &st.req
+	w := &st.resp
+	*w = response{c: c, req: r, contentLength: -1} // its header is made when asked for, or adopted
 	c.arm(body, ctx)
 
 	c.s.Handler.ServeHTTP(w, r)
@@ -488,6 +495,15 @@ func (c *conn) serveRequest(parent context.Context, req *http.Request) bool {
 		}
 	}
 	return true // a shut-down server refuses the next request in setActive
+}
+
+// served is one request's state, in one allocation: its context, the
+// request the handler gets, its body's reader and the response writer.
+type served struct {
+	ctx  reqctx.Context
+	req  http.Request
+	body requestBody
+	resp response
 }
 
 // requestBody records when the request body has been read to its end: only

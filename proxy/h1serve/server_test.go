@@ -17,6 +17,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/watertight/watertight/internal/poll"
+	"github.com/watertight/watertight/proxy/internal/writertest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -550,6 +551,28 @@ func TestIdleTimeoutCountsFromTheLastRequest(t *testing.T) {
 	if _, err := br.ReadByte(); !errors.Is(err, io.EOF) {
 		t.Fatalf("after the last request: %v; want the connection closed once idle", err)
 	}
+}
+
+// A proxy's handler can hand the writer an upstream's header whole, while
+// the writer's own is empty; after that, or once a field is set, it cannot.
+func TestAdoptHeader(t *testing.T) {
+	h, wait := writertest.AdoptHeader(t)
+	p := startPair(t, h)
+	c, err := net.Dial("tcp", p.fast)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, get)
+	res, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writertest.CheckAdopted(t, res)
+	if body, _ := io.ReadAll(io.LimitReader(res.Body, 2)); string(body) != "ok" {
+		t.Errorf("body %q, want ok", body)
+	}
+	wait()
 }
 
 func TestHeadLength(t *testing.T) {

@@ -61,6 +61,18 @@ func (w *responseWriter) Header() http.Header {
 	return w.header
 }
 
+// AdoptHeader makes h the answer's header in place of an empty one, so that
+// a proxy passing an upstream's header on need not copy it into a map of
+// its own. It is false, and changes nothing, once the header has fields or
+// the status is set.
+func (w *responseWriter) AdoptHeader(h http.Header) bool {
+	if len(w.header) > 0 || w.wroteHeader || w.done {
+		return false
+	}
+	w.header = h
+	return true
+}
+
 func (w *responseWriter) WriteHeader(code int) {
 	if code < 100 || code > 999 {
 		panic(fmt.Sprintf("invalid WriteHeader code %v", code)) // as net/http's servers do

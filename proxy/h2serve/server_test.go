@@ -29,6 +29,7 @@ import (
 
 	"github.com/watertight/watertight/internal/poll"
 	"github.com/watertight/watertight/proxy/h2serve"
+	"github.com/watertight/watertight/proxy/internal/writertest"
 )
 
 // waitLimit bounds every wait in these tests: long next to what a loaded
@@ -235,6 +236,20 @@ func TestGet(t *testing.T) {
 	if a, ok := s.local.(net.Addr); !ok || a.String() != srv.addr {
 		t.Errorf("http.LocalAddrContextKey holds %v, want %s", s.local, srv.addr)
 	}
+}
+
+// A proxy's handler can hand the writer an upstream's header whole, while
+// the writer's own is empty; after that, or once a field is set, it cannot.
+func TestAdoptHeader(t *testing.T) {
+	h, wait := writertest.AdoptHeader(t)
+	srv := serve(t, h)
+	res, err := h2Client(t).Get(srv.url + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	writertest.CheckAdopted(t, res)
+	wait()
 }
 
 func TestContentLength(t *testing.T) {

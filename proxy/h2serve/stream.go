@@ -32,13 +32,14 @@ type stream struct {
 	recv       h2wire.Inflow // its receive window
 	declLen    int64         // the request's Content-Length, or -1
 	gotLen     int64
-	trailer    http.Header     // the request's trailers, as they arrive
-	body       *body           // nil when the request has none
-	ctx        *reqctx.Context // the request's: it ends with the stream
+	trailer    http.Header    // the request's trailers, as they arrive
+	body       *body          // nil when the request has none
+	ctx        reqctx.Context // the request's: it ends with the stream
 
-	rw  responseWriter
-	req *http.Request
-	url url.URL
+	rw   responseWriter
+	req  *http.Request // &reqv, once the request is made
+	reqv http.Request
+	url  url.URL
 }
 
 // close ends the stream early (a reset, or the connection's end); the
@@ -307,7 +308,7 @@ func (c *conn) newRequest(st *stream, f *http2.MetaHeadersFrame) error {
 	if authority == "" {
 		authority = h.Get("Host")
 	}
-	r := &http.Request{} // stays on the stack: WithContext below copies it
+	r := &http.Request{} // stays on the stack: WithContext below copies it into st.reqv
 	if connect {
 		st.url = url.URL{Host: authority}
 		r.RequestURI = authority
@@ -365,8 +366,9 @@ func (c *conn) newRequest(st *stream, f *http2.MetaHeadersFrame) error {
 	if r.Body == http.NoBody {
 		r.Trailer = nil
 	}
-	st.ctx = reqctx.New(c.baseCtx, time.Time{}, nil)
-	st.req = r.WithContext(st.ctx)
+	st.ctx.Start(c.baseCtx, time.Time{}, nil)
+	st.reqv = *r.WithContext(&st.ctx) // the copy WithContext makes stays on the stack
+	st.req = &st.reqv
 	st.rw.init(st)
 	return nil
 }

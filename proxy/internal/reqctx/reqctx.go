@@ -65,7 +65,16 @@ var closedChan = func() chan struct{} {
 // called once the request is done, to release the timer and the parent's
 // hold on it.
 func New(parent context.Context, deadline time.Time, trace *httptrace.ClientTrace) *Context {
-	c := &Context{parent: parent}
+	c := new(Context)
+	c.Start(parent, deadline, trace)
+	return c
+}
+
+// Start readies a zero Context as New would: for one that is part of a
+// larger allocation (a server's per-request state). It must not be copied
+// after.
+func (c *Context) Start(parent context.Context, deadline time.Time, trace *httptrace.ClientTrace) {
+	c.parent = parent
 	c.subs = c.inline[:0]
 	if trace != nil {
 		// Values only: the end is still parent's, linked below.
@@ -82,7 +91,7 @@ func New(parent context.Context, deadline time.Time, trace *httptrace.ClientTrac
 		d := time.Until(deadline)
 		if d <= 0 {
 			c.cancel(context.DeadlineExceeded)
-			return c
+			return
 		}
 		c.mu.Lock()
 		if c.err == nil {
@@ -90,7 +99,6 @@ func New(parent context.Context, deadline time.Time, trace *httptrace.ClientTrac
 		}
 		c.mu.Unlock()
 	}
-	return c
 }
 
 // link makes c end with parent.
