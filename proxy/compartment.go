@@ -19,7 +19,6 @@ import (
 	"github.com/watertight/watertight/config"
 	"github.com/watertight/watertight/metrics"
 	"github.com/watertight/watertight/outlier"
-	"github.com/watertight/watertight/proxy/internal/reqctx"
 )
 
 // compartment is everything one upstream owns in one config snapshot,
@@ -109,7 +108,9 @@ func (c *compartment) roundTrip(req *http.Request, trace *httptrace.ClientTrace)
 	if lr := c.refuseOpen(); lr != nil {
 		return nil, lr
 	}
-	return c.send(c.begin(req, trace), req)
+	r := new(request)
+	c.begin(r, req, trace)
+	return c.send(r, req)
 }
 
 // refuseOpen is an open breaker's refusal, before the request costs
@@ -153,11 +154,11 @@ func (c *compartment) send(r *request, req *http.Request) (*http.Response, error
 	return x.resp, nil
 }
 
-// begin starts the request: its deadline is the smaller of the upstream's
-// timeout and the caller's, counted from arrival, so queueing and every
-// attempt come out of it.
-func (c *compartment) begin(req *http.Request, trace *httptrace.ClientTrace) *request {
-	r := &request{c: c, start: time.Now(), parent: req.Context(), grpc: isGRPC(req)}
+// begin starts the request in r (zero, and not to be copied after): its
+// deadline is the smaller of the upstream's timeout and the caller's,
+// counted from arrival, so queueing and every attempt come out of it.
+func (c *compartment) begin(r *request, req *http.Request, trace *httptrace.ClientTrace) {
+	*r = request{c: c, start: time.Now(), parent: req.Context(), grpc: isGRPC(req)}
 	if c.accessLog {
 		r.rec = accessRecordOf(r.parent)
 	}
@@ -171,13 +172,13 @@ func (c *compartment) begin(req *http.Request, trace *httptrace.ClientTrace) *re
 		if d > 0 {
 			dl = r.start.Add(d)
 		}
-		r.own = reqctx.New(r.parent, dl, trace)
+		r.own = &r.ownCtx
+		r.own.Start(r.parent, dl, trace)
 		r.ctx = r.own
 	}
 	if c.budget != nil {
 		c.budget.RecordExecution()
 	}
-	return r
 }
 
 // retries sends attempts until one is worth answering with: it succeeded,

@@ -35,7 +35,8 @@ type request struct {
 	start  time.Time
 	parent context.Context // the app's request
 	ctx    context.Context // with the request's deadline and the client trace
-	own    *reqctx.Context // ctx, when it needed one of its own; ended by finish
+	own    *reqctx.Context // ctx, when it needed one of its own (&ownCtx); ended by finish
+	ownCtx reqctx.Context
 	grpc   bool
 	rec    *accessRecord // nil unless this request is access-logged
 	done   atomic.Bool

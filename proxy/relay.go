@@ -125,8 +125,10 @@ func ishex(c byte) bool {
 // app that sent none, as ReverseProxy does.
 var emptyUserAgent = []string{""}
 
-// relaying is one relayed request's own state, in one allocation.
+// relaying is one relayed request's own state, in one allocation: with
+// the compartment's request (rq).
 type relaying struct {
+	rq    request
 	req   http.Request
 	url   url.URL
 	body  noopClose
@@ -183,7 +185,8 @@ func (c *compartment) relay(w http.ResponseWriter, r *http.Request) {
 	if lr := c.refuseOpen(); lr != nil {
 		err = lr
 	} else {
-		rq := c.begin(out, &f.trace)
+		rq := &f.rq
+		c.begin(rq, out, &f.trace)
 		// The copy carries the request's own context (deadline, trace)
 		// from here on, so that its attempts need no copy of their own
 		// (attempt). The copy WithContext makes stays on the stack.

@@ -12,23 +12,33 @@ import (
 // parseSimple, the rest with http.ReadResponse, the reference. A nil body
 // on a plain answer means the body is the next ContentLength bytes of c,
 // for exchange's body to read (see body.readRaw).
-func readResponse(c *conn, req *http.Request) (*http.Response, error) {
+// The plainest answers (parseSimple) come with room for their body's
+// reader, in the same allocation; nil for the rest.
+func readResponse(c *conn, req *http.Request) (*http.Response, *body, error) {
 	// Wait for the first bytes, as ReadResponse would; then the head has
 	// usually come whole.
 	if _, err := c.br.Peek(1); err != nil {
 		if err == io.EOF {
 			err = io.ErrUnexpectedEOF // as ReadResponse says it
 		}
-		return nil, err
+		return nil, nil, err
 	}
 	buf, _ := c.br.Peek(c.br.Buffered())
 	if n := bytes.Index(buf, crlf2); n >= 0 {
-		if resp := parseSimple(buf[:n+4], req); resp != nil {
+		if a := parseSimple(buf[:n+4], req); a != nil {
 			_, _ = c.br.Discard(n + 4)
-			return resp, nil
+			return &a.resp, &a.body, nil
 		}
 	}
-	return http.ReadResponse(c.br, req)
+	resp, err := http.ReadResponse(c.br, req)
+	return resp, nil, err
+}
+
+// answer is a plain answer's head and its body's reader, in one
+// allocation.
+type answer struct {
+	resp http.Response
+	body body
 }
 
 var crlf2 = []byte("\r\n\r\n")
@@ -40,8 +50,8 @@ var crlf2 = []byte("\r\n\r\n")
 // The plainest answer: "HTTP/1.1 NNN reason" with a final status that has
 // a body (not 1xx, 204 or 304, and not to HEAD), plain fields
 // (h1head.Plain) and exactly one Content-Length. Its Body is nil (the
-// caller's to set) unless the length is 0.
-func parseSimple(head []byte, req *http.Request) *http.Response {
+// caller's to set, with the answer's body) unless the length is 0.
+func parseSimple(head []byte, req *http.Request) *answer {
 	line, fields, ok := h1head.CutLine(head)
 	if !ok || req.Method == http.MethodHead || !plainStatusLine(line) {
 		return nil
@@ -56,7 +66,9 @@ func parseSimple(head []byte, req *http.Request) *http.Response {
 	}
 	s := string(head)
 	h, _ := h1head.Header(head, s, len(line)+2, fh.Fields, "")
-	resp := &http.Response{
+	a := new(answer)
+	resp := &a.resp
+	*resp = http.Response{
 		Status:        s[9:len(line)],
 		StatusCode:    code,
 		Proto:         "HTTP/1.1",
@@ -69,7 +81,7 @@ func parseSimple(head []byte, req *http.Request) *http.Response {
 	if fh.Length == 0 {
 		resp.Body = http.NoBody
 	}
-	return resp
+	return a
 }
 
 // plainStatusLine: "HTTP/1.1 NNN", then nothing or a space and a reason of

@@ -171,8 +171,9 @@ func (t *Transport) exchange(ctx context.Context, c *conn, req *http.Request) (*
 	headLimit := t.maxHeaderBytes()
 	c.limit = headLimit
 	var resp *http.Response
+	var b *body // room for the body's reader, if readResponse has some
 	for n := 0; ; n++ {
-		resp, err = readResponse(c, req)
+		resp, b, err = readResponse(c, req)
 		if err != nil {
 			// Not one byte of an answer came: the connection was stale.
 			if c.limit == headLimit && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || isReset(err)) {
@@ -207,7 +208,10 @@ func (t *Transport) exchange(ctx context.Context, c *conn, req *http.Request) (*
 		t.release(c, stop, keep)
 		return resp, nil
 	}
-	b := &body{t: t, c: c, ctx: ctx, rc: resp.Body, stop: stop, keep: keep}
+	if b == nil {
+		b = new(body)
+	}
+	*b = body{t: t, c: c, ctx: ctx, rc: resp.Body, stop: stop, keep: keep}
 	if resp.Body == nil {
 		b.remaining = resp.ContentLength // a plain answer: the body is the next bytes of c
 	}

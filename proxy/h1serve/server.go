@@ -248,6 +248,7 @@ type conn struct {
 	bw     *bufio.Writer
 	served int    // requests served on this connection
 	fields []byte // the running answer's serialised header (see response)
+	held   []byte // room for the running answer's held body (see response.held)
 
 	// The client-gone watch (see watch).
 	watchMu   sync.Mutex
@@ -472,7 +473,10 @@ func (c *conn) serveRequest(parent context.Context, req *http.Request) bool {
 	st.req = *req.WithContext(ctx)
 	r := &st.req
 	w := &st.resp
-	*w = response{c: c, req: r, contentLength: -1} // its header is made when asked for, or adopted
+	if c.held == nil {
+		c.held = make([]byte, 0, bufferBeforeChunking)
+	}
+	*w = response{c: c, req: r, contentLength: -1, held: c.held[:0]} // its header is made when asked for, or adopted
 	c.arm(body, ctx)
 
 	c.s.Handler.ServeHTTP(w, r)

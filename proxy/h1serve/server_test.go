@@ -575,6 +575,26 @@ func TestAdoptHeader(t *testing.T) {
 	wait()
 }
 
+// Each answer on a connection holds its short body back in the
+// connection's one buffer: the next answer must not see the last one's
+// bytes, nor change them before they went out.
+func TestHeldBodiesOnOneConnection(t *testing.T) {
+	var n atomic.Int32
+	p := startPair(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body := strings.Repeat("ab", 300) // held and sniffed: no type, no length
+		if n.Add(1)%2 == 0 {
+			body = "z"
+		}
+		io.WriteString(w, body)
+	}))
+	got := exchange(t, p.fast, get+get+get, 3)
+	for i, want := range []string{strings.Repeat("ab", 300), "z", strings.Repeat("ab", 300)} {
+		if len(got) <= i || !strings.Contains(got[i], fmt.Sprintf("body %q", want)) {
+			t.Fatalf("answer %d: %q; want body of %d bytes", i, got, len(want))
+		}
+	}
+}
+
 func TestHeadLength(t *testing.T) {
 	for in, want := range map[string]int{
 		"GET / HTTP/1.1\r\nHost: a\r\n\r\nrest": 27,
