@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"sync/atomic"
+
+	"github.com/watertight/watertight/proxy/internal/reqctx"
 )
 
 var errBodyClosed = errors.New("h1conn: read on closed response body")
@@ -28,8 +30,8 @@ type body struct {
 	// remaining is what a plain answer's body (readResponse) still has to
 	// come from c: read here, with no reader of net/http's in between.
 	remaining int64
-	stop      func() bool // unregisters the context watcher
-	keep      bool        // the connection may carry another request
+	stop      reqctx.Registration // the context watcher's
+	keep      bool                // the connection may carry another request
 	state     atomic.Int32
 }
 

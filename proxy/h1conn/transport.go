@@ -129,9 +129,9 @@ var errStale = errors.New("upstream closed the connection before answering")
 // exchange writes req on c and reads the response head. On error, c is
 // closed.
 func (t *Transport) exchange(ctx context.Context, c *conn, req *http.Request) (*http.Response, error) {
-	stop := reqctx.AfterFunc(ctx, c.abort)
+	stop := reqctx.Register(ctx, c.abort)
 	fail := func(doing string, err error) (*http.Response, error) {
-		stop()
+		stop.Stop()
 		c.close()
 		if ctx.Err() != nil {
 			err = context.Cause(ctx)
@@ -221,9 +221,9 @@ func (t *Transport) exchange(ctx context.Context, c *conn, req *http.Request) (*
 
 // release ends a request's hold on c: back to the pool if it can carry
 // another request, else closed.
-func (t *Transport) release(c *conn, stop func() bool, keep bool) {
-	// stop reports false when the context's end already began to abort c.
-	if stop() && keep && c.br.Buffered() == 0 {
+func (t *Transport) release(c *conn, stop reqctx.Registration, keep bool) {
+	// Stop reports false when the context's end already began to abort c.
+	if stop.Stop() && keep && c.br.Buffered() == 0 {
 		t.put(c)
 		return
 	}

@@ -48,7 +48,7 @@ type clientStream struct {
 	ready      sync.Cond
 	trailer    http.Header // the answer's trailers as they arrive
 	gotTrailer bool
-	stopCtx    func() bool
+	stopCtx    reqctx.Registration // the request context's watch; zero without one
 }
 
 // refusedError: the upstream never processed the request.
@@ -92,7 +92,7 @@ func (cc *clientConn) roundTrip(req *http.Request) (*http.Response, error) {
 	cc.streams[cs.id] = cs
 	cc.watchReads()
 	if reqctx.Ends(ctx) {
-		cs.stopCtx = reqctx.AfterFunc(ctx, func() { cs.cancel(context.Cause(ctx)) })
+		cs.stopCtx = reqctx.Register(ctx, func() { cs.cancel(context.Cause(ctx)) })
 	}
 	cc.mu.Unlock()
 	if err := cc.encodeRequest(req, contentLength); err != nil {
@@ -138,9 +138,7 @@ func (cs *clientStream) fail(err error, refused bool) {
 	cs.done = true
 	cs.abandonSending()
 	delete(cc.streams, cs.id)
-	if cs.stopCtx != nil {
-		cs.stopCtx()
-	}
+	cs.stopCtx.Stop()
 	if !cs.answered {
 		cs.err, cs.refused = err, refused
 		close(cs.resc)
@@ -362,9 +360,7 @@ func (b *responseBody) Read(p []byte) (int, error) {
 			}
 			cs.gotTrailer = false
 		}
-		if cs.stopCtx != nil {
-			cs.stopCtx()
-		}
+		cs.stopCtx.Stop()
 		cc.mu.Unlock()
 		return 0, err
 	}
@@ -398,9 +394,7 @@ func (b *responseBody) Close() error {
 	if reset {
 		cs.fail(errBodyClosed, false)
 	}
-	if cs.stopCtx != nil {
-		cs.stopCtx()
-	}
+	cs.stopCtx.Stop()
 	cs.ready.Broadcast()
 	cc.mu.Unlock()
 	cc.w.WriteWindowUpdates(0, inc, 0)

@@ -197,17 +197,29 @@ func (c *Context) remove(match func(sub) bool) bool {
 // use when they find it, so that a context derived from c costs no
 // goroutine.
 func (c *Context) AfterFunc(f func()) (stop func() bool) {
+	id := c.register(f)
+	return func() bool { return c.unregister(id) }
+}
+
+// register is AfterFunc; it returns what unregister takes, 0 when f was
+// started at once.
+func (c *Context) register(f func()) uint64 {
 	c.mu.Lock()
 	if c.err != nil {
 		c.mu.Unlock()
 		go f()
-		return func() bool { return false }
+		return 0
 	}
 	c.nextID++
 	id := c.nextID
 	c.subs = append(c.subs, sub{f: f, id: id})
 	c.mu.Unlock()
-	return func() bool { return c.remove(func(s sub) bool { return s.f != nil && s.id == id }) }
+	return id
+}
+
+// unregister is AfterFunc's stop for register's id.
+func (c *Context) unregister(id uint64) bool {
+	return id != 0 && c.remove(func(s sub) bool { return s.f != nil && s.id == id })
 }
 
 // Deadline is the context's own deadline or, without one, its parent's.
@@ -258,6 +270,34 @@ func AfterFunc(ctx context.Context, f func()) (stop func() bool) {
 		return a.AfterFunc(f)
 	}
 	return context.AfterFunc(ctx, f)
+}
+
+// A Registration is an after-function registered by Register: AfterFunc's
+// stop as a value, which costs no closure when ctx is a *Context.
+type Registration struct {
+	c    *Context
+	id   uint64
+	stop func() bool // another kind of context's
+}
+
+// Register is AfterFunc, returning its stop as a Registration.
+func Register(ctx context.Context, f func()) Registration {
+	if c := owner(ctx); c != nil {
+		return Registration{c: c, id: c.register(f)}
+	}
+	return Registration{stop: AfterFunc(ctx, f)}
+}
+
+// Stop is AfterFunc's stop: it unregisters the function and reports whether
+// that kept it from running. The zero Registration's is false.
+func (r Registration) Stop() bool {
+	switch {
+	case r.c != nil:
+		return r.c.unregister(r.id)
+	case r.stop != nil:
+		return r.stop()
+	}
+	return false
 }
 
 // Ends says whether ctx can end at all, as ctx.Done() != nil does, without

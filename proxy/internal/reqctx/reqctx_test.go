@@ -314,6 +314,40 @@ func TestTrace(t *testing.T) {
 	}
 }
 
+func TestRegister(t *testing.T) {
+	c := New(base(), time.Time{}, nil)
+	ran := make(chan struct{})
+	r := Register(c, func() { close(ran) })
+	stopped := Register(c, func() { t.Error("a stopped registration ran") })
+	if !stopped.Stop() || stopped.Stop() {
+		t.Fatal("Stop before the end: want true once, then false")
+	}
+	c.Cancel()
+	<-ran
+	if r.Stop() {
+		t.Fatal("Stop after the function ran = true")
+	}
+	ran2 := make(chan struct{})
+	if Register(c, func() { close(ran2) }).Stop() {
+		t.Fatal("Stop of a registration on an ended context = true")
+	}
+	<-ran2
+
+	// Another kind of context: through context.AfterFunc.
+	std, cancel := context.WithCancel(base())
+	ran3 := make(chan struct{})
+	Register(std, func() { close(ran3) })
+	if Register(std, func() { t.Error("a stopped registration ran") }).Stop() != true {
+		t.Fatal("Stop on a standard context = false")
+	}
+	cancel()
+	<-ran3
+
+	if (Registration{}).Stop() {
+		t.Fatal("the zero Registration's Stop = true")
+	}
+}
+
 // More subs than the inline room, removed out of order.
 func TestManySubs(t *testing.T) {
 	c := New(base(), time.Time{}, nil)
@@ -384,6 +418,11 @@ func TestAllocations(t *testing.T) {
 			p.Cancel()
 		}},
 		{"New with a trace", 2, func() { New(b, time.Time{}, tr).Cancel() }},
+		{"Register", 1, func() {
+			c := New(b, time.Time{}, nil)
+			Register(c, f).Stop()
+			c.Cancel()
+		}},
 		{"AfterFunc", 2, func() {
 			c := New(b, time.Time{}, nil)
 			c.AfterFunc(f)()
