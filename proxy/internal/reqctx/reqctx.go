@@ -6,8 +6,8 @@
 // about a dozen allocations in this proxy, a third of all it made on the
 // HTTP/1.1 path: a cancelCtx and its lazily made channel per layer, a
 // children map in each parent, a timerCtx, and for every context.AfterFunc
-// a context of its own plus its closure. A Context is one allocation (a
-// deadline adds its timer); its children and after-functions sit in a
+// a context of its own plus its closure. A Context is one allocation (its
+// deadline's timer comes from a pool); its children and after-functions sit in a
 // small array inside it; a child links to a parent Context without a map;
 // and it implements the AfterFunc method that the context package looks
 // for (its afterFuncer), so contexts the standard library derives from it
@@ -24,6 +24,7 @@ import (
 	"context"
 	"net/http/httptrace"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -36,7 +37,7 @@ type Context struct {
 	mu     sync.Mutex
 	done   chan struct{} // made by the first Done; closedChan if it ended before
 	err    error
-	timer  *time.Timer
+	timer  *deadlineTimer
 	up     *Context    // the parent, when it is a *Context: it holds c in its subs
 	unlink func() bool // ends the registration with a parent of another kind
 	subs   []sub       // children and after-functions, in inline at first
@@ -95,7 +96,7 @@ func (c *Context) Start(parent context.Context, deadline time.Time, trace *httpt
 		}
 		c.mu.Lock()
 		if c.err == nil {
-			c.timer = time.AfterFunc(d, c.expire)
+			c.timer = startTimer(c, d)
 		}
 		c.mu.Unlock()
 	}
@@ -133,7 +134,45 @@ func (c *Context) link(parent context.Context) {
 	stop()
 }
 
-func (c *Context) expire() { c.cancel(context.DeadlineExceeded) }
+// deadlineTimer ends its target at the deadline. Its function is made
+// once and it is kept in a pool, so that a deadline costs a request no
+// allocation (a timer and its function were two of every request's).
+type deadlineTimer struct {
+	t      *time.Timer
+	target atomic.Pointer[Context]
+}
+
+var deadlineTimers sync.Pool
+
+func (dt *deadlineTimer) fire() {
+	if c := dt.target.Load(); c != nil {
+		c.cancel(context.DeadlineExceeded)
+	}
+}
+
+// startTimer ends c in d.
+func startTimer(c *Context, d time.Duration) *deadlineTimer {
+	dt, _ := deadlineTimers.Get().(*deadlineTimer)
+	if dt == nil {
+		dt = new(deadlineTimer)
+		dt.target.Store(c)
+		dt.t = time.AfterFunc(d, dt.fire)
+		return dt
+	}
+	dt.target.Store(c)
+	dt.t.Reset(d)
+	return dt
+}
+
+// stop stops dt and, if that kept its function from running, pools it. A
+// timer that fired, or is firing, is left to the garbage collector: its
+// function may still hold its target.
+func (dt *deadlineTimer) stop() {
+	if dt.t.Stop() { // Go 1.23 on: a true Stop means fire will not run for this start
+		dt.target.Store(nil)
+		deadlineTimers.Put(dt)
+	}
+}
 
 // Cancel ends the context with context.Canceled, if it has not ended.
 func (c *Context) Cancel() { c.cancel(context.Canceled) }
@@ -157,7 +196,7 @@ func (c *Context) cancel(err error) {
 	c.mu.Unlock()
 
 	if timer != nil {
-		timer.Stop()
+		timer.stop()
 	}
 	if unlink != nil {
 		unlink()
