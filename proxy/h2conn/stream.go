@@ -48,7 +48,7 @@ type clientStream struct {
 	ready      sync.Cond
 	trailer    http.Header // the answer's trailers as they arrive
 	gotTrailer bool
-	stopCtx    reqctx.Registration // the request context's watch; zero without one
+	stopCtx    reqctx.Registration // the request context's watch
 }
 
 // refusedError: the upstream never processed the request.
@@ -91,9 +91,7 @@ func (cc *clientConn) roundTrip(req *http.Request) (*http.Response, error) {
 	cs.sendWindow = int64(cc.peerWindow)
 	cc.streams[cs.id] = cs
 	cc.watchReads()
-	if reqctx.Ends(ctx) {
-		cs.stopCtx = reqctx.Register(ctx, func() { cs.cancel(context.Cause(ctx)) })
-	}
+	cs.stopCtx = reqctx.Register(ctx, func() { cs.cancel(context.Cause(ctx)) })
 	cc.mu.Unlock()
 	if err := cc.encodeRequest(req, contentLength); err != nil {
 		_ = cc.unlockWrite()

@@ -298,19 +298,6 @@ func (c *Context) Value(key any) any {
 
 func (c *Context) String() string { return "reqctx.Context" }
 
-// AfterFunc is context.AfterFunc, through ctx's own AfterFunc method when it
-// has one (a *Context does): context.AfterFunc would wrap it in a context of
-// its own first.
-func AfterFunc(ctx context.Context, f func()) (stop func() bool) {
-	if c := owner(ctx); c != nil {
-		return c.AfterFunc(f)
-	}
-	if a, ok := ctx.(interface{ AfterFunc(func()) func() bool }); ok {
-		return a.AfterFunc(f)
-	}
-	return context.AfterFunc(ctx, f)
-}
-
 // A Registration is an after-function registered by Register: AfterFunc's
 // stop as a value, which costs no closure when ctx is a *Context.
 type Registration struct {
@@ -319,12 +306,18 @@ type Registration struct {
 	stop func() bool // another kind of context's
 }
 
-// Register is AfterFunc, returning its stop as a Registration.
+// Register is context.AfterFunc with its stop as a Registration. For a
+// *Context, or value contexts over one, f goes straight into its subs
+// (context.AfterFunc would wrap it in a context of its own first); for a
+// context that never ends, nothing is registered.
 func Register(ctx context.Context, f func()) Registration {
 	if c := owner(ctx); c != nil {
 		return Registration{c: c, id: c.register(f)}
 	}
-	return Registration{stop: AfterFunc(ctx, f)}
+	if ctx.Done() == nil {
+		return Registration{}
+	}
+	return Registration{stop: context.AfterFunc(ctx, f)}
 }
 
 // Stop is AfterFunc's stop: it unregisters the function and reports whether
@@ -337,15 +330,6 @@ func (r Registration) Stop() bool {
 		return r.stop()
 	}
 	return false
-}
-
-// Ends says whether ctx can end at all, as ctx.Done() != nil does, without
-// making a *Context's channel.
-func Ends(ctx context.Context) bool {
-	if _, ok := ctx.(*Context); ok {
-		return true
-	}
-	return ctx.Done() != nil
 }
 
 // ownerKey asks a chain of contexts for its nearest *Context.

@@ -45,9 +45,6 @@ func TestCancel(t *testing.T) {
 	if v := c.Value(key{}); v != "v" {
 		t.Fatalf("Value = %v, want the parent's", v)
 	}
-	if !Ends(c) || Ends(base()) {
-		t.Fatal("Ends is wrong")
-	}
 	c.Cancel()
 	c.Cancel() // a second Cancel is harmless
 	<-done
@@ -267,11 +264,11 @@ func TestOwner(t *testing.T) {
 	c := New(base(), time.Time{}, nil)
 	defer c.Cancel()
 	valued := context.WithValue(c, key{}, "w")
-	stop := AfterFunc(valued, func() {})
-	if len(c.subs) != 1 || c.subs[0].f == nil {
-		t.Fatal("AfterFunc through a value context did not register with the Context")
+	reg := Register(valued, func() {})
+	if len(c.subs) != 1 || c.subs[0].f == nil || reg.c != c {
+		t.Fatal("Register through a value context did not register with the Context")
 	}
-	stop()
+	reg.Stop()
 	child := New(valued, time.Time{}, nil)
 	if child.up != c || child.unlink != nil {
 		t.Fatal("New through a value context did not link to the Context")
@@ -281,7 +278,7 @@ func TestOwner(t *testing.T) {
 	// A cancelable context between: its own end must reach f.
 	mid, cancel := context.WithCancel(c)
 	ran := make(chan struct{})
-	AfterFunc(context.WithValue(mid, key{}, "w"), func() { close(ran) })
+	Register(context.WithValue(mid, key{}, "w"), func() { close(ran) })
 	cancel()
 	<-ran
 	if c.Err() != nil {
@@ -366,6 +363,10 @@ func TestRegister(t *testing.T) {
 
 	if (Registration{}).Stop() {
 		t.Fatal("the zero Registration's Stop = true")
+	}
+	// A context that never ends: nothing to register, nothing to stop.
+	if r := Register(base(), func() { t.Error("ran for a context that never ends") }); r.c != nil || r.stop != nil || r.Stop() {
+		t.Fatal("Register on a context that never ends registered something")
 	}
 }
 
