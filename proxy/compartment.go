@@ -105,22 +105,11 @@ func (c *compartment) RoundTrip(req *http.Request) (*http.Response, error) {
 // (relay's, for 1xx answers; nil for none), added to the context the
 // request makes anyway rather than to a copy of the request.
 func (c *compartment) roundTrip(req *http.Request, trace *httptrace.ClientTrace) (*http.Response, error) {
-	if lr := c.refuseOpen(); lr != nil {
+	r := new(request)
+	if lr := c.begin(r, req, trace); lr != nil {
 		return nil, lr
 	}
-	r := new(request)
-	c.begin(r, req, trace)
 	return c.send(r, req)
-}
-
-// refuseOpen is an open breaker's refusal, before the request costs
-// anything; nil if the breaker lets it through.
-func (c *compartment) refuseOpen() *localReply {
-	if c.breaker != nil && c.breaker.Rejecting() {
-		c.metrics.Request(metrics.CircuitOpen, 0)
-		return &localReply{result: metrics.CircuitOpen, upstream: c.name, err: errCircuitOpen}
-	}
-	return nil
 }
 
 // send is roundTrip once begun: the attempts, then the fallback.
@@ -156,8 +145,13 @@ func (c *compartment) send(r *request, req *http.Request) (*http.Response, error
 
 // begin starts the request in r (zero, and not to be copied after): its
 // deadline is the smaller of the upstream's timeout and the caller's,
-// counted from arrival, so queueing and every attempt come out of it.
-func (c *compartment) begin(r *request, req *http.Request, trace *httptrace.ClientTrace) {
+// counted from arrival, so queueing and every attempt come out of it. An
+// open breaker refuses instead, before the request costs anything.
+func (c *compartment) begin(r *request, req *http.Request, trace *httptrace.ClientTrace) *localReply {
+	if c.breaker != nil && c.breaker.Rejecting() {
+		c.metrics.Request(metrics.CircuitOpen, 0)
+		return &localReply{result: metrics.CircuitOpen, upstream: c.name, err: errCircuitOpen}
+	}
 	*r = request{c: c, start: time.Now(), parent: req.Context(), grpc: isGRPC(req)}
 	if c.accessLog {
 		r.rec = accessRecordOf(r.parent)
@@ -172,13 +166,13 @@ func (c *compartment) begin(r *request, req *http.Request, trace *httptrace.Clie
 		if d > 0 {
 			dl = r.start.Add(d)
 		}
-		r.own = &r.ownCtx
 		r.own.Start(r.parent, dl, trace)
-		r.ctx = r.own
+		r.ctx = &r.own
 	}
 	if c.budget != nil {
 		c.budget.RecordExecution()
 	}
+	return nil
 }
 
 // retries sends attempts until one is worth answering with: it succeeded,

@@ -35,8 +35,7 @@ type request struct {
 	start  time.Time
 	parent context.Context // the app's request
 	ctx    context.Context // with the request's deadline and the client trace
-	own    *reqctx.Context // ctx, when it needed one of its own (&ownCtx); ended by finish
-	ownCtx reqctx.Context
+	own    reqctx.Context  // ctx, when it needs one of its own (a deadline, a trace)
 	grpc   bool
 	rec    *accessRecord // nil unless this request is access-logged
 	done   atomic.Bool
@@ -48,9 +47,7 @@ func (r *request) finish(res metrics.Result) {
 	if r.done.Swap(true) {
 		return
 	}
-	if r.own != nil {
-		r.own.Cancel()
-	}
+	r.own.Cancel() // harmless on one never started
 	if r.c.budget != nil {
 		r.c.budget.ReleaseExecution()
 	}

@@ -182,16 +182,14 @@ func (c *compartment) relay(w http.ResponseWriter, r *http.Request) {
 
 	var res *http.Response
 	var err error
-	if lr := c.refuseOpen(); lr != nil {
+	if lr := c.begin(&f.rq, out, &f.trace); lr != nil {
 		err = lr
 	} else {
-		rq := &f.rq
-		c.begin(rq, out, &f.trace)
 		// The copy carries the request's own context (deadline, trace)
 		// from here on, so that its attempts need no copy of their own
 		// (attempt). The copy WithContext makes stays on the stack.
-		f.req = *out.WithContext(rq.ctx)
-		res, err = c.send(rq, out)
+		f.req = *out.WithContext(f.rq.ctx)
+		res, err = c.send(&f.rq, out)
 	}
 	f.mu.Lock()
 	f.roundTrips = false

@@ -100,6 +100,7 @@ func (s *Server) ServeConn(nc net.Conn) {
 	c.br = bufio.NewReaderSize(&c.src, readBufferSize)
 	c.wr = rawio.NewWriter(nc)
 	c.bw = bufio.NewWriterSize(c.wr, readBufferSize)
+	c.held = make([]byte, 0, bufferBeforeChunking)
 	if !s.track(c) {
 		_ = nc.Close()
 		return
@@ -473,9 +474,6 @@ func (c *conn) serveRequest(parent context.Context, req *http.Request) bool {
 	st.req = *req.WithContext(ctx)
 	r := &st.req
 	w := &st.resp
-	if c.held == nil {
-		c.held = make([]byte, 0, bufferBeforeChunking)
-	}
 	*w = response{c: c, req: r, contentLength: -1, held: c.held[:0]} // its header is made when asked for, or adopted
 	c.arm(body, ctx)
 
