@@ -36,10 +36,9 @@ type stream struct {
 	body       *body          // nil when the request has none
 	ctx        reqctx.Context // the request's: it ends with the stream
 
-	rw   responseWriter
-	req  *http.Request // &reqv, once the request is made
-	reqv http.Request
-	url  url.URL
+	rw  responseWriter
+	req http.Request // the handler gets &req
+	url url.URL
 }
 
 // close ends the stream early (a reset, or the connection's end); the
@@ -308,7 +307,7 @@ func (c *conn) newRequest(st *stream, f *http2.MetaHeadersFrame) error {
 	if authority == "" {
 		authority = h.Get("Host")
 	}
-	r := &http.Request{} // stays on the stack: WithContext below copies it into st.reqv
+	r := &http.Request{} // stays on the stack: WithContext below copies it into st.req
 	if connect {
 		st.url = url.URL{Host: authority}
 		r.RequestURI = authority
@@ -367,8 +366,7 @@ func (c *conn) newRequest(st *stream, f *http2.MetaHeadersFrame) error {
 		r.Trailer = nil
 	}
 	st.ctx.Start(c.baseCtx, time.Time{}, nil)
-	st.reqv = *r.WithContext(&st.ctx) // the copy WithContext makes stays on the stack
-	st.req = &st.reqv
+	st.req = *r.WithContext(&st.ctx) // the copy WithContext makes stays on the stack
 	st.rw.init(st)
 	return nil
 }
@@ -401,7 +399,7 @@ func (c *conn) runHandler(st *stream) {
 		}
 		c.handlerDone(st)
 	}()
-	c.s.Handler.ServeHTTP(&st.rw, st.req)
+	c.s.Handler.ServeHTTP(&st.rw, &st.req)
 	st.rw.finish()
 	completed = true
 }
