@@ -45,7 +45,8 @@ type Context struct {
 	nextID uint64      // names after-functions for their stop
 }
 
-// sub is a child context or an after-function.
+// sub is a child context (id 0) or an after-function (child nil, id from
+// nextID, never 0).
 type sub struct {
 	child *Context
 	f     func()
@@ -202,7 +203,7 @@ func (c *Context) cancel(err error) {
 		unlink()
 	}
 	if up != nil {
-		up.remove(func(s sub) bool { return s.child == c })
+		up.remove(sub{child: c})
 	}
 	for _, s := range subs {
 		if s.child != nil {
@@ -213,13 +214,13 @@ func (c *Context) cancel(err error) {
 	}
 }
 
-// remove drops the first sub that match picks, and says whether it found
-// one.
-func (c *Context) remove(match func(sub) bool) bool {
+// remove drops the sub that names (a child by its pointer, an
+// after-function by its id), and says whether it found it.
+func (c *Context) remove(name sub) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for i, s := range c.subs {
-		if match(s) {
+		if s.child == name.child && s.id == name.id {
 			last := len(c.subs) - 1
 			c.subs[i] = c.subs[last]
 			c.subs[last] = sub{}
@@ -258,7 +259,7 @@ func (c *Context) register(f func()) uint64 {
 
 // unregister is AfterFunc's stop for register's id.
 func (c *Context) unregister(id uint64) bool {
-	return id != 0 && c.remove(func(s sub) bool { return s.f != nil && s.id == id })
+	return id != 0 && c.remove(sub{id: id})
 }
 
 // Deadline is the context's own deadline or, without one, its parent's.
