@@ -4,6 +4,8 @@
 package poll
 
 import (
+	"bytes"
+	"runtime"
 	"testing"
 	"time"
 )
@@ -25,4 +27,26 @@ func Until(t testing.TB, within time.Duration, what string, cond func() bool) ti
 		time.Sleep(interval) // the polling interval, not synchronisation
 	}
 	return time.Since(start)
+}
+
+// InIOWait counts the goroutines parked in the network poller ("IO wait")
+// whose stacks hold every one of frames (as runtime.Stack prints them):
+// how a test sees that a read waits where it should, and not before.
+func InIOWait(frames ...string) int {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	n := 0
+	for _, g := range bytes.Split(buf, []byte("\n\n")) {
+		if !bytes.Contains(g, []byte("[IO wait")) {
+			continue
+		}
+		all := true
+		for _, f := range frames {
+			all = all && bytes.Contains(g, []byte(f))
+		}
+		if all {
+			n++
+		}
+	}
+	return n
 }

@@ -159,7 +159,7 @@ func (t *Transport) exchange(ctx context.Context, c *conn, req *http.Request) (*
 		return fail("reading the request body for", rb.err)
 	}
 	if err == nil {
-		err = c.bw.Flush()
+		err = c.flush()
 	}
 	if err != nil {
 		if c.written == 0 && rb == nil { // a body's fault is the request's, not the connection's

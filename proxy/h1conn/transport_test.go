@@ -1064,3 +1064,63 @@ func TestConnectionsUseRawIO(t *testing.T) {
 		t.Error("an idle connection the upstream keeps open failed the liveness probe")
 	}
 }
+
+// A request sent whole waits for its answer in the poller, inside the
+// write (rawio.Reader.WriteThenWait), rather than reading a socket that
+// cannot hold an answer yet; a request that went out in parts (a body
+// past the buffer) reads first, as before, and both get their answers.
+func TestWholeRequestWaitsForTheAnswerWithoutReading(t *testing.T) {
+	answer := make(chan struct{})
+	srv := newRawServer(t, func(_ int64, c net.Conn, br *bufio.Reader) {
+		for {
+			if _, _, err := readRequest(br); err != nil {
+				return
+			}
+			select {
+			case <-answer:
+			case <-t.Context().Done():
+				return
+			}
+			_, _ = io.WriteString(c, okResponse)
+		}
+	})
+	tr, _ := newTransport(t)
+	for _, tc := range []struct {
+		name   string
+		body   string
+		waitIn string
+	}{
+		{"whole", "", "rawio.(*Reader).WriteThenWait("},
+		{"in parts", strings.Repeat("x", 8<<10), "rawio.(*Reader).Read("},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var body io.Reader
+			if tc.body != "" {
+				body = strings.NewReader(tc.body)
+			}
+			req := newRequest(t, t.Context(), http.MethodPost, srv.url, body)
+			type result struct {
+				body string
+				err  error
+			}
+			done := make(chan result, 1)
+			go func() {
+				resp, err := tr.RoundTrip(req)
+				if err != nil {
+					done <- result{"", err}
+					return
+				}
+				b, err := io.ReadAll(resp.Body)
+				_ = resp.Body.Close()
+				done <- result{string(b), err}
+			}()
+			poll.Until(t, wait, "the exchange to wait in "+tc.waitIn, func() bool {
+				return poll.InIOWait(tc.waitIn, "h1conn.(*Transport).exchange") == 1
+			})
+			answer <- struct{}{}
+			if r := recv(t, done, "the answer"); r.err != nil || r.body != "ok" {
+				t.Fatalf("answer %q, %v; want ok", r.body, r.err)
+			}
+		})
+	}
+}

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -170,18 +169,22 @@ func TestErrorsAreNetConns(t *testing.T) {
 	})
 }
 
+// waitEnds are the two ways a wait in the poller ends without bytes: a
+// deadline and a close, with the error a read then reports.
+var waitEnds = []struct {
+	name string
+	end  func(c *net.TCPConn)
+	is   error
+}{
+	{"deadline", func(c *net.TCPConn) { _ = c.SetReadDeadline(time.Unix(1, 0)) }, os.ErrDeadlineExceeded},
+	{"close", func(c *net.TCPConn) { _ = c.Close() }, net.ErrClosed},
+}
+
 // A read parked in the poller wakes when a deadline passes or the
 // connection closes: h1serve ends its client watch with the first, and
 // shutdowns rely on the second.
 func TestParkedReadWakes(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		wake func(c *net.TCPConn)
-		is   error
-	}{
-		{"deadline", func(c *net.TCPConn) { _ = c.SetReadDeadline(time.Unix(1, 0)) }, os.ErrDeadlineExceeded},
-		{"close", func(c *net.TCPConn) { _ = c.Close() }, net.ErrClosed},
-	} {
+	for _, tc := range waitEnds {
 		t.Run(tc.name, func(t *testing.T) {
 			_, b := pair(t)
 			done := make(chan error, 1)
@@ -194,28 +197,14 @@ func TestParkedReadWakes(t *testing.T) {
 					t.Fatalf("read returned before anything happened: %v", err)
 				default:
 				}
-				return parkedReads() == 1
+				return poll.InIOWait("rawio.(*Reader).Read(") == 1
 			})
-			tc.wake(b)
+			tc.end(b)
 			if err := <-done; !errors.Is(err, tc.is) {
 				t.Fatalf("woken read = %v, want %v", err, tc.is)
 			}
 		})
 	}
-}
-
-// parkedReads counts the goroutines waiting in the poller inside a
-// Reader's Read.
-func parkedReads() int {
-	buf := make([]byte, 1<<20)
-	buf = buf[:runtime.Stack(buf, true)]
-	n := 0
-	for _, g := range bytes.Split(buf, []byte("\n\n")) {
-		if bytes.Contains(g, []byte("[IO wait")) && bytes.Contains(g, []byte("rawio.(*Reader).Read(")) {
-			n++
-		}
-	}
-	return n
 }
 
 // Idle answers without waiting: true on a quiet connection, false once the
@@ -255,12 +244,29 @@ func TestWithoutAFileDescriptorTheConnItself(t *testing.T) {
 	}
 }
 
-// Neither a read and a write nor Idle allocate: they run per request.
+// Neither a read and a write, nor Idle, nor WriteThenWait allocate: they
+// run per request.
 func TestNoAllocations(t *testing.T) {
 	a, b := pair(t)
 	r, w := NewReader(b), NewWriter(a)
 	msg := []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
 	buf := make([]byte, 64)
+	// WriteThenWait's peer echoes, so that its answer comes after the
+	// request, as the method requires; the echo allocates nothing either.
+	c, d := pair(t)
+	go func() {
+		var echo [64]byte
+		for {
+			n, err := d.Read(echo[:])
+			if err != nil {
+				return
+			}
+			if _, err := d.Write(echo[:n]); err != nil {
+				return
+			}
+		}
+	}()
+	rc := NewReader(c).(*Reader)
 	allocs := testing.AllocsPerRun(200, func() {
 		if !r.(*Reader).Idle() {
 			t.Fatal("not idle between exchanges")
@@ -269,6 +275,12 @@ func TestNoAllocations(t *testing.T) {
 			t.Fatal(err)
 		}
 		if _, err := io.ReadFull(r, buf[:len(msg)]); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := rc.WriteThenWait(msg); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(rc, buf[:len(msg)]); err != nil {
 			t.Fatal(err)
 		}
 	})
@@ -298,4 +310,149 @@ func addrless(err error, c net.Conn) error {
 	}
 	s := strings.ReplaceAll(err.Error(), c.LocalAddr().String(), "LOCAL")
 	return errors.New(strings.ReplaceAll(s, c.RemoteAddr().String(), "REMOTE"))
+}
+
+// WriteThenWait sends the request and returns only once the answer is
+// there to read, having waited in the poller rather than read first; the
+// answer then reads whole.
+func TestWriteThenWaitReturnsOnceTheAnswerIsThere(t *testing.T) {
+	a, b := pair(t)
+	r := NewReader(a).(*Reader)
+	req, answer := []byte("GET / HTTP/1.1\r\n\r\n"), []byte("HTTP/1.1 204 No Content\r\n\r\n")
+	type result struct {
+		n   int
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		n, err := r.WriteThenWait(req)
+		done <- result{n, err}
+	}()
+	got := make([]byte, len(req))
+	if _, err := io.ReadFull(b, got); err != nil || !bytes.Equal(got, req) {
+		t.Fatalf("the peer read %q, %v; want the request", got, err)
+	}
+	poll.Until(t, 10*time.Second, "WriteThenWait to wait in the poller", func() bool {
+		select {
+		case res := <-done:
+			t.Fatalf("WriteThenWait returned (%d, %v) before any answer", res.n, res.err)
+		default:
+		}
+		return poll.InIOWait("rawio.(*Reader).WriteThenWait(") == 1
+	})
+	if _, err := b.Write(answer); err != nil {
+		t.Fatal(err)
+	}
+	if res := <-done; res.n != len(req) || res.err != nil {
+		t.Fatalf("WriteThenWait = %d, %v; want %d, nil", res.n, res.err, len(req))
+	}
+	buf := make([]byte, 64)
+	n, err := r.Read(buf)
+	if err != nil || !bytes.Equal(buf[:n], answer) {
+		t.Fatalf("Read after the wait = %q, %v; want the answer", buf[:n], err)
+	}
+}
+
+// A request larger than the socket buffers cannot go in one call: the
+// rest is written waiting for room, every byte arrives in order, and the
+// answer after it still reads.
+func TestWriteThenWaitWithAFullSendBuffer(t *testing.T) {
+	a, b := pair(t)
+	if err := a.SetWriteBuffer(16 << 10); err != nil {
+		t.Fatal(err)
+	}
+	data := make([]byte, 8<<20)
+	_, _ = rand.Read(data)
+	go func() {
+		got := make([]byte, len(data))
+		if _, err := io.ReadFull(b, got); err != nil || !bytes.Equal(got, data) {
+			_, _ = b.Write([]byte("bad"))
+			return
+		}
+		_, _ = b.Write([]byte("ok!"))
+	}()
+	r := NewReader(a).(*Reader)
+	if n, err := r.WriteThenWait(data); n != len(data) || err != nil {
+		t.Fatalf("WriteThenWait = %d, %v; want %d, nil", n, err, len(data))
+	}
+	buf := make([]byte, 3)
+	if _, err := io.ReadFull(r, buf); err != nil || string(buf) != "ok!" {
+		t.Fatalf("the answer = %q, %v; want ok! (the peer got every byte in order)", buf, err)
+	}
+}
+
+// A wait that ends without an answer (the connection closed, a deadline)
+// reports nothing itself: the write succeeded, and the next Read meets
+// the same end and says so as net.Conn would.
+func TestWriteThenWaitLeavesTheWaitsEndToRead(t *testing.T) {
+	for _, tc := range waitEnds {
+		t.Run(tc.name, func(t *testing.T) {
+			a, b := pair(t)
+			r := NewReader(a).(*Reader)
+			done := make(chan error, 1)
+			go func() {
+				n, err := r.WriteThenWait([]byte("ping"))
+				if err == nil && n != 4 {
+					err = io.ErrShortWrite
+				}
+				done <- err
+			}()
+			got := make([]byte, 4)
+			if _, err := io.ReadFull(b, got); err != nil {
+				t.Fatal(err)
+			}
+			poll.Until(t, 10*time.Second, "WriteThenWait to wait in the poller", func() bool {
+				return poll.InIOWait("rawio.(*Reader).WriteThenWait(") == 1
+			})
+			tc.end(a)
+			if err := <-done; err != nil {
+				t.Fatalf("WriteThenWait = %v, want nil: the write was done", err)
+			}
+			if err := readErr(r); !errors.Is(err, tc.is) {
+				t.Fatalf("Read after the wait = %v, want %v", err, tc.is)
+			}
+		})
+	}
+}
+
+// Its write errors are net.Conn's: a closed connection, a deadline
+// already passed (the wait never began), a reset peer.
+func TestWriteThenWaitErrorsAreNetConns(t *testing.T) {
+	t.Run("write after close", func(t *testing.T) {
+		a, _ := pair(t)
+		r := NewReader(a).(*Reader)
+		_ = a.Close()
+		_, got := r.WriteThenWait([]byte("x"))
+		_, want := a.Write([]byte("x"))
+		same(t, got, want)
+	})
+	t.Run("write deadline", func(t *testing.T) {
+		a, _ := pair(t)
+		r := NewReader(a).(*Reader)
+		_ = a.SetWriteDeadline(time.Now().Add(-time.Second))
+		_ = a.SetReadDeadline(time.Now().Add(-time.Second))
+		_, got := r.WriteThenWait([]byte("x"))
+		_, want := a.Write([]byte("x"))
+		same(t, got, want)
+	})
+	t.Run("reset", func(t *testing.T) {
+		a1, b1 := pair(t)
+		a2, b2 := pair(t)
+		for _, b := range []*net.TCPConn{b1, b2} {
+			_ = b.SetLinger(0)
+			_ = b.Close()
+		}
+		// The reset reaches each socket; a write then fails with EPIPE
+		// or ECONNRESET, the same for both.
+		poll.Until(t, 10*time.Second, "the resets to arrive", func() bool {
+			return !NewReader(a1).(*Reader).Idle() && !NewReader(a2).(*Reader).Idle()
+		})
+		_, want := a1.Write([]byte("x"))
+		_, got := NewReader(a2).(*Reader).WriteThenWait([]byte("x"))
+		same(t, addrless(got, a2), addrless(want, a1))
+		var se *os.SyscallError
+		if !errors.As(got, &se) || se.Syscall != "write" {
+			t.Fatalf("%v: not an *os.SyscallError from write", got)
+		}
+	})
 }
