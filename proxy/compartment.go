@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"net/http/httputil"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -363,8 +364,11 @@ func isLocalAuthority(hostport string) bool {
 	if host == "localhost" || host == "" {
 		return true
 	}
-	ip := net.ParseIP(host)
-	return ip != nil && (ip.IsLoopback() || ip.IsUnspecified())
+	// netip, not net.ParseIP: this runs per request, and net.IP is a
+	// slice on the heap. A zone or a mapped IPv4 address changes nothing.
+	ip, err := netip.ParseAddr(host)
+	ip = ip.WithZone("").Unmap()
+	return err == nil && (ip.IsLoopback() || ip.IsUnspecified())
 }
 
 // serveError answers a request the upstream did not: with the fallback

@@ -340,7 +340,8 @@ func (w *response) writeTrailer(name string, vv []string) {
 
 func appendValue(b []byte, v string) []byte {
 	v = textproto.TrimString(v) // spaces and tabs only, as net/http's server trims
-	if !strings.ContainsAny(v, "\r\n") {
+	// Two IndexByte, not ContainsAny, which builds its byte set per call.
+	if strings.IndexByte(v, '\r') < 0 && strings.IndexByte(v, '\n') < 0 {
 		return append(b, v...)
 	}
 	for i := 0; i < len(v); i++ {

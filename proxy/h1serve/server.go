@@ -83,13 +83,19 @@ type Server struct {
 	ReadHeaderTimeout time.Duration
 	IdleTimeout       time.Duration
 
-	mu       sync.Mutex
-	conns    map[*conn]struct{}  // every connection the loop serves
-	active   map[*conn]time.Time // those serving a request, and since when; the rest are idle
-	watching bool                // watchLoop runs
-	// shutting is set under mu; the answers read it without the lock.
+	mu    sync.Mutex
+	conns map[*conn]struct{} // every connection the loop serves
+	idle  chan struct{}      // closed and renewed whenever a connection leaves
+
+	// A connection says it serves a request (conn.busy) and the server
+	// shuts down or starts the watch with atomics, not under mu: a lock
+	// and a map entry made and deleted per request were 1 % of the
+	// sidecar's CPU at full load. Each side stores, then loads what the
+	// other stores, so at least one of them sees the other (a shut-down
+	// server closes only the connections it sees idle; a connection that
+	// sees the server shutting stops itself).
 	shutting atomic.Bool
-	idle     chan struct{} // closed and renewed whenever a connection leaves or goes idle
+	watching atomic.Bool // watchLoop runs
 }
 
 // ServeConn serves c until it closes, is handed off, or the server shuts
@@ -126,7 +132,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for {
 		s.mu.Lock()
 		for c := range s.conns {
-			if _, active := s.active[c]; !active {
+			if c.busy.Load() == 0 {
 				_ = c.nc.Close()
 			}
 		}
@@ -176,7 +182,7 @@ func (s *Server) track(c *conn) bool {
 		return false
 	}
 	if s.conns == nil {
-		s.conns, s.active = map[*conn]struct{}{}, map[*conn]time.Time{}
+		s.conns = map[*conn]struct{}{}
 	}
 	s.conns[c] = struct{}{}
 	return true
@@ -185,49 +191,47 @@ func (s *Server) track(c *conn) bool {
 func (s *Server) untrack(c *conn) {
 	s.mu.Lock()
 	delete(s.conns, c)
-	delete(s.active, c)
 	s.changed()
 	s.mu.Unlock()
 }
 
 // setActive marks c serving a request (or idle); it is false once the
-// server shuts down and an idle connection must not start another request.
+// server shuts down, and the connection must stop: an idle one must not
+// start another request, and one that finished its request is done.
 func (s *Server) setActive(c *conn, active bool) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.shutting.Load() && active {
+	if !active {
+		c.busy.Store(0)
+		return !s.shutting.Load()
+	}
+	c.busy.Store(uint64(c.served) + 1)
+	if s.shutting.Load() {
+		c.busy.Store(0)
 		return false
 	}
-	if !active {
-		delete(s.active, c)
-		s.changed()
-		return true
-	}
-	s.active[c] = time.Now()
-	if !s.watching {
-		s.watching = true
+	if !s.watching.Load() && s.watching.CompareAndSwap(false, true) {
 		go s.watchLoop()
 	}
 	return true
 }
 
 // watchLoop starts the watch of every request running for longer than
-// watchEvery; it ends once no request runs.
+// watchEvery: one its last tick saw running too. It ends once no request
+// runs.
 func (s *Server) watchLoop() {
 	t := time.NewTicker(watchEvery)
 	defer t.Stop()
 	var slow []*conn
-	for now := range t.C {
+	for range t.C {
 		slow = slow[:0]
 		s.mu.Lock()
-		if len(s.active) == 0 {
-			s.watching = false
-			s.mu.Unlock()
-			return
-		}
-		for c, since := range s.active {
-			if now.Sub(since) >= watchEvery {
-				slow = append(slow, c)
+		running := s.runningSince(&slow)
+		if !running {
+			// Stop, then look again: a request that began meanwhile either
+			// sees the loop stopped and starts another, or is seen here.
+			s.watching.Store(false)
+			if !s.runningSince(&slow) || !s.watching.CompareAndSwap(false, true) {
+				s.mu.Unlock()
+				return
 			}
 		}
 		s.mu.Unlock()
@@ -235,6 +239,22 @@ func (s *Server) watchLoop() {
 			c.watch()
 		}
 	}
+}
+
+// runningSince reports whether a request runs, and adds to slow the
+// connections whose request also ran at the last look; the caller holds
+// mu and is the watch loop.
+func (s *Server) runningSince(slow *[]*conn) bool {
+	running := false
+	for c := range s.conns {
+		b := c.busy.Load()
+		if b != 0 && b == c.seen {
+			*slow = append(*slow, c)
+		}
+		c.seen = b
+		running = running || b != 0
+	}
+	return running
 }
 
 // conn is one app connection.
@@ -247,9 +267,11 @@ type conn struct {
 	src    source
 	br     *bufio.Reader
 	bw     *bufio.Writer
-	served int    // requests served on this connection
-	fields []byte // the running answer's serialised header (see response)
-	held   []byte // room for the running answer's held body (see response.held)
+	served int           // requests served on this connection
+	busy   atomic.Uint64 // served+1 while a request runs, 0 while idle (see Server)
+	seen   uint64        // busy at the watch loop's last look; the loop's own
+	fields []byte        // the running answer's serialised header (see response)
+	held   []byte        // room for the running answer's held body (see response.held)
 
 	// The client-gone watch (see watch).
 	watchMu   sync.Mutex

@@ -336,27 +336,35 @@ func TestH2CIsHandedOff(t *testing.T) {
 
 // A client that hangs up on a slow request cancels it, as with net/http's
 // server: that is what frees the request's compartment slot.
+// A client that hangs up mid-request cancels it, through the watch that
+// starts once the request has run for a while; the watch loop ends when no
+// request runs, and the next slow request starts it again.
 func TestClientGoneCancelsTheRequest(t *testing.T) {
 	started, canceled := make(chan struct{}), make(chan struct{})
 	p := startPair(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		close(started)
+		started <- struct{}{}
 		select {
 		case <-r.Context().Done():
-			close(canceled)
+			canceled <- struct{}{}
 		case <-time.After(10 * time.Second):
 		}
 	}))
-	c, err := net.Dial("tcp", p.fast)
-	if err != nil {
-		t.Fatal(err)
-	}
-	io.WriteString(c, get)
-	<-started
-	c.Close()
-	select {
-	case <-canceled:
-	case <-time.After(5 * time.Second):
-		t.Fatal("the request was not canceled when its client hung up")
+	for i := range 2 {
+		c, err := net.Dial("tcp", p.fast)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.WriteString(c, get)
+		<-started
+		c.Close()
+		select {
+		case <-canceled:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("request %d was not canceled when its client hung up", i+1)
+		}
+		poll.Until(t, 5*time.Second, "the watch loop to end with no request running", func() bool {
+			return !p.srv.watching.Load()
+		})
 	}
 	if p.handed.Load() != 0 {
 		t.Error("the request was handed off")
