@@ -62,8 +62,10 @@ func (c *conn) Read(p []byte) (int, error) {
 func (c *conn) Write(p []byte) (int, error) {
 	var n int
 	var err error
-	if r, ok := c.r.(*rawio.Reader); ok && c.whole {
-		n, err = r.WriteThenWait(p)
+	r, rok := c.r.(*rawio.Reader)
+	w, wok := c.w.(*rawio.Writer)
+	if c.whole && rok && wok {
+		n, err = r.WriteThenWait(w, p)
 	} else {
 		n, err = c.w.Write(p)
 	}

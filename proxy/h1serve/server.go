@@ -224,8 +224,7 @@ func (s *Server) watchLoop() {
 	for range t.C {
 		slow = slow[:0]
 		s.mu.Lock()
-		running := s.runningSince(&slow)
-		if !running {
+		if !s.runningSince(&slow) {
 			// Stop, then look again: a request that began meanwhile either
 			// sees the loop stopped and starts another, or is seen here.
 			s.watching.Store(false)

@@ -88,8 +88,9 @@ type Reader struct {
 	call
 	probing bool    // Idle's read: EAGAIN is the answer, not a reason to wait
 	one     [1]byte // Idle's buffer, here so that it does not escape per call
-	pending []byte  // WriteThenWait's bytes still to write
-	waited  bool    // WriteThenWait wrote them all and waited: nothing to read here
+	then    *Writer // WriteThenWait's writer, until its callback has written
+	wp      []byte  // what it writes
+	waited  bool    // it wrote them and waited: nothing to read here
 }
 
 // Writer writes one connection. It is not for concurrent use.
@@ -146,48 +147,40 @@ func (r *Reader) Idle() bool {
 	return err == nil && r.err == errAgain
 }
 
-// WriteThenWait writes p, a whole request, and waits until the
-// connection has something to read, or has ended, without reading: the
-// read(2) a Read right after the write would make finds nothing, since the
-// peer cannot have answered a request it has not had. That read was one
-// of every HTTP/1.1 exchange's system calls.
+// WriteThenWait writes p, a whole request, through w (w.Write, the same
+// connection's Writer) and then waits until the connection has something
+// to read, or has ended, without reading: the read(2) a Read right after
+// the write would make finds nothing, since the peer cannot have answered
+// a request it has not had. That read was one of every HTTP/1.1
+// exchange's system calls.
 //
 // Why the wait loses nothing: RawConn.Read forgets the descriptor's
 // readiness before it calls back, and p is written in the callback, after
-// that. Every byte of the answer arrives after the write, so the poller
-// sees it arrive after the forgetting. Bytes the peer sent before p,
-// unasked, would not wake the wait: the caller must know there are none
-// (h1conn asks Idle before it reuses a connection).
+// that. Every byte of the answer arrives after the write began, so the
+// poller sees it arrive after the forgetting. Bytes the peer sent before
+// p, unasked, would not wake the wait: the caller must know there are
+// none (h1conn asks Idle before it reuses a connection).
 //
-// It returns how much of p was written and the write's error, as Writer
-// does. When the socket takes only part of p at once, the rest is written
-// through the connection, waiting for room, and the wait is skipped: the
-// next Read then reads first. An error of the wait itself (a deadline, a
-// close) is left to the next Read, which meets it again.
-func (r *Reader) WriteThenWait(p []byte) (int, error) {
+// It returns what w.Write returns. An error of the wait itself (a read
+// deadline, a close) is left to the next Read, which meets it again; when
+// the wait cannot even begin, p is written all the same.
+func (r *Reader) WriteThenWait(w *Writer, p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil // nothing asked, so nothing to wait for
 	}
-	r.pending, r.waited, r.n, r.err = p, false, 0, nil
+	r.then, r.wp, r.waited, r.n, r.err = w, p, false, 0, nil
 	_ = r.raw.Read(r.fn)
-	n, err, rest := r.n, r.err, r.pending
-	r.pending, r.waited = nil, false
-	if err != nil {
-		return n, opError(r.nc, "write", err)
+	n, err, wrote := r.n, r.err, r.then == nil
+	r.then, r.wp, r.waited = nil, nil, false
+	if !wrote {
+		return w.Write(p)
 	}
-	if len(rest) > 0 {
-		// The send buffer was full, or the wait never began (a deadline
-		// already passed, a closed connection): the connection's own
-		// Write finishes the job or reports why it cannot.
-		m, err := r.nc.Write(rest)
-		return n + m, err
-	}
-	return n, nil
+	return n, err
 }
 
 func (r *Reader) read(fd uintptr) bool {
-	if r.pending != nil || r.waited {
-		return r.writeThenWait(fd)
+	if r.then != nil || r.waited {
+		return r.writeThenWait()
 	}
 	for {
 		n, errno := Read(fd, r.p)
@@ -210,32 +203,18 @@ func (r *Reader) read(fd uintptr) bool {
 	}
 }
 
-// writeThenWait is WriteThenWait's callback: write everything, then ask
-// the poller to wait (false), then, woken, stop without reading.
-func (r *Reader) writeThenWait(fd uintptr) bool {
+// writeThenWait is WriteThenWait's callback: write (waiting for room in
+// the poller, if need be, as Writer does), ask the poller to wait for
+// readability (false), then, woken, stop without reading.
+func (r *Reader) writeThenWait() bool {
 	if r.waited {
 		return true
 	}
-	for len(r.pending) > 0 {
-		n, errno := Write(fd, r.pending)
-		switch errno {
-		case 0:
-			if n == 0 {
-				r.err = io.ErrUnexpectedEOF // as Writer answers a write of nothing
-				return true
-			}
-			r.n += n
-			r.pending = r.pending[n:]
-		case syscall.EINTR:
-		case syscall.EAGAIN:
-			return true // the rest is WriteThenWait's to write, waiting for room
-		default:
-			r.err = os.NewSyscallError("write", errno)
-			return true
-		}
-	}
-	r.waited = true
-	return false
+	w := r.then
+	r.then = nil
+	r.n, r.err = w.Write(r.wp)
+	r.waited = r.err == nil
+	return !r.waited
 }
 
 // Write writes all of p like net.Conn: on a full send buffer it waits for

@@ -116,13 +116,44 @@ func TestErrorsAreNetConns(t *testing.T) {
 			t.Fatalf("%v: not a timeout", got)
 		}
 	})
-	t.Run("write deadline", func(t *testing.T) {
-		a, _ := pair(t)
-		_ = a.SetWriteDeadline(time.Now().Add(-time.Second))
-		_, want := a.Write([]byte("x"))
-		_, got := NewWriter(a).Write([]byte("x"))
-		same(t, got, want)
-	})
+	// Writes: the Writer's, and WriteThenWait's through it, whose wait
+	// must not let it past a write deadline.
+	for _, wr := range writes {
+		t.Run("write deadline/"+wr.name, func(t *testing.T) {
+			a, _ := pair(t)
+			_ = a.SetWriteDeadline(time.Now().Add(-time.Second))
+			_, want := a.Write([]byte("x"))
+			_, got := wr.write(a, []byte("x"))
+			same(t, got, want)
+		})
+		t.Run("write after close/"+wr.name, func(t *testing.T) {
+			a, _ := pair(t)
+			_ = a.Close()
+			_, got := wr.write(a, []byte("x"))
+			_, want := a.Write([]byte("x"))
+			same(t, got, want)
+		})
+		t.Run("write after reset/"+wr.name, func(t *testing.T) {
+			a1, b1 := pair(t)
+			a2, b2 := pair(t)
+			for _, b := range []*net.TCPConn{b1, b2} {
+				_ = b.SetLinger(0)
+				_ = b.Close()
+			}
+			// Once the reset has reached each socket, a write fails with
+			// EPIPE or ECONNRESET, the same for both.
+			poll.Until(t, 10*time.Second, "the resets to arrive", func() bool {
+				return !NewReader(a1).(*Reader).Idle() && !NewReader(a2).(*Reader).Idle()
+			})
+			_, want := a1.Write([]byte("x"))
+			_, got := wr.write(a2, []byte("x"))
+			same(t, addrless(got, a2), addrless(want, a1))
+			var se *os.SyscallError
+			if !errors.As(got, &se) || se.Syscall != "write" {
+				t.Fatalf("%v: not an *os.SyscallError from write", got)
+			}
+		})
+	}
 	t.Run("read after close", func(t *testing.T) {
 		_, b := pair(t)
 		r := NewReader(b)
@@ -131,14 +162,6 @@ func TestErrorsAreNetConns(t *testing.T) {
 		if !errors.Is(readErr(r), net.ErrClosed) {
 			t.Fatal("not net.ErrClosed")
 		}
-	})
-	t.Run("write after close", func(t *testing.T) {
-		a, _ := pair(t)
-		w := NewWriter(a)
-		_ = a.Close()
-		_, got := w.Write([]byte("x"))
-		_, want := a.Write([]byte("x"))
-		same(t, got, want)
 	})
 	t.Run("reset", func(t *testing.T) {
 		// Two pairs, one read through net.Conn and one through a Reader,
@@ -167,6 +190,18 @@ func TestErrorsAreNetConns(t *testing.T) {
 			t.Fatalf("read at the end = %v, want io.EOF itself", err)
 		}
 	})
+}
+
+// writes are the two ways to write a connection: Writer.Write, and
+// Reader.WriteThenWait through it.
+var writes = []struct {
+	name  string
+	write func(c *net.TCPConn, p []byte) (int, error)
+}{
+	{"Write", func(c *net.TCPConn, p []byte) (int, error) { return NewWriter(c).Write(p) }},
+	{"WriteThenWait", func(c *net.TCPConn, p []byte) (int, error) {
+		return NewReader(c).(*Reader).WriteThenWait(NewWriter(c).(*Writer), p)
+	}},
 }
 
 // waitEnds are the two ways a wait in the poller ends without bytes: a
@@ -266,7 +301,7 @@ func TestNoAllocations(t *testing.T) {
 			}
 		}
 	}()
-	rc := NewReader(c).(*Reader)
+	rc, wc := NewReader(c).(*Reader), NewWriter(c).(*Writer)
 	allocs := testing.AllocsPerRun(200, func() {
 		if !r.(*Reader).Idle() {
 			t.Fatal("not idle between exchanges")
@@ -277,7 +312,7 @@ func TestNoAllocations(t *testing.T) {
 		if _, err := io.ReadFull(r, buf[:len(msg)]); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := rc.WriteThenWait(msg); err != nil {
+		if _, err := rc.WriteThenWait(wc, msg); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := io.ReadFull(rc, buf[:len(msg)]); err != nil {
@@ -325,7 +360,7 @@ func TestWriteThenWaitReturnsOnceTheAnswerIsThere(t *testing.T) {
 	}
 	done := make(chan result, 1)
 	go func() {
-		n, err := r.WriteThenWait(req)
+		n, err := r.WriteThenWait(NewWriter(a).(*Writer), req)
 		done <- result{n, err}
 	}()
 	got := make([]byte, len(req))
@@ -372,7 +407,7 @@ func TestWriteThenWaitWithAFullSendBuffer(t *testing.T) {
 		_, _ = b.Write([]byte("ok!"))
 	}()
 	r := NewReader(a).(*Reader)
-	if n, err := r.WriteThenWait(data); n != len(data) || err != nil {
+	if n, err := r.WriteThenWait(NewWriter(a).(*Writer), data); n != len(data) || err != nil {
 		t.Fatalf("WriteThenWait = %d, %v; want %d, nil", n, err, len(data))
 	}
 	buf := make([]byte, 3)
@@ -391,7 +426,7 @@ func TestWriteThenWaitLeavesTheWaitsEndToRead(t *testing.T) {
 			r := NewReader(a).(*Reader)
 			done := make(chan error, 1)
 			go func() {
-				n, err := r.WriteThenWait([]byte("ping"))
+				n, err := r.WriteThenWait(NewWriter(a).(*Writer), []byte("ping"))
 				if err == nil && n != 4 {
 					err = io.ErrShortWrite
 				}
@@ -413,46 +448,4 @@ func TestWriteThenWaitLeavesTheWaitsEndToRead(t *testing.T) {
 			}
 		})
 	}
-}
-
-// Its write errors are net.Conn's: a closed connection, a deadline
-// already passed (the wait never began), a reset peer.
-func TestWriteThenWaitErrorsAreNetConns(t *testing.T) {
-	t.Run("write after close", func(t *testing.T) {
-		a, _ := pair(t)
-		r := NewReader(a).(*Reader)
-		_ = a.Close()
-		_, got := r.WriteThenWait([]byte("x"))
-		_, want := a.Write([]byte("x"))
-		same(t, got, want)
-	})
-	t.Run("write deadline", func(t *testing.T) {
-		a, _ := pair(t)
-		r := NewReader(a).(*Reader)
-		_ = a.SetWriteDeadline(time.Now().Add(-time.Second))
-		_ = a.SetReadDeadline(time.Now().Add(-time.Second))
-		_, got := r.WriteThenWait([]byte("x"))
-		_, want := a.Write([]byte("x"))
-		same(t, got, want)
-	})
-	t.Run("reset", func(t *testing.T) {
-		a1, b1 := pair(t)
-		a2, b2 := pair(t)
-		for _, b := range []*net.TCPConn{b1, b2} {
-			_ = b.SetLinger(0)
-			_ = b.Close()
-		}
-		// The reset reaches each socket; a write then fails with EPIPE
-		// or ECONNRESET, the same for both.
-		poll.Until(t, 10*time.Second, "the resets to arrive", func() bool {
-			return !NewReader(a1).(*Reader).Idle() && !NewReader(a2).(*Reader).Idle()
-		})
-		_, want := a1.Write([]byte("x"))
-		_, got := NewReader(a2).(*Reader).WriteThenWait([]byte("x"))
-		same(t, addrless(got, a2), addrless(want, a1))
-		var se *os.SyscallError
-		if !errors.As(got, &se) || se.Syscall != "write" {
-			t.Fatalf("%v: not an *os.SyscallError from write", got)
-		}
-	})
 }
