@@ -65,7 +65,7 @@ func TestAccessLog(t *testing.T) {
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	s := NewServer(Options{Metrics: metrics.New(), AccessLog: buf, UpstreamHTTP1: *upstreamHTTP1, UpstreamHTTP2: *upstreamHTTP2, DownstreamHTTP1: *downstreamHTTP1, DownstreamHTTP2: *downstreamHTTP2})
+	s := NewServer(Options{Metrics: metrics.New(), AccessLog: buf, UpstreamHTTP1: *upstreamHTTP1, UpstreamHTTP2: *upstreamHTTP2, DownstreamHTTP1: *downstreamHTTP1, DownstreamHTTP2: *downstreamHTTP2, Lane: *laneOn})
 	if err := s.Apply(cfg); err != nil {
 		t.Fatal(err)
 	}

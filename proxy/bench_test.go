@@ -91,7 +91,7 @@ func startBenchWatertight(b *testing.B, upstream string) string {
 	if err := cfg.Validate(); err != nil {
 		b.Fatalf("benchmark config invalid: %v", err)
 	}
-	s := NewServer(Options{Logger: slog.New(slog.DiscardHandler), Metrics: metrics.New(), UpstreamHTTP1: *upstreamHTTP1, UpstreamHTTP2: *upstreamHTTP2, DownstreamHTTP1: *downstreamHTTP1, DownstreamHTTP2: *downstreamHTTP2})
+	s := NewServer(Options{Logger: slog.New(slog.DiscardHandler), Metrics: metrics.New(), UpstreamHTTP1: *upstreamHTTP1, UpstreamHTTP2: *upstreamHTTP2, DownstreamHTTP1: *downstreamHTTP1, DownstreamHTTP2: *downstreamHTTP2, Lane: *laneOn})
 	if err := s.Apply(cfg); err != nil {
 		b.Fatalf("apply: %v", err)
 	}

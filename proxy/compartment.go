@@ -149,17 +149,25 @@ func (c *compartment) send(r *request, req *http.Request) (*http.Response, error
 // counted from arrival, so queueing and every attempt come out of it. An
 // open breaker refuses instead, before the request costs anything.
 func (c *compartment) begin(r *request, req *http.Request, trace *httptrace.ClientTrace) *localReply {
+	grpc := isGRPC(req)
+	t, ok := callerTimeout(req, grpc)
+	return c.beginWith(r, req.Context(), grpc, t, ok, trace)
+}
+
+// beginWith is begin for a request the caller has read: its context,
+// whether it is gRPC, and the time its caller gave it, if any (callerOK).
+func (c *compartment) beginWith(r *request, parent context.Context, grpc bool, caller time.Duration, callerOK bool, trace *httptrace.ClientTrace) *localReply {
 	if c.breaker != nil && c.breaker.Rejecting() {
 		c.metrics.Request(metrics.CircuitOpen, 0)
 		return &localReply{result: metrics.CircuitOpen, upstream: c.name, err: errCircuitOpen}
 	}
-	*r = request{c: c, start: time.Now(), parent: req.Context(), grpc: isGRPC(req)}
+	*r = request{c: c, start: time.Now(), parent: parent, grpc: grpc}
 	if c.accessLog {
 		r.rec = accessRecordOf(r.parent)
 	}
 	d := c.timeout
-	if t, ok := callerTimeout(req, r.grpc); ok && (d == 0 || t < d) {
-		d = t
+	if callerOK && (d == 0 || caller < d) {
+		d = caller
 	}
 	r.ctx = r.parent
 	if d > 0 || trace != nil {
@@ -219,6 +227,42 @@ func (c *compartment) try(r *request, req *http.Request, retry bool) (*exchange,
 // upstream failure. A retry or hedge holds a permit of the retry budget,
 // given back when it ends.
 func (c *compartment) attempt(r *request, ctx context.Context, cancel context.CancelFunc, req *http.Request, retry bool) (*exchange, error) {
+	x, lr := c.admit(r, ctx, cancel, retry)
+	if lr != nil {
+		return nil, lr
+	}
+
+	// Forward. req is the ReverseProxy's own copy (or the retry's), so it is
+	// ours to address.
+	req.URL.Scheme = c.transports.scheme()
+	req.URL.Host = x.ep.addr
+	if dl, ok := x.ctx.Deadline(); ok {
+		propagateDeadline(req.Header, r.grpc, time.Until(dl), &c.up.deadline)
+	}
+	if req.Context() != x.ctx {
+		req = req.WithContext(x.ctx) // a hedge's or a per-try timeout's, or a caller's request (not relay's)
+	}
+	resp, err := c.transports.forRequest(req, r.grpc).RoundTrip(req)
+	if err != nil {
+		res := classifyError(r.parent, x.ctx, err)
+		x.finish(res)
+		return nil, &localReply{result: res, upstream: c.name, err: err}
+	}
+	c.hedge.observe(time.Since(x.start))
+	x.resp = resp
+	x.body = resp.Body
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		resp.Body = x.upgraded()
+	} else {
+		resp.Body = x
+	}
+	return x, nil
+}
+
+// admit is an attempt up to the endpoint it goes to: breaker → rate limit
+// → bulkhead → per-try timeout → endpoint. The exchange it returns holds
+// what it took, until its finish.
+func (c *compartment) admit(r *request, ctx context.Context, cancel context.CancelFunc, retry bool) (*exchange, *localReply) {
 	// Breaker: an open breaker refuses in microseconds, before anything else.
 	if c.breaker != nil && c.breaker.Rejecting() {
 		return nil, c.refuse(retry, metrics.CircuitOpen, errCircuitOpen)
@@ -282,31 +326,6 @@ func (c *compartment) attempt(r *request, ctx context.Context, cancel context.Ca
 	x.ep.active.Add(1)
 	if r.rec != nil {
 		r.rec.attempt(x.ep.addr)
-	}
-
-	// Forward. req is the ReverseProxy's own copy (or the retry's), so it is
-	// ours to address.
-	req.URL.Scheme = c.transports.scheme()
-	req.URL.Host = x.ep.addr
-	if dl, ok := x.ctx.Deadline(); ok {
-		propagateDeadline(req.Header, r.grpc, time.Until(dl), &c.up.deadline)
-	}
-	if req.Context() != x.ctx {
-		req = req.WithContext(x.ctx) // a hedge's or a per-try timeout's, or a caller's request (not relay's)
-	}
-	resp, err := c.transports.forRequest(req, r.grpc).RoundTrip(req)
-	if err != nil {
-		res := classifyError(r.parent, x.ctx, err)
-		x.finish(res)
-		return nil, &localReply{result: res, upstream: c.name, err: err}
-	}
-	c.hedge.observe(time.Since(x.start))
-	x.resp = resp
-	x.body = resp.Body
-	if resp.StatusCode == http.StatusSwitchingProtocols {
-		resp.Body = x.upgraded()
-	} else {
-		resp.Body = x
 	}
 	return x, nil
 }

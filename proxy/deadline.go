@@ -25,7 +25,11 @@ func callerTimeout(r *http.Request, grpc bool) (time.Duration, bool) {
 		}
 		return 0, false
 	}
-	v := r.Header.Get(headerRequestTimeout)
+	return requestTimeout(r.Header.Get(headerRequestTimeout))
+}
+
+// requestTimeout reads an X-Request-Timeout value ("" for none).
+func requestTimeout(v string) (time.Duration, bool) {
 	if v == "" {
 		return 0, false
 	}

@@ -223,7 +223,7 @@ func startGRPC(t *testing.T, s grpcSetup, b *grpcBackend) *grpcEnv {
 		t.Fatal(err)
 	}
 	reg := metrics.New()
-	srv := NewServer(Options{Metrics: reg, DrainTimeout: time.Second, UpstreamHTTP1: *upstreamHTTP1, UpstreamHTTP2: *upstreamHTTP2, DownstreamHTTP1: *downstreamHTTP1, DownstreamHTTP2: *downstreamHTTP2})
+	srv := NewServer(Options{Metrics: reg, DrainTimeout: time.Second, UpstreamHTTP1: *upstreamHTTP1, UpstreamHTTP2: *upstreamHTTP2, DownstreamHTTP1: *downstreamHTTP1, DownstreamHTTP2: *downstreamHTTP2, Lane: *laneOn})
 	if err := srv.Apply(cfg); err != nil {
 		t.Fatal(err)
 	}

@@ -33,12 +33,22 @@ type testProxy struct {
 // startProxy applies cfg (defaults set, validated) on a new server.
 func startProxy(t testing.TB, cfg *config.Config) *testProxy {
 	t.Helper()
+	return startProxyWith(t, cfg, nil)
+}
+
+// startProxyWith is startProxy with the server's options changed by opt.
+func startProxyWith(t testing.TB, cfg *config.Config, opt func(*Options)) *testProxy {
+	t.Helper()
 	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {
 		t.Fatalf("test config invalid: %v", err)
 	}
 	reg := metrics.New()
-	s := NewServer(Options{Metrics: reg, DrainTimeout: 5 * time.Second, UpstreamHTTP1: *upstreamHTTP1, UpstreamHTTP2: *upstreamHTTP2, DownstreamHTTP1: *downstreamHTTP1, DownstreamHTTP2: *downstreamHTTP2})
+	o := Options{Metrics: reg, DrainTimeout: 5 * time.Second, UpstreamHTTP1: *upstreamHTTP1, UpstreamHTTP2: *upstreamHTTP2, DownstreamHTTP1: *downstreamHTTP1, DownstreamHTTP2: *downstreamHTTP2, Lane: *laneOn}
+	if opt != nil {
+		opt(&o)
+	}
+	s := NewServer(o)
 	if err := s.Apply(cfg); err != nil {
 		t.Fatalf("apply: %v", err)
 	}

@@ -27,21 +27,22 @@ const (
 // listener is one bound port: an HTTP/1.1 and h2c (prior knowledge) server
 // whose routes are swapped atomically by each config change.
 type listener struct {
-	name   string
-	addr   net.Addr
-	srv    *http.Server
-	routes atomic.Pointer[routes]
-	pass   http.Handler // unknownHosts: passthrough
-	log    *accessLogger
-	acc    *acceptor
-	fast   *h1serve.Server // the app-side HTTP/1.1 loop; nil when net/http's server takes everything
-	h2     *h2serve.Server // the app-side h2c server behind fast; nil when net/http's serves h2c
-	done   chan struct{}
+	name      string
+	addr      net.Addr
+	srv       *http.Server
+	routes    atomic.Pointer[routes]
+	pass      http.Handler // unknownHosts: passthrough
+	log       *accessLogger
+	acc       *acceptor
+	fast      *h1serve.Server // the app-side HTTP/1.1 loop; nil when net/http's server takes everything
+	h2        *h2serve.Server // the app-side h2c server behind fast; nil when net/http's serves h2c
+	laneTaken func()          // Options.laneTaken
+	done      chan struct{}
 }
 
 // newListener prepares a listener on ln; it serves once start is called
 // (after its routes are set).
-func newListener(name string, ln net.Listener, pass http.Handler, accessLog *accessLogger, errorLog *log.Logger, serve1, serve2 string) *listener {
+func newListener(name string, ln net.Listener, pass http.Handler, accessLog *accessLogger, errorLog *log.Logger, serve1, serve2 string, lane bool) *listener {
 	l := &listener{name: name, addr: ln.Addr(), pass: pass, log: accessLog, done: make(chan struct{})}
 	var protocols http.Protocols
 	protocols.SetHTTP1(true)
@@ -65,6 +66,9 @@ func newListener(name string, ln net.Listener, pass http.Handler, accessLog *acc
 			HTTPServer:        l.srv,
 			ReadHeaderTimeout: readHeaderTimeout,
 			IdleTimeout:       idleTimeout,
+		}
+		if lane {
+			l.fast.Lane = l
 		}
 		if serve2 == HTTP1Watertight {
 			l.h2 = &h2serve.Server{

@@ -117,7 +117,9 @@ func grpcEncodeMessage(s string) string {
 }
 
 // isGRPC says whether the request is gRPC (over HTTP/2, any codec).
-func isGRPC(r *http.Request) bool {
-	ct := r.Header.Get("Content-Type")
+func isGRPC(r *http.Request) bool { return isGRPCType(r.Header.Get("Content-Type")) }
+
+// isGRPCType is isGRPC for a Content-Type value.
+func isGRPCType(ct string) bool {
 	return len(ct) >= 16 && ct[:16] == "application/grpc" && (len(ct) == 16 || ct[16] == '+' || ct[16] == ';')
 }

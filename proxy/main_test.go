@@ -36,6 +36,11 @@ var upstreamHTTP2 = flag.String("upstream-http2", DefaultUpstreamHTTP2,
 var downstreamHTTP2 = flag.String("downstream-http2", DefaultDownstreamHTTP2,
 	"the servers' app-side h2c server: "+HTTP1NetHTTP+" or "+HTTP1Watertight)
 
+// laneOn runs it with the lane (lane.go) on or off:
+//
+//	go test -race ./proxy/ -args -lane=off
+var laneOn = flag.String("lane", LaneOn, "the servers' lane for the plainest HTTP/1.1 requests: "+LaneOn+" or "+LaneOff)
+
 func TestMain(m *testing.M) {
 	flag.Parse()
 	for name, v := range map[string]string{"upstream-http1": *upstreamHTTP1, "downstream-http1": *downstreamHTTP1, "downstream-http2": *downstreamHTTP2, "upstream-http2": *upstreamHTTP2} {
@@ -45,6 +50,10 @@ func TestMain(m *testing.M) {
 			fmt.Fprintf(os.Stderr, "-%s: %q is neither %q nor %q\n", name, v, HTTP1NetHTTP, HTTP1Watertight)
 			os.Exit(2)
 		}
+	}
+	if *laneOn != LaneOn && *laneOn != LaneOff {
+		fmt.Fprintf(os.Stderr, "-lane: %q is neither %q nor %q\n", *laneOn, LaneOn, LaneOff)
+		os.Exit(2)
 	}
 	// gRPC's interop cases (grpc_interop_test.go) report a failure with
 	// grpclog's Fatal, which exits the process. Installed before any gRPC

@@ -198,10 +198,16 @@ func (c *compartment) relay(w http.ResponseWriter, r *http.Request) {
 		c.serveError(w, out, err)
 		return
 	}
+	c.deliver(w, r, res)
+}
+
+// deliver copies res, the answer to r (relayable), to the app, as
+// ReverseProxy.ServeHTTP does once its transport has answered.
+func (c *compartment) deliver(w http.ResponseWriter, r *http.Request, res *http.Response) {
 	if res.StatusCode == http.StatusSwitchingProtocols {
 		// Nothing was asked to switch (relayable has no Upgrade).
 		res.Body.Close()
-		c.serveError(w, out, fmt.Errorf("backend tried to switch protocol %q when %q was requested",
+		c.serveError(w, r, fmt.Errorf("backend tried to switch protocol %q when %q was requested",
 			upgradeType(res.Header), ""))
 		return
 	}

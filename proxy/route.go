@@ -30,19 +30,29 @@ func (rt *routes) route(r *http.Request) *compartment {
 	if rt.mode == config.ModeUpstream {
 		return rt.upstream
 	}
-	if dst, ok := r.Context().Value(origDstKey{}).(netip.AddrPort); ok {
+	dst, ok := r.Context().Value(origDstKey{}).(netip.AddrPort)
+	return rt.routeTo(dst, ok, r.Host)
+}
+
+// routeTo is route for a request to host, on a connection whose original
+// destination was dst (if known).
+func (rt *routes) routeTo(dst netip.AddrPort, known bool, host string) *compartment {
+	if rt.mode == config.ModeUpstream {
+		return rt.upstream
+	}
+	if known {
 		switch cands := rt.addrs[dst]; len(cands) {
 		case 0:
 		case 1:
 			return cands[0]
 		default:
-			if c := lookupHost(rt.hosts, r.Host); c != nil && slices.Contains(cands, c) {
+			if c := lookupHost(rt.hosts, host); c != nil && slices.Contains(cands, c) {
 				return c
 			}
 			return cands[0]
 		}
 	}
-	return lookupHost(rt.hosts, r.Host)
+	return lookupHost(rt.hosts, host)
 }
 
 // lookupHost matches an authority first as written (host:port entries), then

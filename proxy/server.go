@@ -53,6 +53,12 @@ type Options struct {
 	// (proxy/h2serve) or HTTP1NetHTTP (default DefaultDownstreamHTTP2).
 	// It takes effect behind the watertight HTTP/1.1 server only.
 	DownstreamHTTP2 string
+	// Lane is LaneOn (the default) or LaneOff: whether the plainest
+	// bodiless HTTP/1.1 requests are served below net/http's types, behind
+	// the watertight HTTP/1.1 server (lane.go).
+	Lane string
+
+	laneTaken func() // told of each request the lane takes (tests)
 }
 
 // Server runs the listeners and compartments of the config in force.
@@ -68,6 +74,8 @@ type Server struct {
 	http2    string // the h2c client
 	serve1   string // the HTTP/1.1 server on the app side
 	serve2   string // the h2c server on the app side
+	lane     bool   // the lane (Options.Lane)
+	laneTold func() // Options.laneTaken
 
 	mu           sync.Mutex
 	cfg          *config.Config
@@ -107,6 +115,8 @@ func NewServer(o Options) *Server {
 		http2:     o.UpstreamHTTP2,
 		serve1:    o.DownstreamHTTP1,
 		serve2:    o.DownstreamHTTP2,
+		lane:      o.Lane != LaneOff,
+		laneTold:  o.laneTaken,
 		log:       o.Logger,
 		access:    newAccessLogger(o.AccessLog),
 		metrics:   o.Metrics,
@@ -264,7 +274,8 @@ func (s *Server) Apply(cfg *config.Config) error {
 		}
 		l, ok := s.listeners[lc.Address]
 		if !ok {
-			l = newListener(lc.Name, opened[lc.Address], s.pass, s.access, s.errorLog, s.serve1, s.serve2)
+			l = newListener(lc.Name, opened[lc.Address], s.pass, s.access, s.errorLog, s.serve1, s.serve2, s.lane)
+			l.laneTaken = s.laneTold
 			s.listeners[lc.Address] = l
 		}
 		l.name = lc.Name

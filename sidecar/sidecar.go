@@ -47,7 +47,9 @@ type Options struct {
 	// DownstreamHTTP2 is the app-side h2c server
 	// (proxy.Options.DownstreamHTTP2).
 	DownstreamHTTP2 string
-	Logger          *slog.Logger
+	// Lane is proxy.Options.Lane.
+	Lane   string
+	Logger *slog.Logger
 }
 
 // Sidecar is a running sidecar.
@@ -101,7 +103,7 @@ func Start(o Options) (*Sidecar, error) {
 	}
 	s := &Sidecar{opts: o, log: o.Logger, metrics: metrics.New(), watchDone: make(chan struct{})}
 	s.proxy = proxy.NewServer(proxy.Options{
-		Logger: o.Logger, Metrics: s.metrics, DrainTimeout: o.DrainTimeout, UpstreamHTTP1: o.UpstreamHTTP1, UpstreamHTTP2: o.UpstreamHTTP2, DownstreamHTTP1: o.DownstreamHTTP1, DownstreamHTTP2: o.DownstreamHTTP2,
+		Logger: o.Logger, Metrics: s.metrics, DrainTimeout: o.DrainTimeout, UpstreamHTTP1: o.UpstreamHTTP1, UpstreamHTTP2: o.UpstreamHTTP2, DownstreamHTTP1: o.DownstreamHTTP1, DownstreamHTTP2: o.DownstreamHTTP2, Lane: o.Lane,
 	})
 	adminAddr := config.DefaultAdminAddress
 	if cfg != nil {

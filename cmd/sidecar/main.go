@@ -159,6 +159,7 @@ func runProxy(args []string, stderr io.Writer) error {
 	serve1 := fs.String("downstream-http1", proxy.DefaultDownstreamHTTP1, "HTTP/1.1 server on the app side: "+proxy.HTTP1Watertight+" (a loop written for the sidecar, handing the rest to net/http) or "+proxy.HTTP1NetHTTP)
 	http2 := fs.String("upstream-http2", proxy.DefaultUpstreamHTTP2, "h2c client for cleartext upstreams: "+proxy.HTTP1Watertight+" (written for the sidecar) or "+proxy.HTTP1NetHTTP)
 	serve2 := fs.String("downstream-http2", proxy.DefaultDownstreamHTTP2, "h2c server on the app side, behind the "+proxy.HTTP1Watertight+" HTTP/1.1 server: "+proxy.HTTP1Watertight+" (written for the sidecar) or "+proxy.HTTP1NetHTTP)
+	lane := fs.String("lane", proxy.LaneOn, "the plainest bodiless HTTP/1.1 requests served below net/http's types (docs/forwarding-path.md, step 9), behind the "+proxy.HTTP1Watertight+" HTTP/1.1 server: "+proxy.LaneOn+" or "+proxy.LaneOff)
 	lf := addLogFlags(fs, "info")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -178,6 +179,10 @@ func runProxy(args []string, stderr io.Writer) error {
 		return errUsage
 	case *serve1 != proxy.HTTP1Watertight && *serve1 != proxy.HTTP1NetHTTP:
 		fmt.Fprintf(stderr, "sidecar run: --downstream-http1: %q is neither %q nor %q\n", *serve1, proxy.HTTP1Watertight, proxy.HTTP1NetHTTP)
+		fs.Usage()
+		return errUsage
+	case *lane != proxy.LaneOn && *lane != proxy.LaneOff:
+		fmt.Fprintf(stderr, "sidecar run: --lane: %q is neither %q nor %q\n", *lane, proxy.LaneOn, proxy.LaneOff)
 		fs.Usage()
 		return errUsage
 	case (*configPath == "") == (*xdsAddr == ""):
@@ -205,6 +210,7 @@ func runProxy(args []string, stderr io.Writer) error {
 		UpstreamHTTP2:   *http2,
 		DownstreamHTTP1: *serve1,
 		DownstreamHTTP2: *serve2,
+		Lane:            *lane,
 		Logger:          log,
 	})
 }

@@ -69,6 +69,11 @@ func TestUsageAndVersion(t *testing.T) {
 		!strings.Contains(errb.String(), `--downstream-http1: "fasthttp" is neither "watertight" nor "net/http"`) {
 		t.Errorf("bad --downstream-http1: %d %q", code, errb.String())
 	}
+	errb.Reset()
+	if code := run([]string{"run", "--config", "x.yaml", "--lane", "yes"}, &out, &errb); code != 2 ||
+		!strings.Contains(errb.String(), `--lane: "yes" is neither "on" nor "off"`) {
+		t.Errorf("bad --lane: %d %q", code, errb.String())
+	}
 	for _, flag := range []string{"--upstream-http2", "--downstream-http2"} {
 		errb.Reset()
 		if code := run([]string{"run", "--config", "x.yaml", flag, "grpc"}, &out, &errb); code != 2 ||

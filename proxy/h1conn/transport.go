@@ -130,14 +130,6 @@ var errStale = errors.New("upstream closed the connection before answering")
 // closed.
 func (t *Transport) exchange(ctx context.Context, c *conn, req *http.Request) (*http.Response, error) {
 	stop := reqctx.Register(ctx, c.abort)
-	fail := func(doing string, err error) (*http.Response, error) {
-		stop.Stop()
-		c.close()
-		if ctx.Err() != nil {
-			err = context.Cause(ctx)
-		}
-		return nil, fmt.Errorf("%s %s: %w", doing, c.addr, err)
-	}
 
 	c.written = 0
 	// Request.Write hides a failing body's error in a type without Unwrap;
@@ -156,7 +148,7 @@ func (t *Transport) exchange(ctx context.Context, c *conn, req *http.Request) (*
 		err = w.Write(c.bw)
 	}
 	if rb != nil && rb.err != nil {
-		return fail("reading the request body for", rb.err)
+		return nil, t.fail(ctx, c, stop, "reading the request body for", rb.err)
 	}
 	if err == nil {
 		err = c.flush()
@@ -165,13 +157,38 @@ func (t *Transport) exchange(ctx context.Context, c *conn, req *http.Request) (*
 		if c.written == 0 && rb == nil { // a body's fault is the request's, not the connection's
 			err = fmt.Errorf("%w: %w", errStale, err)
 		}
-		return fail("writing request to", err)
+		return nil, t.fail(ctx, c, stop, "writing request to", err)
+	}
+	var got1xx func(int, textproto.MIMEHeader) error
+	if trace := httptrace.ContextClientTrace(ctx); trace != nil {
+		got1xx = trace.Got1xxResponse
+	}
+	return t.receive(ctx, c, req, stop, got1xx)
+}
+
+// fail ends an exchange that went wrong: c is closed, and err says what
+// was being done, or why the context ended.
+func (t *Transport) fail(ctx context.Context, c *conn, stop reqctx.Registration, doing string, err error) error {
+	stop.Stop()
+	c.close()
+	if ctx.Err() != nil {
+		err = context.Cause(ctx)
+	}
+	return fmt.Errorf("%s %s: %w", doing, c.addr, err)
+}
+
+// receive reads the answer to req from c: informational answers go to
+// got1xx (if any), the final one comes back with its body reading from c.
+func (t *Transport) receive(ctx context.Context, c *conn, req *http.Request, stop reqctx.Registration, got1xx func(int, textproto.MIMEHeader) error) (*http.Response, error) {
+	fail := func(doing string, err error) (*http.Response, error) {
+		return nil, t.fail(ctx, c, stop, doing, err)
 	}
 
 	headLimit := t.maxHeaderBytes()
 	c.limit = headLimit
 	var resp *http.Response
 	var b *body // room for the body's reader, if readResponse has some
+	var err error
 	for n := 0; ; n++ {
 		resp, b, err = readResponse(c, req)
 		if err != nil {
@@ -194,8 +211,8 @@ func (t *Transport) exchange(ctx context.Context, c *conn, req *http.Request) (*
 		}
 		// 1xx (103 Early Hints, 100 Continue): ReverseProxy passes them
 		// on to the app through the client trace, as with net/http's.
-		if trace := httptrace.ContextClientTrace(ctx); trace != nil && trace.Got1xxResponse != nil {
-			if err := trace.Got1xxResponse(code, textproto.MIMEHeader(resp.Header)); err != nil {
+		if got1xx != nil {
+			if err := got1xx(code, textproto.MIMEHeader(resp.Header)); err != nil {
 				return fail("passing on an informational response from", err)
 			}
 		}

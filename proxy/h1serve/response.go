@@ -268,18 +268,7 @@ func (w *response) sniff(p []byte) {
 }
 
 func (w *response) writeStatusLine(code int) {
-	b := w.c.bw.AvailableBuffer()
-	b = append(b, "HTTP/1.1 "...)
-	b = strconv.AppendInt(b, int64(code), 10)
-	b = append(b, ' ')
-	if text := http.StatusText(code); text != "" {
-		b = append(b, text...)
-	} else {
-		b = append(b, "status code "...) // net/http's server's words
-		b = strconv.AppendInt(b, int64(code), 10)
-	}
-	b = append(b, "\r\n"...)
-	w.write(b)
+	w.write(appendStatusLine(w.c.bw.AvailableBuffer(), code))
 }
 
 // appendFields serialises h but for the fields omit names (a 1xx answer

@@ -96,6 +96,10 @@ type Server struct {
 	// sees the server shutting stops itself).
 	shutting atomic.Bool
 	watching atomic.Bool // watchLoop runs
+
+	// Lane, if set, is offered the plainest bodiless requests before the
+	// Handler (lane.go).
+	Lane Lane
 }
 
 // ServeConn serves c until it closes, is handed off, or the server shuts
@@ -330,6 +334,18 @@ func (c *conn) serve(ctx context.Context) (handedOff bool) {
 			return c.handOff(nil) // the client stopped mid-head: net/http's server says what it makes of it
 		case c.served == 0 && bytes.HasPrefix(head, http2Preface):
 			return c.handOff(nil)
+		}
+		if c.s.Lane != nil {
+			if taken, keep := c.serveLane(ctx, head); taken {
+				if !keep {
+					return false
+				}
+				c.served++
+				if !c.s.setActive(c, false) {
+					return false
+				}
+				continue
+			}
 		}
 		// The plainest heads are parsed here (head.go), the rest by
 		// net/http. plain stays on this stack: serveRequest copies it.

@@ -109,6 +109,24 @@ func Header(head []byte, s string, off, n int, skip string) (h http.Header, skip
 	}
 }
 
+// Is reports whether name is the field canonical names (case blind).
+func Is(name []byte, canonical string) bool { return is(name, canonical) }
+
+// Split cuts a field line Plain has passed into its name and its value,
+// without the spaces and tabs around the value.
+func Split(l []byte) (name, value []byte) {
+	colon := bytes.IndexByte(l, ':')
+	v := l[colon+1:]
+	i, j := 0, len(v)
+	for i < j && (v[i] == ' ' || v[i] == '\t') {
+		i++
+	}
+	for j > i && (v[j-1] == ' ' || v[j-1] == '\t') {
+		j--
+	}
+	return l[:colon], v[i:j]
+}
+
 // is reports whether name is the field canonical names (case blind, as
 // canonicalisation is).
 func is(name []byte, canonical string) bool {

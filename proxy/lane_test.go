@@ -1,0 +1,235 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/watertight/watertight/config"
+)
+
+// TestLaneMatchesRelay sends the same requests to a proxy with the lane and
+// to one without (relay, or ReverseProxy for what relay does not take), and
+// compares what the upstream received and what the app got back: the
+// request line, Host and every field (the deadline's milliseconds reduced
+// to their presence), the status, every answer field but Date, the body,
+// the trailers, and where an answer was cut. Each case also says whether
+// the lane must take it, so that the comparison cannot pass by comparing
+// relay with itself.
+func TestLaneMatchesRelay(t *testing.T) {
+	var (
+		mu   sync.Mutex
+		seen string
+	)
+	upstream := startUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		seen = dumpSeen(r, body)
+		mu.Unlock()
+		switch r.URL.Path {
+		case "/hang":
+			select {
+			case <-r.Context().Done():
+			case <-time.After(5 * time.Second):
+			}
+			return
+		case "/cut-typed":
+			w.Header().Set("Content-Type", "text/plain")
+			w.Header().Set("Content-Length", "100")
+			_, _ = io.WriteString(w, "ten bytes.")
+			w.(http.Flusher).Flush()
+			panic(http.ErrAbortHandler)
+		case "/notype":
+			_, _ = io.WriteString(w, "<html>sniffed</html>")
+			return
+		case "/empty":
+			w.Header().Set("Content-Length", "0")
+			return
+		case "/lowercase":
+			w.Header()["x-lower"] = []string{"as sent"}
+			w.Header().Set("Content-Type", "text/plain")
+			_, _ = io.WriteString(w, "lower")
+			return
+		case "/hop-plain":
+			w.Header().Set("Keep-Alive", "timeout=5")
+			w.Header().Set("Proxy-Authenticate", "Basic")
+			w.Header().Set("Upgrade", "h2c")
+			w.Header().Set("Content-Type", "text/plain")
+			_, _ = io.WriteString(w, "hop")
+			return
+		case "/status-600":
+			w.Header().Set("Content-Type", "text/plain")
+			w.WriteHeader(599)
+			_, _ = io.WriteString(w, "odd")
+			return
+		}
+		relayCase(w, r, body)
+	}))
+	dead := deadAddress(t)
+	cfg := func() *config.Config {
+		return &config.Config{
+			Listeners: []config.Listener{
+				{Name: "app", Address: "127.0.0.1:0", Mode: config.ModeUpstream, Upstream: "u"},
+				{Name: "dead", Address: "127.0.0.2:0", Mode: config.ModeUpstream, Upstream: "d"},
+				{Name: "proxy", Address: "127.0.0.3:0", Mode: config.ModeProxy},
+			},
+			Upstreams: []config.Upstream{
+				{Name: "u", Hosts: []string{"u.example"}, Endpoints: []config.Endpoint{{Address: upstream}}},
+				{Name: "d", Hosts: []string{"d.example"}, Endpoints: []config.Endpoint{{Address: dead}}},
+			},
+		}
+	}
+	var taken atomic.Int64
+	lane := startProxyWith(t, cfg(), func(o *Options) {
+		o.DownstreamHTTP1 = HTTP1Watertight
+		o.UpstreamHTTP1 = HTTP1Watertight
+		o.Lane = LaneOn
+		o.laneTaken = func() { taken.Add(1) }
+	})
+	relay := startProxyWith(t, cfg(), func(o *Options) {
+		o.DownstreamHTTP1 = HTTP1Watertight
+		o.UpstreamHTTP1 = HTTP1Watertight
+		o.Lane = LaneOff
+	})
+
+	get := func(path string, fields ...string) string {
+		return "GET " + path + " HTTP/1.1\r\nHost: u.example\r\n" + strings.Join(fields, "") + "\r\n"
+	}
+	cases := []struct {
+		name     string
+		listener string
+		raw      string
+		lane     bool // the lane takes it
+	}{
+		{"plain", "app", get("/plain", "User-Agent: app/1\r\n"), true},
+		{"no user agent", "app", get("/plain"), true},
+		{"lower-case names", "app", get("/plain", "user-agent: app/1\r\nx-trace-id: abc\r\n"), true},
+		{"local authority", "app", "GET /plain HTTP/1.1\r\nHost: 127.0.0.1:9001\r\n\r\n", true},
+		{"query", "app", get("/plain?a=1&b=%20x&c"), true},
+		{"escapes in the path", "app", get("/pl%61in"), true},
+		{"sub-delimiters in the path", "app", get("/plain;v=1,2@x:y"), true},
+		{"a byte net/url escapes", "app", get("/pl|ain"), false},
+		{"IPv6 literal host", "app", "GET /plain HTTP/1.1\r\nHost: [::1]:9001\r\n\r\n", false},
+		{"forwarding fields", "app", get("/plain", "X-Forwarded-For: 10.0.0.1\r\nForwarded: for=10.0.0.1\r\n"), true},
+		{"keep-alive fields", "app", get("/plain", "Connection: keep-alive\r\nKeep-Alive: timeout=5\r\nProxy-Connection: Keep-Alive\r\n"), true},
+		{"te trailers", "app", get("/plain", "TE: trailers\r\n"), true},
+		{"caller's timeout", "app", get("/plain", "X-Request-Timeout: 5s\r\n"), true},
+		{"caller's timeout passes", "app", get("/hang", "X-Request-Timeout: 50ms\r\n"), true},
+		{"repeated fields both ways", "app", get("/multi", "Accept: a\r\nAccept: b\r\n"), true},
+		{"head", "app", "HEAD /plain HTTP/1.1\r\nHost: u.example\r\n\r\n", true},
+		{"delete", "app", "DELETE /plain HTTP/1.1\r\nHost: u.example\r\n\r\n", true},
+		{"event stream", "app", get("/sse"), true},
+		{"large", "app", get("/large"), true},
+		{"failure status", "app", get("/fail"), true},
+		{"status without text", "app", get("/status-600"), true},
+		{"empty answer", "app", get("/empty"), true},
+		{"answer's own field names", "app", get("/lowercase"), true},
+		{"hop-by-hop answer, plain", "app", get("/hop-plain"), true},
+		{"hop-by-hop answer named by Connection", "app", get("/hop"), true},
+		{"answer without a type", "app", get("/notype"), true},
+		{"cut answer", "app", get("/cut"), true},
+		{"cut answer with a type", "app", get("/cut-typed"), true},
+		{"chunked answer", "app", get("/stream"), true},
+		{"announced trailers", "app", get("/trailers"), true},
+		{"prefixed trailers", "app", get("/prefixed-trailer"), true},
+		{"early hints", "app", get("/early"), true},
+		{"no content", "app", get("/nocontent"), true},
+		{"not modified", "app", get("/notmodified"), true},
+		{"unasked switch", "app", get("/switch"), true},
+		{"not found", "app", get("/nowhere"), true},
+		{"refused", "dead", "GET / HTTP/1.1\r\nHost: d.example\r\n\r\n", true},
+		{"by host", "proxy", get("/plain"), true},
+		{"unknown host", "proxy", "GET / HTTP/1.1\r\nHost: nowhere.example\r\n\r\n", false},
+		{"post", "app", "POST /echo HTTP/1.1\r\nHost: u.example\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello", false},
+		{"empty post", "app", "POST /echo HTTP/1.1\r\nHost: u.example\r\nContent-Length: 0\r\n\r\n", false},
+		{"connection close", "app", get("/plain", "Connection: close\r\n"), false},
+		{"te other", "app", get("/plain", "TE: deflate\r\n"), false},
+		{"te twice", "app", get("/plain", "TE: trailers\r\nTE: trailers\r\n"), false},
+		{"proxy authorization", "app", get("/plain", "Proxy-Authorization: Basic x\r\n"), false},
+		{"query relay re-encodes", "app", get("/plain?a=1;b=2"), false},
+		{"grpc type", "app", get("/plain", "Content-Type: application/grpc\r\n"), false},
+		{"http/1.0", "app", "GET /plain HTTP/1.0\r\nHost: u.example\r\n\r\n", false},
+		{"absolute form", "app", "GET http://u.example/plain HTTP/1.1\r\nHost: u.example\r\n\r\n", false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			exchange := func(p *testProxy) (string, string) {
+				mu.Lock()
+				seen = ""
+				mu.Unlock()
+				got := rawExchange(t, strings.TrimPrefix(p.url(t, c.listener), "http://"), c.raw)
+				mu.Lock()
+				defer mu.Unlock()
+				return seen, got
+			}
+			seenR, gotR := exchange(relay)
+			before := taken.Load()
+			seenL, gotL := exchange(lane)
+			if tookIt := taken.Load() > before; tookIt != c.lane {
+				t.Errorf("the lane took the request: %v, want %v", tookIt, c.lane)
+			}
+			if seenL != seenR {
+				t.Errorf("the upstream received\n%s\nthrough the lane, and without it\n%s", seenL, seenR)
+			}
+			if gotL != gotR {
+				t.Errorf("the app got\n%s\nthrough the lane, and without it\n%s", gotL, gotR)
+			}
+			if gotL == "" {
+				t.Error("nothing to compare")
+			}
+		})
+	}
+	// The metrics count the same results both ways.
+	for _, res := range []string{"ok", "upstream_error", "timeout", "upstream_unavailable"} {
+		for _, up := range []string{"u", "d"} {
+			if l, r := lane.count(t, up, res), relay.count(t, up, res); l != r {
+				t.Errorf("watertight_requests_total{upstream=%q, result=%q}: %v through the lane, %v without it", up, res, l, r)
+			}
+		}
+	}
+}
+
+// TestLaneClientGone: an app that hangs up on a request the lane is
+// waiting on cancels it: the upstream's request ends, and the slot is
+// given back.
+func TestLaneClientGone(t *testing.T) {
+	started, ended := make(chan struct{}), make(chan struct{})
+	upstream := startUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(started)
+		<-r.Context().Done()
+		close(ended)
+	}))
+	cfg := &config.Config{
+		Listeners: []config.Listener{{Name: "app", Address: "127.0.0.1:0", Mode: config.ModeUpstream, Upstream: "u"}},
+		Upstreams: []config.Upstream{{Name: "u", Endpoints: []config.Endpoint{{Address: upstream}}}},
+	}
+	var taken atomic.Int64
+	p := startProxyWith(t, cfg, func(o *Options) {
+		o.DownstreamHTTP1, o.UpstreamHTTP1, o.Lane = HTTP1Watertight, HTTP1Watertight, LaneOn
+		o.laneTaken = func() { taken.Add(1) }
+	})
+	nc, err := net.Dial("tcp", strings.TrimPrefix(p.url(t, "app"), "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprint(nc, "GET /slow HTTP/1.1\r\nHost: u\r\n\r\n")
+	<-started
+	_ = nc.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	select {
+	case <-ended:
+	case <-ctx.Done():
+		t.Fatal("the upstream's request did not end after the app hung up")
+	}
+	eventually(t, "the slot given back and the request counted as canceled", func() bool {
+		return p.pool("u").Active == 0 && p.count(t, "u", "canceled") == 1 && taken.Load() == 1
+	})
+}
