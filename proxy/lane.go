@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"io"
+	"net/http"
 	"net/netip"
 	"net/textproto"
 	"strconv"
@@ -61,10 +62,10 @@ func (l *listener) ServeLane(x *h1serve.Exchange) bool {
 
 // laneTransport is the compartment's HTTP/1.1 client when the lane may
 // use it: h1conn to a cleartext upstream, and no policy that needs the
-// request as net/http's (a retry replays it, a hedge races copies of it, a
-// fallback and the access log read it).
+// request as net/http's (a hedge races copies of it, a fallback and the
+// access log read it).
 func (c *compartment) laneTransport() *h1conn.Transport {
-	if c.retry != nil || c.hedge != nil || len(c.fallbacks) > 0 || c.accessLog || c.transports.scheme() != "http" {
+	if c.hedge != nil || len(c.fallbacks) > 0 || c.accessLog || c.transports.scheme() != "http" {
 		return nil
 	}
 	t, _ := c.transports.h1.(*h1conn.Transport)
@@ -143,7 +144,8 @@ func laneRequest(x *h1serve.Exchange) (f laneFields, ok bool) {
 	return f, true
 }
 
-// lane serves x, or declines it (false) before anything is done.
+// lane serves x, or declines it (false) before anything is done: the
+// request's path through the compartment, as send and retries take it.
 func (c *compartment) lane(x *h1serve.Exchange) bool {
 	t := c.laneTransport()
 	if t == nil {
@@ -160,11 +162,46 @@ func (c *compartment) lane(x *h1serve.Exchange) bool {
 		c.laneRefuse(x, lr)
 		return true
 	}
-	ex, lr := c.admit(r, r.ctx, noCancel, false)
+	// The attempts, as retries makes them (the request has no body: it
+	// can always go again).
+	for n := 0; ; n++ {
+		try := c.laneTry(x, t, r, n > 0)
+		if !c.laneWanted(n, try, r) || !c.budget.TryAcquirePermit() {
+			c.laneAnswer(x, r, try)
+			return true
+		}
+		try.discard(c)
+		if !sleep(r.ctx, c.retry.backoff(n)) {
+			c.budget.ReleasePermit()
+			res := classifyError(r.parent, r.ctx, r.ctx.Err())
+			r.finish(res)
+			c.laneRefuse(x, &localReply{result: res, upstream: c.name, err: r.ctx.Err()})
+			return true
+		}
+		c.metrics.Retry()
+	}
+}
+
+// laneTry is one attempt: a refusal or failure (lr), or an answer, plain
+// (ans) or read by net/http's rules (resp).
+type laneTry struct {
+	ex     *exchange
+	lr     *localReply
+	ans    *h1conn.RawAnswer
+	resp   *http.Response
+	status int
+	length int64
+	fields []byte
+	answer laneAnswer
+}
+
+// laneTry makes one attempt, as attempt does: admitted, sent, its answer
+// begun. An answer that is not plain, or any once the request has left
+// the lane (Materialize), is read into net/http's types.
+func (c *compartment) laneTry(x *h1serve.Exchange, t *h1conn.Transport, r *request, retry bool) laneTry {
+	ex, lr := c.admit(r, r.ctx, noCancel, retry)
 	if lr != nil {
-		r.finish(lr.result)
-		c.laneRefuse(x, lr)
-		return true
+		return laneTry{lr: lr}
 	}
 	dl, hasDeadline := ex.ctx.Deadline()
 	head := func(b []byte) []byte { return c.laneHead(b, x, dl, hasDeadline) }
@@ -172,28 +209,76 @@ func (c *compartment) lane(x *h1serve.Exchange) bool {
 	if err != nil {
 		res := classifyError(r.parent, ex.ctx, err)
 		ex.finish(res)
-		r.finish(res)
-		c.laneRefuse(x, &localReply{result: res, upstream: c.name, err: err})
-		return true
+		return laneTry{lr: &localReply{result: res, upstream: c.name, err: err}}
 	}
 	c.hedge.observe(time.Since(ex.start))
-	ex.handOver()
+	if status, length, fields, plain := ans.Plain(); plain && !x.Materialized() {
+		if answer, ok := laneAnswerOf(fields, length); ok {
+			return laneTry{ex: ex, ans: ans, status: status, length: length, fields: fields, answer: answer}
+		}
+	}
+	w, req := x.Materialize()
+	resp, err := ans.Response(req, laneGot1xx(w))
+	if err != nil {
+		res := classifyError(r.parent, ex.ctx, err)
+		ex.finish(res)
+		return laneTry{lr: &localReply{result: res, upstream: c.name, err: err}}
+	}
+	ex.resp = resp
+	ex.body = resp.Body
+	resp.Body = ex
+	return laneTry{ex: ex, resp: resp, status: resp.StatusCode}
+}
 
-	status, length, fields, plain := ans.Plain()
-	var answer laneAnswer
-	if plain {
-		answer, plain = laneAnswerOf(fields, length)
+// laneWanted is retryPolicy.wanted for a lane's attempt (never gRPC).
+func (c *compartment) laneWanted(n int, try laneTry, r *request) bool {
+	p := c.retry
+	switch {
+	case p == nil || n >= p.attempts || r.ctx.Err() != nil:
+		return false
+	case try.lr != nil:
+		return p.wanted(n, nil, try.lr, r)
 	}
-	if !plain {
-		c.laneDeliver(x, ex, ans)
-		return true
+	return p.retriesStatus(try.status)
+}
+
+// discard gives up on an attempt's answer before a retry, as retries
+// closes the body of one: the exchange is judged on what the upstream sent.
+func (try laneTry) discard(c *compartment) {
+	switch {
+	case try.ans != nil:
+		try.ans.Close()
+		res := metrics.OK
+		if c.failures.has(try.status) {
+			res = metrics.UpstreamError
+		}
+		try.ex.finish(res)
+	case try.resp != nil:
+		_ = try.resp.Body.Close()
 	}
-	body := &laneBody{r: ans.Body()}
-	err = x.Answer(status, answer.fields(fields), answer.hasDate, body, length)
-	res := c.laneResult(ex, status, body, err)
+}
+
+// laneAnswer answers the app with the last attempt: its refusal or
+// failure, its plain answer's bytes, or its answer through net/http's
+// types as relay would.
+func (c *compartment) laneAnswer(x *h1serve.Exchange, r *request, try laneTry) {
+	if try.lr != nil {
+		r.finish(try.lr.result)
+		c.laneRefuse(x, try.lr)
+		return
+	}
+	ex := try.ex
+	ex.handOver()
+	if try.resp != nil {
+		w, req := x.Materialize()
+		c.deliver(w, req, try.resp)
+		return
+	}
+	body := &laneBody{r: try.ans.Body()}
+	err := x.Answer(try.status, try.answer.fields(try.fields), try.answer.hasDate, body, try.length)
+	res := c.laneResult(ex, try.status, body, err)
 	_ = body.r.Close()
 	ex.finish(res)
-	return true
 }
 
 // laneHead appends the head the upstream gets to b: the app's, less the
@@ -332,11 +417,10 @@ func (c *compartment) laneResult(ex *exchange, status int, body *laneBody, copyE
 	return metrics.OK
 }
 
-// laneDeliver hands an answer that is not plain to net/http's types, and
-// on to the app as relay would.
-func (c *compartment) laneDeliver(x *h1serve.Exchange, ex *exchange, ans *h1conn.RawAnswer) {
-	w, req := x.Materialize()
-	got1xx := func(code int, header textproto.MIMEHeader) error {
+// laneGot1xx passes an attempt's informational answers on to the app, as
+// relay's client trace does.
+func laneGot1xx(w http.ResponseWriter) func(int, textproto.MIMEHeader) error {
+	return func(code int, header textproto.MIMEHeader) error {
 		h := w.Header()
 		for k, vv := range header {
 			h[k] = append(h[k], vv...)
@@ -345,17 +429,6 @@ func (c *compartment) laneDeliver(x *h1serve.Exchange, ex *exchange, ans *h1conn
 		clear(h) // a 1xx does not clear the writer's header itself
 		return nil
 	}
-	resp, err := ans.Response(req, got1xx)
-	if err != nil {
-		res := classifyError(ex.r.parent, ex.ctx, err)
-		ex.finish(res)
-		c.serveError(w, req, &localReply{result: res, upstream: c.name, err: err})
-		return
-	}
-	ex.resp = resp
-	ex.body = resp.Body
-	resp.Body = ex
-	c.deliver(w, req, resp)
 }
 
 // laneRefuse answers for the sidecar: the local reply of lr, or its

@@ -25,15 +25,42 @@ import (
 // relay with itself.
 func TestLaneMatchesRelay(t *testing.T) {
 	var (
-		mu   sync.Mutex
-		seen string
+		mu       sync.Mutex
+		seen     string
+		attempts int // of the request: /flaky fails the first, /down every one
 	)
 	upstream := startUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
 		mu.Lock()
 		seen = dumpSeen(r, body)
+		attempts++
+		n := attempts
 		mu.Unlock()
 		switch r.URL.Path {
+		case "/flaky":
+			w.Header().Set("Content-Type", "text/plain")
+			if n == 1 {
+				w.WriteHeader(http.StatusServiceUnavailable)
+				_, _ = io.WriteString(w, "not yet")
+				return
+			}
+			_, _ = fmt.Fprintf(w, "attempt %d", n)
+			return
+		case "/flaky-chunked":
+			if n == 1 {
+				w.WriteHeader(http.StatusBadGateway)
+				w.(http.Flusher).Flush()
+				_, _ = io.WriteString(w, "not yet")
+				return
+			}
+			w.Header().Set("Content-Type", "text/plain")
+			_, _ = fmt.Fprintf(w, "attempt %d", n)
+			return
+		case "/down":
+			w.Header().Set("Content-Type", "text/plain")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = fmt.Fprintf(w, "attempt %d", n)
+			return
 		case "/hang":
 			select {
 			case <-r.Context().Done():
@@ -73,16 +100,22 @@ func TestLaneMatchesRelay(t *testing.T) {
 		relayCase(w, r, body)
 	}))
 	dead := deadAddress(t)
+	retry := &config.Retry{Attempts: 2, On: []string{"5xx", "connect-failure"},
+		Backoff: config.Backoff{Base: config.Duration{Duration: time.Millisecond}, Max: config.Duration{Duration: 2 * time.Millisecond}}}
 	cfg := func() *config.Config {
 		return &config.Config{
 			Listeners: []config.Listener{
 				{Name: "app", Address: "127.0.0.1:0", Mode: config.ModeUpstream, Upstream: "u"},
 				{Name: "dead", Address: "127.0.0.2:0", Mode: config.ModeUpstream, Upstream: "d"},
 				{Name: "proxy", Address: "127.0.0.3:0", Mode: config.ModeProxy},
+				{Name: "retry", Address: "127.0.0.4:0", Mode: config.ModeUpstream, Upstream: "r"},
+				{Name: "retry-dead", Address: "127.0.0.5:0", Mode: config.ModeUpstream, Upstream: "rd"},
 			},
 			Upstreams: []config.Upstream{
 				{Name: "u", Hosts: []string{"u.example"}, Endpoints: []config.Endpoint{{Address: upstream}}},
 				{Name: "d", Hosts: []string{"d.example"}, Endpoints: []config.Endpoint{{Address: dead}}},
+				{Name: "r", Endpoints: []config.Endpoint{{Address: upstream}}, Retry: retry},
+				{Name: "rd", Endpoints: []config.Endpoint{{Address: dead}}, Retry: retry},
 			},
 		}
 	}
@@ -147,6 +180,11 @@ func TestLaneMatchesRelay(t *testing.T) {
 		{"refused", "dead", "GET / HTTP/1.1\r\nHost: d.example\r\n\r\n", true},
 		{"by host", "proxy", get("/plain"), true},
 		{"unknown host", "proxy", "GET / HTTP/1.1\r\nHost: nowhere.example\r\n\r\n", false},
+		{"retried failure", "retry", get("/flaky"), true},
+		{"retried failure, then an answer that is not plain", "retry", get("/flaky-chunked"), true},
+		{"retries run out", "retry", get("/down"), true},
+		{"retried refusal", "retry-dead", get("/"), true},
+		{"retry policy, plain answer", "retry", get("/plain"), true},
 		{"post", "app", "POST /echo HTTP/1.1\r\nHost: u.example\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello", false},
 		{"empty post", "app", "POST /echo HTTP/1.1\r\nHost: u.example\r\nContent-Length: 0\r\n\r\n", false},
 		{"connection close", "app", get("/plain", "Connection: close\r\n"), false},
@@ -162,7 +200,7 @@ func TestLaneMatchesRelay(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			exchange := func(p *testProxy) (string, string) {
 				mu.Lock()
-				seen = ""
+				seen, attempts = "", 0
 				mu.Unlock()
 				got := rawExchange(t, strings.TrimPrefix(p.url(t, c.listener), "http://"), c.raw)
 				mu.Lock()
@@ -188,10 +226,22 @@ func TestLaneMatchesRelay(t *testing.T) {
 	}
 	// The metrics count the same results both ways.
 	for _, res := range []string{"ok", "upstream_error", "timeout", "upstream_unavailable"} {
-		for _, up := range []string{"u", "d"} {
+		for _, up := range []string{"u", "d", "r", "rd"} {
 			if l, r := lane.count(t, up, res), relay.count(t, up, res); l != r {
 				t.Errorf("watertight_requests_total{upstream=%q, result=%q}: %v through the lane, %v without it", up, res, l, r)
 			}
+		}
+	}
+	retries := func(p *testProxy, up string) float64 {
+		m := findMetric(t, p.reg, "watertight_retries_total", map[string]string{"upstream": up})
+		if m == nil {
+			return 0
+		}
+		return m.GetCounter().GetValue()
+	}
+	for _, up := range []string{"r", "rd"} {
+		if l, r := retries(lane, up), retries(relay, up); l != r || l == 0 {
+			t.Errorf("watertight_retries_total{upstream=%q}: %v through the lane, %v without it (want the same, and some)", up, l, r)
 		}
 	}
 }

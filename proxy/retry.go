@@ -92,11 +92,7 @@ func (p *retryPolicy) wanted(n int, x *exchange, err error, r *request) bool {
 			return false // the sidecar's own refusals are not retried
 		}
 	}
-	status := x.resp.StatusCode
-	switch {
-	case p.on5xx && status >= 500,
-		p.onGateway && (status == 502 || status == 503 || status == 504),
-		slices.Contains(p.statuses, status):
+	if p.retriesStatus(x.resp.StatusCode) {
 		return true
 	}
 	if len(p.grpcCodes) > 0 && r.grpc {
@@ -107,6 +103,13 @@ func (p *retryPolicy) wanted(n int, x *exchange, err error, r *request) bool {
 		}
 	}
 	return false
+}
+
+// retriesStatus: an answer with this HTTP status is worth another attempt.
+func (p *retryPolicy) retriesStatus(status int) bool {
+	return p.on5xx && status >= 500 ||
+		p.onGateway && (status == 502 || status == 503 || status == 504) ||
+		slices.Contains(p.statuses, status)
 }
 
 // backoff before retry n+1: exponential from base, capped, fully jittered.

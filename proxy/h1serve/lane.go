@@ -2,6 +2,7 @@ package h1serve
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net/http"
 	"strconv"
@@ -73,6 +74,10 @@ func (x *Exchange) Context() context.Context {
 	return &x.ctx
 }
 
+// Materialized reports whether Materialize was called: the answer is then
+// the writer's, and Answer may no longer be used.
+func (x *Exchange) Materialized() bool { return x.made }
+
 // Answer writes a plain answer: the status line for status, the field
 // lines (each "Name: value" and CRLF, valid ones, the caller's to have
 // rid of hop-by-hop fields, with the Content-Length of the body), a Date
@@ -81,6 +86,9 @@ func (x *Exchange) Context() context.Context {
 // Handler aborts, and what of the answer was still held goes nowhere (a
 // client that got no byte of an answer knows it got none).
 func (x *Exchange) Answer(status int, fields []byte, hasDate bool, body io.Reader, length int64) (err error) {
+	if x.made {
+		return errors.New("h1serve: Answer after Materialize")
+	}
 	x.wrote = true
 	c := x.c
 	held := c.bw.Buffered()
