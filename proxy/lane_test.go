@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -282,4 +283,48 @@ func TestLaneClientGone(t *testing.T) {
 	eventually(t, "the slot given back and the request counted as canceled", func() bool {
 		return p.pool("u").Active == 0 && p.count(t, "u", "canceled") == 1 && taken.Load() == 1
 	})
+}
+
+// TestLanePipelined: requests a client sends before the previous answers
+// came are answered in order, the lane's and relay's alike, on one
+// connection.
+func TestLanePipelined(t *testing.T) {
+	upstream := startUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		_, _ = io.WriteString(w, r.Method+" "+r.URL.Path)
+	}))
+	cfg := &config.Config{
+		Listeners: []config.Listener{{Name: "app", Address: "127.0.0.1:0", Mode: config.ModeUpstream, Upstream: "u"}},
+		Upstreams: []config.Upstream{{Name: "u", Endpoints: []config.Endpoint{{Address: upstream}}}},
+	}
+	var taken atomic.Int64
+	p := startProxyWith(t, cfg, func(o *Options) {
+		o.DownstreamHTTP1, o.UpstreamHTTP1, o.Lane = HTTP1Watertight, HTTP1Watertight, LaneOn
+		o.laneTaken = func() { taken.Add(1) }
+	})
+	nc, err := net.Dial("tcp", strings.TrimPrefix(p.url(t, "app"), "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	_ = nc.SetDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprint(nc, "GET /a HTTP/1.1\r\nHost: u\r\n\r\n"+
+		"GET /b HTTP/1.1\r\nHost: u\r\n\r\n"+
+		"POST /c HTTP/1.1\r\nHost: u\r\nContent-Length: 2\r\n\r\nhi"+
+		"HEAD /d HTTP/1.1\r\nHost: u\r\n\r\n"+
+		"GET /e HTTP/1.1\r\nHost: u\r\n\r\n")
+	br := bufio.NewReader(nc)
+	for _, want := range []struct{ method, body string }{{"GET", "GET /a"}, {"GET", "GET /b"}, {"POST", "POST /c"}, {"HEAD", ""}, {"GET", "GET /e"}} {
+		resp, err := http.ReadResponse(br, &http.Request{Method: want.method})
+		if err != nil {
+			t.Fatalf("reading the answer to %s: %v", want.body, err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		if err != nil || string(body) != want.body || resp.StatusCode != http.StatusOK {
+			t.Fatalf("answer %d %q (%v), want 200 %q", resp.StatusCode, body, err, want.body)
+		}
+	}
+	if n := taken.Load(); n != 4 {
+		t.Errorf("the lane took %d of the requests, want 4 (all but the POST)", n)
+	}
 }
