@@ -257,19 +257,7 @@ func TestLaneClientGone(t *testing.T) {
 		<-r.Context().Done()
 		close(ended)
 	}))
-	cfg := &config.Config{
-		Listeners: []config.Listener{{Name: "app", Address: "127.0.0.1:0", Mode: config.ModeUpstream, Upstream: "u"}},
-		Upstreams: []config.Upstream{{Name: "u", Endpoints: []config.Endpoint{{Address: upstream}}}},
-	}
-	var taken atomic.Int64
-	p := startProxyWith(t, cfg, func(o *Options) {
-		o.DownstreamHTTP1, o.UpstreamHTTP1, o.Lane = HTTP1Watertight, HTTP1Watertight, LaneOn
-		o.laneTaken = func() { taken.Add(1) }
-	})
-	nc, err := net.Dial("tcp", strings.TrimPrefix(p.url(t, "app"), "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	p, taken, nc := startLaneProxy(t, upstream)
 	fmt.Fprint(nc, "GET /slow HTTP/1.1\r\nHost: u\r\n\r\n")
 	<-started
 	_ = nc.Close()
@@ -293,20 +281,7 @@ func TestLanePipelined(t *testing.T) {
 		w.Header().Set("Content-Type", "text/plain")
 		_, _ = io.WriteString(w, r.Method+" "+r.URL.Path)
 	}))
-	cfg := &config.Config{
-		Listeners: []config.Listener{{Name: "app", Address: "127.0.0.1:0", Mode: config.ModeUpstream, Upstream: "u"}},
-		Upstreams: []config.Upstream{{Name: "u", Endpoints: []config.Endpoint{{Address: upstream}}}},
-	}
-	var taken atomic.Int64
-	p := startProxyWith(t, cfg, func(o *Options) {
-		o.DownstreamHTTP1, o.UpstreamHTTP1, o.Lane = HTTP1Watertight, HTTP1Watertight, LaneOn
-		o.laneTaken = func() { taken.Add(1) }
-	})
-	nc, err := net.Dial("tcp", strings.TrimPrefix(p.url(t, "app"), "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	_, taken, nc := startLaneProxy(t, upstream)
 	_ = nc.SetDeadline(time.Now().Add(5 * time.Second))
 	fmt.Fprint(nc, "GET /a HTTP/1.1\r\nHost: u\r\n\r\n"+
 		"GET /b HTTP/1.1\r\nHost: u\r\n\r\n"+
@@ -327,4 +302,24 @@ func TestLanePipelined(t *testing.T) {
 	if n := taken.Load(); n != 4 {
 		t.Errorf("the lane took %d of the requests, want 4 (all but the POST)", n)
 	}
+}
+
+// startLaneProxy is a proxy with the lane, listening in mode upstream for
+// upstream, a count of the requests its lane took, and a connection to it.
+func startLaneProxy(t *testing.T, upstream string) (*testProxy, *atomic.Int64, net.Conn) {
+	cfg := &config.Config{
+		Listeners: []config.Listener{{Name: "app", Address: "127.0.0.1:0", Mode: config.ModeUpstream, Upstream: "u"}},
+		Upstreams: []config.Upstream{{Name: "u", Endpoints: []config.Endpoint{{Address: upstream}}}},
+	}
+	taken := new(atomic.Int64)
+	p := startProxyWith(t, cfg, func(o *Options) {
+		o.DownstreamHTTP1, o.UpstreamHTTP1, o.Lane = HTTP1Watertight, HTTP1Watertight, LaneOn
+		o.laneTaken = func() { taken.Add(1) }
+	})
+	nc, err := net.Dial("tcp", strings.TrimPrefix(p.url(t, "app"), "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = nc.Close() })
+	return p, taken, nc
 }
