@@ -74,6 +74,7 @@ type exchange struct {
 	cancel context.CancelFunc
 
 	resp       *http.Response
+	status     int // the answer's status when the lane took it as bytes (resp is nil)
 	body       io.ReadCloser
 	sawEOF     bool
 	readErr    error
@@ -122,7 +123,7 @@ func (x *exchange) Close() error {
 func (x *exchange) result() metrics.Result {
 	switch {
 	case x.sawEOF:
-		res := classifyResponse(x.resp, x.r.grpc, x.r.c.failures)
+		res := x.judge(true)
 		if res == metrics.UpstreamError && deadlinePassed(x.ctx) {
 			// The upstream gave up on the deadline it was passed
 			// (DEADLINE_EXCEEDED) just before the sidecar did.
@@ -141,8 +142,23 @@ func (x *exchange) result() metrics.Result {
 		// Closed before the end without a read error: the app stopped
 		// reading, or a retry discarded the answer. Judge what the
 		// upstream did send.
-		return classifyHead(x.resp, x.r.grpc, x.r.c.failures)
+		return x.judge(false)
 	}
+}
+
+// judge classifies the answer by its head, and by its trailers once it was
+// read whole; an answer the lane took as bytes (never gRPC), by its status.
+func (x *exchange) judge(whole bool) metrics.Result {
+	switch {
+	case x.resp == nil:
+		if x.r.c.failures.has(x.status) {
+			return metrics.UpstreamError
+		}
+		return metrics.OK
+	case whole:
+		return classifyResponse(x.resp, x.r.grpc, x.r.c.failures)
+	}
+	return classifyHead(x.resp, x.r.grpc, x.r.c.failures)
 }
 
 // handOver marks the exchange as the request's answer: when it ends, so

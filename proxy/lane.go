@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"io"
 	"net/http"
 	"net/netip"
 	"net/textproto"
@@ -9,7 +8,6 @@ import (
 	"time"
 
 	"github.com/watertight/watertight/config"
-	"github.com/watertight/watertight/metrics"
 	"github.com/watertight/watertight/proxy/h1conn"
 	"github.com/watertight/watertight/proxy/h1serve"
 	"github.com/watertight/watertight/proxy/internal/h1head"
@@ -89,15 +87,10 @@ var pathByte = func() (t [256]bool) {
 	return t
 }()
 
-// laneFields is what the lane learned of a request's fields.
-type laneFields struct {
-	timeout    []byte // the first X-Request-Timeout value, as Header.Get reads it
-	hasTimeout bool
-}
-
 // laneRequest checks that relay would send x as it is but for the edits
-// the lane makes (relayable), and reads what begin needs.
-func laneRequest(x *h1serve.Exchange) (f laneFields, ok bool) {
+// the lane makes (relayable), and reads what begin needs: the first
+// X-Request-Timeout value, as Header.Get reads it (nil for none).
+func laneRequest(x *h1serve.Exchange) (timeout []byte, ok bool) {
 	// The target goes as the app wrote it; relay sends the path as
 	// net/url escapes it (URL.EscapedPath) and the query as it came, if
 	// queryIsClean. The two agree when every byte of the path is one
@@ -106,16 +99,16 @@ func laneRequest(x *h1serve.Exchange) (f laneFields, ok bool) {
 	for i, ch := range target {
 		if ch == '?' {
 			if !queryIsClean(string(target[i+1:])) {
-				return f, false
+				return nil, false
 			}
 			break
 		}
 		if !pathByte[ch] {
-			return f, false
+			return nil, false
 		}
 	}
 	if host := x.Host(); len(host) > 0 && host[0] == '[' {
-		return f, false // an IPv6 literal: Request.Write drops a zone from it
+		return nil, false // an IPv6 literal: Request.Write drops a zone from it
 	}
 	tes := 0
 	for rest := x.Fields(); len(rest) > 0; {
@@ -126,22 +119,22 @@ func laneRequest(x *h1serve.Exchange) (f laneFields, ok bool) {
 		case h1head.Is(name, "Te"):
 			// relay passes "TE: trailers" alone, ReverseProxy any other.
 			if tes++; tes > 1 || string(value) != "trailers" {
-				return f, false
+				return nil, false
 			}
 		case h1head.Is(name, "Proxy-Authorization"), h1head.Is(name, "Proxy-Authenticate"),
 			h1head.Is(name, "Trailer"), h1head.Is(name, "Upgrade"), h1head.Is(name, "Expect"):
-			return f, false
+			return nil, false
 		case h1head.Is(name, "Content-Type"):
 			if isGRPCType(string(value)) {
-				return f, false
+				return nil, false
 			}
 		case h1head.Is(name, headerRequestTimeout):
-			if !f.hasTimeout {
-				f.timeout, f.hasTimeout = value, true
+			if timeout == nil {
+				timeout = value // non-nil, even when empty
 			}
 		}
 	}
-	return f, true
+	return timeout, true
 }
 
 // lane serves x, or declines it (false) before anything is done: the
@@ -151,11 +144,11 @@ func (c *compartment) lane(x *h1serve.Exchange) bool {
 	if t == nil {
 		return false
 	}
-	f, ok := laneRequest(x)
+	timeout, ok := laneRequest(x)
 	if !ok {
 		return false
 	}
-	caller, callerOK := requestTimeout(string(f.timeout))
+	caller, callerOK := requestTimeout(string(timeout))
 
 	r := new(request)
 	if lr := c.beginWith(r, x.Context(), false, caller, callerOK, nil); lr != nil {
@@ -170,7 +163,7 @@ func (c *compartment) lane(x *h1serve.Exchange) bool {
 			c.laneAnswer(x, r, try)
 			return true
 		}
-		try.discard(c)
+		try.discard()
 		if !sleep(r.ctx, c.retry.backoff(n)) {
 			c.budget.ReleasePermit()
 			res := classifyError(r.parent, r.ctx, r.ctx.Err())
@@ -183,16 +176,15 @@ func (c *compartment) lane(x *h1serve.Exchange) bool {
 }
 
 // laneTry is one attempt: a refusal or failure (lr), or an answer, plain
-// (ans) or read by net/http's rules (resp).
+// (ans, whose status is ex.status) or read by net/http's rules (resp).
 type laneTry struct {
 	ex     *exchange
 	lr     *localReply
 	ans    *h1conn.RawAnswer
 	resp   *http.Response
-	status int
 	length int64
 	fields []byte
-	answer laneAnswer
+	answer answerFields
 }
 
 // laneTry makes one attempt, as attempt does: admitted, sent, its answer
@@ -213,8 +205,9 @@ func (c *compartment) laneTry(x *h1serve.Exchange, t *h1conn.Transport, r *reque
 	}
 	c.hedge.observe(time.Since(ex.start))
 	if status, length, fields, plain := ans.Plain(); plain && !x.Materialized() {
-		if answer, ok := laneAnswerOf(fields, length); ok {
-			return laneTry{ex: ex, ans: ans, status: status, length: length, fields: fields, answer: answer}
+		if answer, ok := answerFieldsOf(fields, length); ok {
+			ex.status = status
+			return laneTry{ex: ex, ans: ans, length: length, fields: fields, answer: answer}
 		}
 	}
 	w, req := x.Materialize()
@@ -227,7 +220,7 @@ func (c *compartment) laneTry(x *h1serve.Exchange, t *h1conn.Transport, r *reque
 	ex.resp = resp
 	ex.body = resp.Body
 	resp.Body = ex
-	return laneTry{ex: ex, resp: resp, status: resp.StatusCode}
+	return laneTry{ex: ex, resp: resp}
 }
 
 // laneWanted is retryPolicy.wanted for a lane's attempt (never gRPC).
@@ -238,23 +231,20 @@ func (c *compartment) laneWanted(n int, try laneTry, r *request) bool {
 		return false
 	case try.lr != nil:
 		return p.wanted(n, nil, try.lr, r)
+	case try.resp != nil:
+		return p.retriesStatus(try.resp.StatusCode)
 	}
-	return p.retriesStatus(try.status)
+	return p.retriesStatus(try.ex.status)
 }
 
 // discard gives up on an attempt's answer before a retry, as retries
 // closes the body of one: the exchange is judged on what the upstream sent.
-func (try laneTry) discard(c *compartment) {
-	switch {
-	case try.ans != nil:
-		try.ans.Close()
-		res := metrics.OK
-		if c.failures.has(try.status) {
-			res = metrics.UpstreamError
-		}
-		try.ex.finish(res)
-	case try.resp != nil:
-		_ = try.resp.Body.Close()
+func (try laneTry) discard() {
+	if try.ans != nil {
+		try.ex.body = try.ans.Body()
+	}
+	if try.ex != nil {
+		_ = try.ex.Close()
 	}
 }
 
@@ -274,11 +264,16 @@ func (c *compartment) laneAnswer(x *h1serve.Exchange, r *request, try laneTry) {
 		c.deliver(w, req, try.resp)
 		return
 	}
-	body := &laneBody{r: try.ans.Body()}
-	err := x.Answer(try.status, try.answer.fields(try.fields), try.answer.hasDate, body, try.length)
-	res := c.laneResult(ex, try.status, body, err)
-	_ = body.r.Close()
-	ex.finish(res)
+	// The head is written before the body is taken: its fields are in the
+	// upstream connection's buffer, which an empty body gives back to the
+	// pool at once. The exchange reads the body, as it does relay's, and
+	// is judged by how that ended when it closes.
+	err := x.AnswerHead(ex.status, try.answer.fields(try.fields), try.answer.hasDate)
+	ex.body = try.ans.Body()
+	if err == nil {
+		_ = x.AnswerBody(ex, try.length)
+	}
+	_ = ex.Close()
 }
 
 // laneHead appends the head the upstream gets to b: the app's, less the
@@ -317,17 +312,17 @@ func (c *compartment) laneHead(b []byte, x *h1serve.Exchange, dl time.Time, hasD
 	return append(b, "\r\n"...)
 }
 
-// laneAnswer is what the lane learned of a plain answer's fields.
-type laneAnswer struct {
+// answerFields is what the lane learned of a plain answer's fields.
+type answerFields struct {
 	hasDate bool
 	hop     bool // it has hop-by-hop fields, which the app does not get
 }
 
-// laneAnswerOf reads a plain answer's fields, and reports false for one
+// answerFieldsOf reads a plain answer's fields, and reports false for one
 // the app-side writer would change beyond its hop-by-hop fields: without a
 // Content-Type, it would sniff one.
-func laneAnswerOf(fields []byte, length int64) (laneAnswer, bool) {
-	var a laneAnswer
+func answerFieldsOf(fields []byte, length int64) (answerFields, bool) {
+	var a answerFields
 	hasType := false
 	for rest := fields; len(rest) > 0; {
 		l, r, _ := h1head.CutLine(rest)
@@ -350,7 +345,7 @@ func laneAnswerOf(fields []byte, length int64) (laneAnswer, bool) {
 // fields is the answer's field lines as the app gets them: without the
 // hop-by-hop ones, as removeHopByHop leaves them (a plain answer's
 // Connection names nothing but keep-alive).
-func (a laneAnswer) fields(fields []byte) []byte {
+func (a answerFields) fields(fields []byte) []byte {
 	if !a.hop {
 		return fields
 	}
@@ -374,47 +369,6 @@ func isHopByHop(name []byte) bool {
 		}
 	}
 	return false
-}
-
-// laneBody is a plain answer's body, remembering how its reading ended.
-type laneBody struct {
-	r      io.ReadCloser
-	sawEOF bool
-	err    error
-}
-
-func (b *laneBody) Read(p []byte) (int, error) {
-	n, err := b.r.Read(p)
-	switch {
-	case err == io.EOF:
-		b.sawEOF = true
-	case err != nil && b.err == nil:
-		b.err = err
-	}
-	return n, err
-}
-
-// laneResult judges a plain answer's exchange as exchange.result does:
-// copied whole, by its status; cut by the upstream, by why; cut by the
-// app, by what the upstream sent.
-func (c *compartment) laneResult(ex *exchange, status int, body *laneBody, copyErr error) metrics.Result {
-	r := ex.r
-	switch {
-	case copyErr == nil || body.sawEOF:
-		if c.failures.has(status) {
-			return metrics.UpstreamError
-		}
-		return metrics.OK
-	case r.parent.Err() != nil:
-		return metrics.Canceled
-	case deadlinePassed(ex.ctx):
-		return metrics.Timeout
-	case body.err != nil:
-		return metrics.UpstreamError
-	case c.failures.has(status):
-		return metrics.UpstreamError
-	}
-	return metrics.OK
 }
 
 // laneGot1xx passes an attempt's informational answers on to the app, as

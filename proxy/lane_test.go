@@ -323,3 +323,41 @@ func startLaneProxy(t *testing.T, upstream string) (*testProxy, *atomic.Int64, n
 	t.Cleanup(func() { _ = nc.Close() })
 	return p, taken, nc
 }
+
+// TestLaneEmptyAnswersConcurrently: an answer without a body gives its
+// connection back to the pool at once; its head, which the lane copies
+// from that connection's buffer, must be copied before another request
+// can take the connection and read into the buffer.
+func TestLaneEmptyAnswersConcurrently(t *testing.T) {
+	upstream := startUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		w.Header().Set("X-Path", r.URL.Path)
+		w.Header().Set("Content-Length", "0")
+	}))
+	p, taken, _ := startLaneProxy(t, upstream)
+	base := p.url(t, "app")
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Go(func() {
+			client := &http.Client{Transport: &http.Transport{}}
+			defer client.CloseIdleConnections()
+			for i := range 50 {
+				path := fmt.Sprintf("/g%d/r%d", g, i)
+				resp, err := client.Get(base + path)
+				if err != nil {
+					t.Errorf("%s: %v", path, err)
+					return
+				}
+				_ = resp.Body.Close()
+				if got := resp.Header.Get("X-Path"); got != path {
+					t.Errorf("%s: the answer says X-Path %q", path, got)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if taken.Load() != 400 {
+		t.Errorf("the lane took %d of 400 requests", taken.Load())
+	}
+}

@@ -21,8 +21,8 @@ import (
 // declines, the Handler serves as before.
 type Lane interface {
 	// ServeLane serves x, and reports false, having written nothing, to
-	// have the Handler serve it instead. It answers with x.Answer, or
-	// through the writer of x.Materialize.
+	// have the Handler serve it instead. It answers with x.AnswerHead and
+	// x.AnswerBody, or through the writer of x.Materialize.
 	ServeLane(x *Exchange) bool
 }
 
@@ -40,8 +40,10 @@ type Exchange struct {
 	host    []byte
 	fields  []byte // the field lines, each with its CRLF
 	made    bool   // Materialize was called
-	wrote   bool   // Answer was called
-	cut     bool   // Answer's body ended early: the connection closes
+	wrote   bool   // AnswerHead was called
+	cut     bool   // the answer ended early: the connection closes
+	held    int    // bytes the connection's writer held before the answer
+	n       int64  // bytes of the answer written to it
 }
 
 // Method is the request's method, one of net/http's constants.
@@ -75,60 +77,67 @@ func (x *Exchange) Context() context.Context {
 }
 
 // Materialized reports whether Materialize was called: the answer is then
-// the writer's, and Answer may no longer be used.
+// the writer's, and AnswerHead may no longer be used.
 func (x *Exchange) Materialized() bool { return x.made }
 
-// Answer writes a plain answer: the status line for status, the field
-// lines (each "Name: value" and CRLF, valid ones, the caller's to have
-// rid of hop-by-hop fields, with the Content-Length of the body), a Date
-// unless hasDate, and length bytes of body read from body. An error
-// reading the body cuts the answer: the connection closes, as when a
-// Handler aborts, and what of the answer was still held goes nowhere (a
-// client that got no byte of an answer knows it got none).
-func (x *Exchange) Answer(status int, fields []byte, hasDate bool, body io.Reader, length int64) (err error) {
+// AnswerHead writes a plain answer's head: the status line for status,
+// the field lines (each "Name: value" and CRLF, valid ones, the caller's to
+// have rid of hop-by-hop fields, with the Content-Length of the body), a
+// Date unless hasDate. AnswerBody follows it. fields are copied before it
+// returns: they may be in a buffer that is only the caller's until then.
+func (x *Exchange) AnswerHead(status int, fields []byte, hasDate bool) error {
 	if x.made {
-		return errors.New("h1serve: Answer after Materialize")
+		return errors.New("h1serve: AnswerHead after Materialize")
 	}
 	x.wrote = true
 	c := x.c
-	held := c.bw.Buffered()
-	var n int64 // bytes of this answer written to c.bw
-	defer func() {
-		if err != nil {
-			x.cut = true
-			if held == 0 && int64(c.bw.Buffered()) == n {
-				c.bw.Reset(c.wr)
-			}
-		}
-	}()
+	x.held = c.bw.Buffered()
 	b := appendStatusLine(c.bw.AvailableBuffer(), status)
+	x.n = int64(len(b) + len(fields))
 	if _, err := c.bw.Write(b); err != nil {
-		return err
+		return x.cutAnswer(err)
 	}
 	if _, err := c.bw.Write(fields); err != nil {
-		return err
+		return x.cutAnswer(err)
 	}
-	n = int64(len(b) + len(fields))
 	b = c.bw.AvailableBuffer()
 	if !hasDate {
-		b = append(b, "Date: "...)
-		b = time.Now().UTC().AppendFormat(b, http.TimeFormat)
-		b = append(b, "\r\n"...)
+		b = appendDate(b)
 	}
 	if c.s.shutting.Load() {
 		b = append(b, "Connection: close\r\n"...)
 	}
 	b = append(b, "\r\n"...)
+	x.n += int64(len(b))
 	if _, err := c.bw.Write(b); err != nil {
-		return err
-	}
-	n += int64(len(b))
-	if length > 0 && x.method != http.MethodHead {
-		m, err := io.CopyN(c.bw, body, length)
-		n += m
-		return err
+		return x.cutAnswer(err)
 	}
 	return nil
+}
+
+// AnswerBody writes the plain answer's length bytes of body, read from
+// body. An error cuts the answer: the connection closes, as when a Handler
+// aborts, and what of the answer was still held goes nowhere (a client
+// that got no byte of an answer knows it got none).
+func (x *Exchange) AnswerBody(body io.Reader, length int64) error {
+	if x.cut || length == 0 || x.method == http.MethodHead {
+		return nil
+	}
+	m, err := io.CopyN(x.c.bw, body, length)
+	x.n += m
+	if err != nil {
+		return x.cutAnswer(err)
+	}
+	return nil
+}
+
+// cutAnswer ends an answer that could not be written whole.
+func (x *Exchange) cutAnswer(err error) error {
+	x.cut = true
+	if c := x.c; x.held == 0 && int64(c.bw.Buffered()) == x.n {
+		c.bw.Reset(c.wr)
+	}
+	return err
 }
 
 // Materialize makes the request and the response writer the Handler would
@@ -253,6 +262,13 @@ func (c *conn) serveLane(parent context.Context, head []byte) (taken, keep bool)
 		panic("h1serve: a lane took a request and did not answer it")
 	}
 	return true, err == nil && !c.s.shutting.Load()
+}
+
+// appendDate appends the Date field net/http's server adds.
+func appendDate(b []byte) []byte {
+	b = append(b, "Date: "...)
+	b = time.Now().UTC().AppendFormat(b, http.TimeFormat)
+	return append(b, "\r\n"...)
 }
 
 // appendStatusLine is net/http's server's status line for code.

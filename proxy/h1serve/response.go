@@ -5,7 +5,6 @@ import (
 	"net/textproto"
 	"strconv"
 	"strings"
-	"time"
 
 	"golang.org/x/net/http/httpguts"
 )
@@ -239,9 +238,7 @@ func (w *response) commit(final bool) {
 		}
 	}
 	if !w.hasDate {
-		b := append(w.c.bw.AvailableBuffer(), "Date: "...)
-		b = time.Now().UTC().AppendFormat(b, http.TimeFormat)
-		w.write(append(b, "\r\n"...))
+		w.write(appendDate(w.c.bw.AvailableBuffer()))
 	}
 	if !w.closeAfter && w.c.s.shutting.Load() {
 		w.closeAfter = true
