@@ -89,8 +89,10 @@ type Upstream struct {
 	Addresses []string `yaml:"addresses,omitempty" json:"addresses,omitempty"`
 	// Protocol to the endpoints: http1, http2 (h2c with prior knowledge, or
 	// h2 over TLS) or auto (the protocol the app used; gRPC always HTTP/2).
-	Protocol     string     `yaml:"protocol" json:"protocol"`
-	TLS          *TLS       `yaml:"tls,omitempty" json:"tls,omitempty"`
+	Protocol string `yaml:"protocol" json:"protocol"`
+	TLS      *TLS   `yaml:"tls,omitempty" json:"tls,omitempty"`
+	// HTTP2 tunes the HTTP/2 connections to the endpoints.
+	HTTP2        *HTTP2     `yaml:"http2,omitempty" json:"http2,omitempty"`
 	Endpoints    []Endpoint `yaml:"endpoints" json:"endpoints"`
 	LoadBalancer string     `yaml:"loadBalancer" json:"loadBalancer"`
 	Bulkhead     Bulkhead   `yaml:"bulkhead" json:"bulkhead"`
@@ -107,6 +109,19 @@ type Upstream struct {
 	RateLimit        *RateLimit        `yaml:"rateLimit,omitempty" json:"rateLimit,omitempty"`
 	Fallback         Fallbacks         `yaml:"fallback,omitempty" json:"fallback,omitempty"`
 }
+
+// HTTP2 is an upstream's HTTP/2 connection settings (Envoy's
+// http2_protocol_options for a cluster).
+type HTTP2 struct {
+	// MaxConcurrentStreams caps the streams the sidecar opens on one
+	// connection to an endpoint; past it, it opens another connection.
+	// 0: as many as the endpoint allows (its SETTINGS_MAX_CONCURRENT_STREAMS).
+	MaxConcurrentStreams int `yaml:"maxConcurrentStreams,omitempty" json:"maxConcurrentStreams,omitempty"`
+}
+
+// MaxHTTP2Streams is the largest HTTP/2 stream cap (RFC 9113's 2^31-1
+// stream identifiers, Envoy's bound on max_concurrent_streams).
+const MaxHTTP2Streams = 1<<31 - 1
 
 // TLS to the endpoints.
 type TLS struct {

@@ -223,6 +223,11 @@ func TestValidationRules(t *testing.T) {
 		{"hedge percentile", `upstreams: [{name: a, endpoints: ["h:1"], hedge: {percentile: 100}}]`, "upstreams[0].hedge.percentile", "100 must be from 0 to below 100"},
 		{"hedge count", `upstreams: [{name: a, endpoints: ["h:1"], hedge: {maxHedges: 9}}]`, "upstreams[0].hedge.maxHedges", "9 must be from 1 to 3"},
 		{"outlier max ejection time", `upstreams: [{name: a, endpoints: ["h:1"], outlierDetection: {maxEjectionTime: x}}]`, "upstreams[0].outlierDetection.maxEjectionTime", `"x" is not a duration`},
+		{"http2 streams negative", `upstreams: [{name: a, endpoints: ["h:1"], http2: {maxConcurrentStreams: -1}}]`, "upstreams[0].http2.maxConcurrentStreams", "-1 is not between 0"},
+		{"http2 streams too many", `upstreams: [{name: a, endpoints: ["h:1"], http2: {maxConcurrentStreams: 2147483648}}]`, "upstreams[0].http2.maxConcurrentStreams", "2147483648 is not between 0"},
+		{"http2 streams over http1", `upstreams: [{name: a, endpoints: ["h:1"], protocol: http1, http2: {maxConcurrentStreams: 8}}]`, "upstreams[0].http2.maxConcurrentStreams", "protocol is http1"},
+		{"http2 streams over tls", `upstreams: [{name: a, endpoints: ["h:1"], protocol: http2, tls: {sni: a}, http2: {maxConcurrentStreams: 8}}]`, "upstreams[0].http2.maxConcurrentStreams", "only cleartext (h2c)"},
+		{"http2 unknown field", `upstreams: [{name: a, endpoints: ["h:1"], http2: {maxStreams: 8}}]`, "maxStreams", ""},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -174,6 +174,7 @@ func (c *Config) validateUpstreams(v *validator) {
 			}
 		}
 		oneOf(v, p+".protocol", u.Protocol, ProtocolHTTP1, ProtocolHTTP2, ProtocolAuto)
+		u.validateHTTP2(v, p)
 		// No endpoints is allowed: EDS sends none during a rollout or a scale
 		// to zero, and the sidecar answers 503 upstream_unavailable itself.
 		seenEP := map[string]int{}
@@ -215,6 +216,25 @@ func (c *Config) validateUpstreams(v *validator) {
 	}
 	if c.Isolation == IsolationPerUpstream && capped > c.Budget {
 		v.add("upstreams", "the explicit bulkhead.maxConcurrent caps add up to %d, more than the budget of %d", capped, c.Budget)
+	}
+}
+
+func (u *Upstream) validateHTTP2(v *validator, p string) {
+	h := u.HTTP2
+	if h == nil {
+		return
+	}
+	hp := p + ".http2.maxConcurrentStreams"
+	switch n := h.MaxConcurrentStreams; {
+	case n < 0 || n > MaxHTTP2Streams:
+		v.add(hp, "%d is not between 0 (the endpoint's own limit) and %d", n, MaxHTTP2Streams)
+	case n == 0:
+	case u.Protocol == ProtocolHTTP1:
+		v.add(hp, "%d is set, but protocol is http1: no HTTP/2 connection is made", n)
+	case u.TLS != nil:
+		// net/http's HTTP/2 client, which TLS upstreams use, has no cap of
+		// its own: refused rather than ignored.
+		v.add(hp, "%d is set, but only cleartext (h2c) connections take a cap; over TLS the endpoint's own limit applies", n)
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -437,5 +438,87 @@ func TestTransparentLoopbackListensOnBothFamilies(t *testing.T) {
 		if resp, body := get(t, client(false), base, "inventory", "/"); resp.StatusCode != 200 || body != "ok" {
 			t.Fatalf("%s: %d %q", base, resp.StatusCode, body)
 		}
+	}
+}
+
+// TestHTTP2StreamCapApplies: an upstream's http2.maxConcurrentStreams
+// reaches its h2c connections, and a reload that changes it builds the
+// pool anew.
+func TestHTTP2StreamCapApplies(t *testing.T) {
+	if *upstreamHTTP2 != HTTP1Watertight {
+		t.Skipf("-upstream-http2=%s: net/http's HTTP/2 client takes no cap of its own (sidecar run's flag says so)", *upstreamHTTP2)
+	}
+	const requests = 6
+	var (
+		mu      sync.Mutex
+		conns   = map[string]bool{} // the proxy's connections the upstream saw, by remote address
+		arrived int
+		all     chan struct{}
+	)
+	addr := startUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		conns[r.RemoteAddr] = true
+		if arrived++; arrived == requests {
+			close(all)
+		}
+		wait := all
+		mu.Unlock()
+		select {
+		case <-wait: // all in flight at once
+		case <-r.Context().Done():
+		}
+		_, _ = io.WriteString(w, r.Proto)
+	}))
+	cfgWith := func(cap int) *config.Config {
+		u := upstreamCfg("u", addr, config.Bulkhead{})
+		u.Protocol = config.ProtocolHTTP2
+		if cap > 0 {
+			u.HTTP2 = &config.HTTP2{MaxConcurrentStreams: cap}
+		}
+		return &config.Config{Listeners: proxyListener(), Upstreams: []config.Upstream{u}}
+	}
+	batch := func(p *testProxy) int {
+		mu.Lock()
+		clear(conns)
+		arrived, all = 0, make(chan struct{})
+		mu.Unlock()
+		c := client(true)
+		var wg sync.WaitGroup
+		for range requests {
+			wg.Go(func() {
+				req, err := http.NewRequest(http.MethodGet, p.url(t, "out")+"/", nil)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				req.Host = "u"
+				resp, err := c.Do(req)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK || string(b) != "HTTP/2.0" {
+					t.Errorf("%d %q, want 200 from HTTP/2", resp.StatusCode, b)
+				}
+			})
+		}
+		wg.Wait()
+		mu.Lock()
+		defer mu.Unlock()
+		return len(conns)
+	}
+	p := startProxy(t, cfgWith(2))
+	if n := batch(p); n != requests/2 {
+		t.Errorf("with a cap of 2: %d requests in flight over %d connections, want %d", requests, n, requests/2)
+	}
+	cfg := cfgWith(0)
+	cfg.SetDefaults()
+	if err := p.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if n := batch(p); n != 1 {
+		t.Errorf("without a cap: %d requests in flight over %d connections, want 1", requests, n)
 	}
 }

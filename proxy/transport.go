@@ -62,12 +62,16 @@ type transportKey struct {
 	maxIdle                         int
 	http1                           string // HTTP1NetHTTP or HTTP1Watertight
 	http2                           string // the same, for h2c
+	maxStreams                      uint32 // http2.maxConcurrentStreams: streams per h2c connection, 0 for the upstream's limit
 }
 
 func keyOf(u *config.Upstream, budget int, http1, http2 string) transportKey {
 	k := transportKey{upstream: u.Name, protocol: u.Protocol, maxIdle: budget, http1: http1, http2: http2}
 	if u.TLS != nil {
 		k.tls, k.sni, k.caFile = true, u.TLS.SNI, u.TLS.CAFile
+	}
+	if u.HTTP2 != nil {
+		k.maxStreams = uint32(u.HTTP2.MaxConcurrentStreams) // validated: 0..2^31-1
 	}
 	return k
 }
@@ -143,6 +147,8 @@ func newTransports(k transportKey) (*transports, error) {
 			IdleTimeout:     std.IdleConnTimeout,
 			ReadIdleTimeout: std.HTTP2.SendPingTimeout,
 			PingTimeout:     std.HTTP2.PingTimeout,
+
+			MaxConcurrentStreams: k.maxStreams,
 		}
 	}
 	t := &transports{key: k}

@@ -285,6 +285,7 @@ func (m *modeler) cluster(c *clusterv3.Cluster) *upstreamState {
 	u.OutlierDetection = m.outlierDetection(where.field("outlier_detection"), c.GetOutlierDetection())
 	u.TLS = m.tls(where.field("transport_socket"), c.GetTransportSocket())
 	u.Protocol = m.protocol(where, c)
+	u.HTTP2 = m.http2Options(where, c, u.TLS != nil)
 	return st
 }
 
@@ -481,6 +482,47 @@ func (m *modeler) protocol(where at, c *clusterv3.Cluster) string {
 		return config.ProtocolHTTP2
 	}
 	return "" // auto, the default (Envoy's would be HTTP/1.1)
+}
+
+// http2Options reads the cluster's HTTP/2 settings wherever its protocol
+// options carry them: the explicit HTTP/2 config, the downstream-following
+// or ALPN config's HTTP/2 half, or the older cluster-level field.
+func (m *modeler) http2Options(where at, c *clusterv3.Cluster, tls bool) *config.HTTP2 {
+	var h2 *corev3.Http2ProtocolOptions
+	var hw at
+	for _, key := range slices.Sorted(maps.Keys(c.GetTypedExtensionProtocolOptions())) {
+		a := c.GetTypedExtensionProtocolOptions()[key]
+		opts := &httpv3.HttpProtocolOptions{}
+		if !a.MessageIs(opts) || a.UnmarshalTo(opts) != nil {
+			continue // protocol() has said why
+		}
+		kw := where.field(fmt.Sprintf("typed_extension_protocol_options[%q]", key))
+		switch {
+		case opts.GetExplicitHttpConfig().GetHttp2ProtocolOptions() != nil:
+			h2, hw = opts.GetExplicitHttpConfig().GetHttp2ProtocolOptions(), kw.field("explicit_http_config.http2_protocol_options")
+		case opts.GetUseDownstreamProtocolConfig().GetHttp2ProtocolOptions() != nil:
+			h2, hw = opts.GetUseDownstreamProtocolConfig().GetHttp2ProtocolOptions(), kw.field("use_downstream_protocol_config.http2_protocol_options")
+		case opts.GetAutoConfig().GetHttp2ProtocolOptions() != nil:
+			h2, hw = opts.GetAutoConfig().GetHttp2ProtocolOptions(), kw.field("auto_config.http2_protocol_options")
+		}
+	}
+	if h2 == nil && c.GetHttp2ProtocolOptions() != nil {
+		h2, hw = c.GetHttp2ProtocolOptions(), where.field("http2_protocol_options")
+	}
+	mcs := h2.GetMaxConcurrentStreams()
+	if mcs == nil {
+		return nil
+	}
+	fw := hw.field("max_concurrent_streams")
+	switch n := mcs.GetValue(); {
+	case n < 1 || n > config.MaxHTTP2Streams:
+		m.fail(fw, "%d is not between 1 and %d", n, config.MaxHTTP2Streams)
+	case tls:
+		m.warn(fw, "only cleartext (h2c) connections take a cap; over TLS the endpoint's own limit applies, ignored")
+	default:
+		return &config.HTTP2{MaxConcurrentStreams: int(n)}
+	}
+	return nil
 }
 
 func (m *modeler) endpoints() {

@@ -47,6 +47,7 @@
 package xds
 
 import (
+	"cmp"
 	"fmt"
 	"log/slog"
 	"math"
@@ -518,7 +519,7 @@ func cluster(u *config.Upstream) (*clusterv3.Cluster, error) {
 		}
 		c.TransportSocket = ts
 	}
-	opts, err := protocolOptions(u.Protocol)
+	opts, err := protocolOptions(u)
 	if err != nil {
 		return nil, err
 	}
@@ -586,9 +587,13 @@ func transportSocket(t *config.TLS) (*corev3.TransportSocket, error) {
 
 // protocolOptions writes even http1 explicitly, so that no options at all can
 // mean our default (auto), not Envoy's (HTTP/1.1).
-func protocolOptions(protocol string) (*anypb.Any, error) {
+func protocolOptions(u *config.Upstream) (*anypb.Any, error) {
 	o := &httpv3.HttpProtocolOptions{}
-	switch protocol {
+	var h2 *corev3.Http2ProtocolOptions // nil: HTTP/2 as the endpoint allows
+	if u.HTTP2 != nil && u.HTTP2.MaxConcurrentStreams > 0 {
+		h2 = &corev3.Http2ProtocolOptions{MaxConcurrentStreams: wrapperspb.UInt32(uint32(u.HTTP2.MaxConcurrentStreams))}
+	}
+	switch u.Protocol {
 	case config.ProtocolHTTP1:
 		o.UpstreamProtocolOptions = &httpv3.HttpProtocolOptions_ExplicitHttpConfig_{
 			ExplicitHttpConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig{
@@ -601,13 +606,13 @@ func protocolOptions(protocol string) (*anypb.Any, error) {
 		o.UpstreamProtocolOptions = &httpv3.HttpProtocolOptions_ExplicitHttpConfig_{
 			ExplicitHttpConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig{
 				ProtocolConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{
-					Http2ProtocolOptions: &corev3.Http2ProtocolOptions{},
+					Http2ProtocolOptions: cmp.Or(h2, &corev3.Http2ProtocolOptions{}),
 				},
 			},
 		}
 	default:
 		o.UpstreamProtocolOptions = &httpv3.HttpProtocolOptions_UseDownstreamProtocolConfig{
-			UseDownstreamProtocolConfig: &httpv3.HttpProtocolOptions_UseDownstreamHttpConfig{},
+			UseDownstreamProtocolConfig: &httpv3.HttpProtocolOptions_UseDownstreamHttpConfig{Http2ProtocolOptions: h2},
 		}
 	}
 	if err := o.Validate(); err != nil {

@@ -87,6 +87,7 @@ upstreams:
     outlierDetection: {interval: 0s}
   - name: search
     protocol: auto
+    http2: {maxConcurrentStreams: 16}
     endpoints: ["[::1]:8082"]
     loadBalancer: least_request
     retry: {attempts: 1, perTryTimeout: 0s, on: ["503", "504", reset]}
@@ -850,5 +851,110 @@ func TestEmptyResourcesDoNotPanic(t *testing.T) {
 	}
 	if _, _, err := Model(&Resources{}); err != nil {
 		t.Errorf("no resources at all: %v", err)
+	}
+}
+
+// TestHTTP2StreamCap reads http2.maxConcurrentStreams from each place an
+// Envoy cluster can carry max_concurrent_streams, refuses a value Envoy
+// would, and warns (not fails) where the sidecar cannot apply it.
+func TestHTTP2StreamCap(t *testing.T) {
+	base := func(t *testing.T) *Resources {
+		res, err := FromConfig(parse(t, `
+listeners: [{name: outbound, address: 127.0.0.1:15001}]
+upstreams: [{name: inventory, protocol: http2, endpoints: [127.0.0.1:8081]}]
+`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	withOptions := func(c *clusterv3.Cluster, o *httpv3.HttpProtocolOptions) {
+		a, err := anypb.New(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.TypedExtensionProtocolOptions = map[string]*anypb.Any{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": a}
+	}
+	explicit := func(n uint32) *httpv3.HttpProtocolOptions {
+		return &httpv3.HttpProtocolOptions{UpstreamProtocolOptions: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_{
+			ExplicitHttpConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig{
+				ProtocolConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{
+					Http2ProtocolOptions: &corev3.Http2ProtocolOptions{MaxConcurrentStreams: wrapperspb.UInt32(n)},
+				},
+			},
+		}}
+	}
+	const field = `cluster "inventory": typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].explicit_http_config.http2_protocol_options.max_concurrent_streams`
+	for _, c := range []struct {
+		name     string
+		spoil    func(*clusterv3.Cluster)
+		protocol string
+		want     int      // the cap read; 0: none
+		warn     string   // a warning that must be given
+		fail     []string // a refusal that must be given, all in one problem
+	}{
+		{"explicit HTTP/2", func(c *clusterv3.Cluster) { withOptions(c, explicit(5)) }, config.ProtocolHTTP2, 5, "", nil},
+		{"the downstream's protocol", func(c *clusterv3.Cluster) {
+			withOptions(c, &httpv3.HttpProtocolOptions{UpstreamProtocolOptions: &httpv3.HttpProtocolOptions_UseDownstreamProtocolConfig{
+				UseDownstreamProtocolConfig: &httpv3.HttpProtocolOptions_UseDownstreamHttpConfig{
+					Http2ProtocolOptions: &corev3.Http2ProtocolOptions{MaxConcurrentStreams: wrapperspb.UInt32(6)},
+				},
+			}})
+		}, config.ProtocolAuto, 6, "", nil},
+		{"the cluster-level field", func(c *clusterv3.Cluster) {
+			c.TypedExtensionProtocolOptions = nil
+			c.Http2ProtocolOptions = &corev3.Http2ProtocolOptions{MaxConcurrentStreams: wrapperspb.UInt32(7)} //nolint:staticcheck // older control planes send it
+		}, config.ProtocolHTTP2, 7, "", nil},
+		{"no cap", func(c *clusterv3.Cluster) {}, config.ProtocolHTTP2, 0, "", nil},
+		{"zero", func(c *clusterv3.Cluster) { withOptions(c, explicit(0)) }, "", 0, "", []string{field, "0 is not between 1 and 2147483647"}},
+		{"beyond stream ids", func(c *clusterv3.Cluster) { withOptions(c, explicit(1<<31)) }, "", 0, "", []string{field, "2147483648 is not between 1"}},
+		{"over TLS", func(c *clusterv3.Cluster) {
+			withOptions(c, explicit(5))
+			tc, err := anypb.New(&tlsv3.UpstreamTlsContext{Sni: "inventory"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.TransportSocket = &corev3.TransportSocket{Name: "envoy.transport_sockets.tls", ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: tc}}
+		}, config.ProtocolHTTP2, 0, field + ": only cleartext (h2c) connections take a cap", nil},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			res := base(t)
+			c.spoil(res.Clusters[0])
+			got, warnings, err := Model(res)
+			if c.fail != nil {
+				if err == nil {
+					t.Fatalf("accepted, want a refusal with %q", c.fail)
+				}
+				var one bool
+				for _, line := range strings.Split(err.Error(), "\n") {
+					one = one || containsAll(line, c.fail)
+				}
+				if !one {
+					t.Fatalf("refusal %q\nhas no problem with all of %q", err, c.fail)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			u := got.Upstreams[0]
+			if u.Protocol != c.protocol {
+				t.Errorf("protocol %q, want %q", u.Protocol, c.protocol)
+			}
+			var cap int
+			if u.HTTP2 != nil {
+				cap = u.HTTP2.MaxConcurrentStreams
+			}
+			if cap != c.want {
+				t.Errorf("http2.maxConcurrentStreams %d, want %d", cap, c.want)
+			}
+			warned := c.warn == ""
+			for _, w := range warnings {
+				warned = warned || strings.Contains(w, c.warn)
+			}
+			if !warned {
+				t.Errorf("warnings %q, want one with %q", warnings, c.warn)
+			}
+		})
 	}
 }

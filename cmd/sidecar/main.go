@@ -157,7 +157,7 @@ func runProxy(args []string, stderr io.Writer) error {
 	drain := fs.Duration("drain-timeout", 15*time.Second, "on SIGTERM, how long in-flight requests get to finish")
 	http1 := fs.String("upstream-http1", proxy.DefaultUpstreamHTTP1, "HTTP/1.1 client for cleartext upstreams: "+proxy.HTTP1Watertight+" (written for the sidecar) or "+proxy.HTTP1NetHTTP)
 	serve1 := fs.String("downstream-http1", proxy.DefaultDownstreamHTTP1, "HTTP/1.1 server on the app side: "+proxy.HTTP1Watertight+" (a loop written for the sidecar, handing the rest to net/http) or "+proxy.HTTP1NetHTTP)
-	http2 := fs.String("upstream-http2", proxy.DefaultUpstreamHTTP2, "h2c client for cleartext upstreams: "+proxy.HTTP1Watertight+" (written for the sidecar) or "+proxy.HTTP1NetHTTP)
+	http2 := fs.String("upstream-http2", proxy.DefaultUpstreamHTTP2, "h2c client for cleartext upstreams: "+proxy.HTTP1Watertight+" (written for the sidecar) or "+proxy.HTTP1NetHTTP+" (which leaves an upstream's http2.maxConcurrentStreams unapplied)")
 	serve2 := fs.String("downstream-http2", proxy.DefaultDownstreamHTTP2, "h2c server on the app side, behind the "+proxy.HTTP1Watertight+" HTTP/1.1 server: "+proxy.HTTP1Watertight+" (written for the sidecar) or "+proxy.HTTP1NetHTTP)
 	lane := fs.String("lane", proxy.LaneOn, "the plainest bodiless HTTP/1.1 requests served below net/http's types (docs/forwarding-path.md, step 9), behind the "+proxy.HTTP1Watertight+" HTTP/1.1 server: "+proxy.LaneOn+" or "+proxy.LaneOff)
 	lf := addLogFlags(fs, "info")

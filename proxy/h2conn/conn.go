@@ -102,7 +102,7 @@ func (cc *clientConn) reserve() bool {
 	cc.mu.Lock()
 	defer cc.mu.Unlock()
 	if cc.goingAway || cc.broken != nil || cc.nextID > maxStreamID ||
-		uint32(len(cc.streams)+cc.reserved) >= cc.maxStreams {
+		uint32(len(cc.streams)+cc.reserved) >= cc.streamLimit() {
 		return false
 	}
 	cc.reserved++
@@ -110,6 +110,15 @@ func (cc *clientConn) reserve() bool {
 }
 
 const maxStreamID = 1<<31 - 1
+
+// streamLimit is how many streams the connection may carry: the upstream's
+// limit, or the transport's cap if lower. The caller holds cc.mu.
+func (cc *clientConn) streamLimit() uint32 {
+	if c := cc.t.MaxConcurrentStreams; c > 0 && c < cc.maxStreams {
+		return c
+	}
+	return cc.maxStreams
+}
 
 // retireIfIdle marks the connection closed with err if it has no streams
 // and none reserved, and reports whether it did. Marking under mu, in the

@@ -79,7 +79,7 @@ func (cc *clientConn) roundTrip(req *http.Request) (*http.Response, error) {
 	cc.lockWrite()
 	cc.mu.Lock()
 	cc.reserved--
-	if cc.broken != nil || cc.goingAway || cc.w.Err() != nil || uint32(len(cc.streams)) >= cc.maxStreams {
+	if cc.broken != nil || cc.goingAway || cc.w.Err() != nil || uint32(len(cc.streams)) >= cc.streamLimit() {
 		cc.mu.Unlock()
 		_ = cc.unlockWrite()
 		return nil, refusedError{fmt.Errorf("h2conn: connection to %s is closing", cc.addr)}

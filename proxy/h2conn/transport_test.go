@@ -1122,36 +1122,11 @@ func TestManyStreams(t *testing.T) {
 		mu.Unlock()
 		before := s.accepted.Load()
 		tr, _ := newTransport(t)
-		errs := make(chan error, requests)
-		var wg sync.WaitGroup
-		for i := range requests {
-			req := newRequest(t, http.MethodGet, fmt.Sprintf("%s/%d", s.url, i), nil)
-			wg.Go(func() {
-				res, err := tr.RoundTrip(req)
-				if err == nil {
-					var b []byte
-					b, err = io.ReadAll(res.Body)
-					_ = res.Body.Close()
-					if err == nil && string(b) != req.URL.Path {
-						err = fmt.Errorf("%s answered %q", req.URL.Path, b)
-					}
-				}
-				if err != nil {
-					mu.Lock()
-					release() // the others need not wait for it
-					mu.Unlock()
-				}
-				errs <- err
-			})
-		}
-		wg.Wait()
-		close(errs)
-		var failed []error
-		for err := range errs {
-			if err != nil {
-				failed = append(failed, err)
-			}
-		}
+		failed := getAll(t, tr, s.url, requests, func() {
+			mu.Lock()
+			release() // the others need not wait for it
+			mu.Unlock()
+		})
 		conns := s.accepted.Load() - before
 		if len(failed) > 0 {
 			t.Fatalf("round %d: %d of %d requests failed, over %d connections; the first: %v", round, len(failed), requests, conns, failed[0])
@@ -1161,6 +1136,103 @@ func TestManyStreams(t *testing.T) {
 		}
 		tr.CloseIdleConnections()
 	}
+}
+
+// TestStreamCap: with MaxConcurrentStreams set, no connection carries more
+// streams at once than the lower of the cap and the server's limit, and the
+// requests past it take new connections instead of waiting.
+func TestStreamCap(t *testing.T) {
+	const requests = 12
+	for _, c := range []struct {
+		name             string
+		serverLimit, cap int
+		want             int // streams a connection may carry
+	}{
+		{"cap below the server's limit", 250, 3, 3},
+		{"the server's limit below the cap", 2, 3, 2},
+		{"one stream a connection", 250, 1, 1},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var (
+				mu      sync.Mutex
+				now     = map[string]int{} // streams in the handler, by client address (connection)
+				most    = map[string]int{}
+				arrived int
+				all     = make(chan struct{}) // closed when every request is in, so all are in flight together
+			)
+			s := newH2Server(t, func(w http.ResponseWriter, r *http.Request) {
+				mu.Lock()
+				now[r.RemoteAddr]++
+				most[r.RemoteAddr] = max(most[r.RemoteAddr], now[r.RemoteAddr])
+				if arrived++; arrived == requests {
+					close(all)
+				}
+				mu.Unlock()
+				select {
+				case <-all:
+				case <-r.Context().Done():
+				}
+				mu.Lock()
+				now[r.RemoteAddr]--
+				mu.Unlock()
+				_, _ = io.WriteString(w, r.URL.Path)
+			}, maxStreams(c.serverLimit))
+			tr, fb := newTransport(t, func(tr *h2conn.Transport) { tr.MaxConcurrentStreams = uint32(c.cap) })
+			if failed := getAll(t, tr, s.url, requests, func() {}); len(failed) > 0 {
+				t.Fatalf("%d of %d requests failed; the first: %v", len(failed), requests, failed[0])
+			}
+			if n := fb.calls(); n > 0 {
+				t.Errorf("%d requests went to the fallback", n)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			for addr, n := range most {
+				if n > c.want {
+					t.Errorf("connection %s carried %d streams at once, want at most %d", addr, n, c.want)
+				}
+			}
+			// All twelve were in flight at once (the handler held them until
+			// the last came), so the connections are exactly enough for them.
+			if got, want := s.accepted.Load(), int64((requests+c.want-1)/c.want); got != want {
+				t.Errorf("%d connections for %d requests in flight, want %d", got, requests, want)
+			}
+		})
+	}
+}
+
+// getAll sends GET base/0 .. base/n-1 at once through tr, each answered
+// with its own path, and returns the failures; onFail runs as each fails.
+func getAll(t *testing.T, tr *h2conn.Transport, base string, n int, onFail func()) []error {
+	t.Helper()
+	errs := make(chan error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		req := newRequest(t, http.MethodGet, fmt.Sprintf("%s/%d", base, i), nil)
+		wg.Go(func() {
+			res, err := tr.RoundTrip(req)
+			if err == nil {
+				var b []byte
+				b, err = io.ReadAll(res.Body)
+				_ = res.Body.Close()
+				if err == nil && string(b) != req.URL.Path {
+					err = fmt.Errorf("%s answered %q", req.URL.Path, b)
+				}
+			}
+			if err != nil {
+				onFail()
+			}
+			errs <- err
+		})
+	}
+	wg.Wait()
+	close(errs)
+	var failed []error
+	for err := range errs {
+		if err != nil {
+			failed = append(failed, err)
+		}
+	}
+	return failed
 }
 
 // TestLateAnswers: a server answers streams the client has already reset
