@@ -24,6 +24,10 @@
 #       [watertight-h1up]  (the sidecar with its upstream set to protocol http1:
 #                           h2c in, HTTP/1.1 out, what nginx does, for a like-for-like
 #                           h2c row against it; with --targets)
+#       [watertight-h2cap] (the sidecar with its upstream's http2.maxConcurrentStreams
+#                           at 4: h2c streams spread over connections, 4 at most on
+#                           each, as nginx (one a connection) and HAProxy (one
+#                           connection a client) spread them; with --targets)
 #       [nginx-h2up]       (the same nginx process passing h2c on as h2c, through
 #                           grpc_pass; h2c rows only; with --targets)
 #       [watertight-sysmon] (an experiment, never shipped: the sidecar built with
@@ -114,6 +118,7 @@ PORT_WT_NETSERVE=$((PORT_BASE + 22)) # +0 listener, +1 admin
 PORT_WT_NETH2=$((PORT_BASE + 24))    # +0 listener, +1 admin
 PORT_WT_SYSMON=$((PORT_BASE + 26))   # +0 listener, +1 admin
 PORT_WT_H1UP=$((PORT_BASE + 28))     # +0 listener, +1 admin
+PORT_WT_H2CAP=$((PORT_BASE + 30))    # +0 listener, +1 admin
 PORT_GOFLOOR_RAW=$((PORT_BASE + 16))
 PORT_GOFLOOR_STD=$((PORT_BASE + 17))
 PORT_GOFLOOR_SRV=$((PORT_BASE + 18))
@@ -337,10 +342,12 @@ EOF
 	# The same sidecar, one per HTTP/1.1 client (watertight-h1conn,
 	# watertight-nethttp): its own ports, the same upstream.
 	local port
-	local protocol
-	for port in "$PORT_WT_H1CONN" "$PORT_WT_NETHTTP" "$PORT_WT_H1SERVE" "$PORT_WT_NETSERVE" "$PORT_WT_NETH2" "$PORT_WT_SYSMON" "$PORT_WT_H1UP"; do
-		protocol=auto
+	local protocol http2
+	for port in "$PORT_WT_H1CONN" "$PORT_WT_NETHTTP" "$PORT_WT_H1SERVE" "$PORT_WT_NETSERVE" "$PORT_WT_NETH2" "$PORT_WT_SYSMON" "$PORT_WT_H1UP" "$PORT_WT_H2CAP"; do
+		protocol=auto http2=""
 		[[ $port == "$PORT_WT_H1UP" ]] && protocol=http1 # watertight-h1up: h2c in, HTTP/1.1 out, as nginx
+		[[ $port == "$PORT_WT_H2CAP" ]] && http2="
+    http2: {maxConcurrentStreams: 4}" # watertight-h2cap
 		cat >"$OUT/watertight-$port.yaml" <<EOF
 admin: {address: 127.0.0.1:$((port + 1))}
 budget: 4096
@@ -348,7 +355,7 @@ listeners:
   - {name: upstream-mode, address: 127.0.0.1:$port, mode: upstream, upstream: bench}
 upstreams:
   - name: bench
-    protocol: $protocol
+    protocol: $protocol$http2
     endpoints: [127.0.0.1:$PORT_UPSTREAM]
 EOF
 	done
@@ -550,7 +557,7 @@ start_servers() {
 	# app-side loop, when asked for.
 	local t port flags
 	local bin
-	for t in watertight-h1conn watertight-nethttp watertight-h1serve watertight-netserve watertight-neth2 watertight-sysmon watertight-h1up; do
+	for t in watertight-h1conn watertight-nethttp watertight-h1serve watertight-netserve watertight-neth2 watertight-sysmon watertight-h1up watertight-h2cap; do
 		has_target "$t" || continue
 		port=$(target_port "$t")
 		bin=$OUT/sidecar flags=()
@@ -605,6 +612,7 @@ target_port() { # TARGET [h1|h2]
 	watertight-neth2) echo "$PORT_WT_NETH2" ;;
 	watertight-sysmon) echo "$PORT_WT_SYSMON" ;;
 	watertight-h1up) echo "$PORT_WT_H1UP" ;;
+	watertight-h2cap) echo "$PORT_WT_H2CAP" ;;
 	revproxy) echo "$PORT_REVPROXY" ;;
 	gofloor-raw) echo "$PORT_GOFLOOR_RAW" ;;
 	gofloor-std) echo "$PORT_GOFLOOR_STD" ;;
@@ -1092,7 +1100,7 @@ main() {
 		sanity_check
 		warm_up
 		run_scenarios
-		stop upstream watertight watertight-h1conn watertight-nethttp watertight-h1serve watertight-netserve watertight-neth2 watertight-sysmon watertight-h1up revproxy gofloor-raw gofloor-std gofloor-srv gofloor-rp haproxy nginx caddy
+		stop upstream watertight watertight-h1conn watertight-nethttp watertight-h1serve watertight-netserve watertight-neth2 watertight-sysmon watertight-h1up watertight-h2cap revproxy gofloor-raw gofloor-std gofloor-srv gofloor-rp haproxy nginx caddy
 	fi
 	if part isolation || part weights; then
 		rm -rf "$OUT/iso-runs"

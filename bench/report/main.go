@@ -37,7 +37,7 @@ import (
 )
 
 // Targets, in table order, and the baselines ratios are taken against.
-var targetOrder = []string{"direct", "watertight", "watertight-proxy", "watertight-h1conn", "watertight-nethttp", "watertight-h1serve", "watertight-h1up", "revproxy", "gofloor-raw", "gofloor-std", "gofloor-srv", "gofloor-rp", "caddy", "haproxy", "nginx", "nginx-h2up"}
+var targetOrder = []string{"direct", "watertight", "watertight-proxy", "watertight-h1conn", "watertight-nethttp", "watertight-h1serve", "watertight-h1up", "watertight-h2cap", "revproxy", "gofloor-raw", "gofloor-std", "gofloor-srv", "gofloor-rp", "caddy", "haproxy", "nginx", "nginx-h2up"}
 
 const (
 	baseDirect   = "direct"
@@ -46,7 +46,7 @@ const (
 )
 
 // watertightTargets are the ones the goals are judged on.
-var watertightTargets = []string{"watertight", "watertight-proxy", "watertight-h1conn", "watertight-nethttp", "watertight-h1serve", "watertight-h1up"}
+var watertightTargets = []string{"watertight", "watertight-proxy", "watertight-h1conn", "watertight-nethttp", "watertight-h1serve", "watertight-h1up", "watertight-h2cap"}
 
 // Goals from issue 7: ahead of every Go peer (bare ReverseProxy, Caddy) on
 // throughput and added latency; then within 1.5× of HAProxy's and nginx's
