@@ -46,12 +46,12 @@ type Transport struct {
 	// the upstream's SETTINGS_MAX_CONCURRENT_STREAMS as the only limit.
 	//
 	// Why a cap below the upstream's: one connection funnels every stream
-	// through the upstream's one reader and writer for it. Go's HTTP/2
-	// server, fed 32 callers' streams at 2,000 req/s, spent 5-17 µs more
-	// CPU a request on one connection than with them spread 4 a connection,
-	// and answered later (docs/benchmarks.md, "h2c: one upstream connection
-	// or several"). Envoy's max_concurrent_streams; its default, like ours,
-	// is the upstream's limit.
+	// through the upstream's one reader and writer for it, and an upstream
+	// with more cores serves more connections at once. Whether spreading
+	// pays depends on the upstream: against a fresh Go HTTP/2 server it cut
+	// the p50 at 2,000 req/s, against the benchmark's warm one it did not
+	// (docs/benchmarks.md, runs 53 and 54). Envoy's max_concurrent_streams;
+	// its default, like ours, is the upstream's limit.
 	MaxConcurrentStreams uint32
 
 	mu      sync.Mutex
