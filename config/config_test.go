@@ -227,7 +227,7 @@ func TestValidationRules(t *testing.T) {
 		{"http2 streams too many", `upstreams: [{name: a, endpoints: ["h:1"], http2: {maxConcurrentStreams: 2147483648}}]`, "upstreams[0].http2.maxConcurrentStreams", "2147483648 is not between 0"},
 		{"http2 streams over http1", `upstreams: [{name: a, endpoints: ["h:1"], protocol: http1, http2: {maxConcurrentStreams: 8}}]`, "upstreams[0].http2.maxConcurrentStreams", "protocol is http1"},
 		{"http2 streams over tls", `upstreams: [{name: a, endpoints: ["h:1"], protocol: http2, tls: {sni: a}, http2: {maxConcurrentStreams: 8}}]`, "upstreams[0].http2.maxConcurrentStreams", "only cleartext (h2c)"},
-		{"http2 unknown field", `upstreams: [{name: a, endpoints: ["h:1"], http2: {maxStreams: 8}}]`, "maxStreams", ""},
+		{"http2 unknown field", `upstreams: [{name: a, endpoints: ["h:1"], http2: {maxStreams: 8}}]`, "upstreams[0].http2.maxStreams", "known fields: maxConcurrentStreams"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -228,7 +228,7 @@ func (u *Upstream) validateHTTP2(v *validator, p string) {
 	switch n := h.MaxConcurrentStreams; {
 	case n < 0 || n > MaxHTTP2Streams:
 		v.add(hp, "%d is not between 0 (the endpoint's own limit) and %d", n, MaxHTTP2Streams)
-	case n == 0:
+	case n == 0: // the endpoint's own limit, whatever the protocol
 	case u.Protocol == ProtocolHTTP1:
 		v.add(hp, "%d is set, but protocol is http1: no HTTP/2 connection is made", n)
 	case u.TLS != nil:

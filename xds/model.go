@@ -284,8 +284,9 @@ func (m *modeler) cluster(c *clusterv3.Cluster) *upstreamState {
 	m.circuitBreakers(where.field("circuit_breakers"), c.GetCircuitBreakers(), st)
 	u.OutlierDetection = m.outlierDetection(where.field("outlier_detection"), c.GetOutlierDetection())
 	u.TLS = m.tls(where.field("transport_socket"), c.GetTransportSocket())
-	u.Protocol = m.protocol(where, c)
-	u.HTTP2 = m.http2Options(where, c, u.TLS != nil)
+	proto, h2, h2w := m.protocol(where, c)
+	u.Protocol = proto
+	u.HTTP2 = m.http2Options(h2w, h2, u.TLS != nil)
 	return st
 }
 
@@ -447,8 +448,11 @@ func (m *modeler) tls(where at, ts *corev3.TransportSocket) *config.TLS {
 	return out
 }
 
-func (m *modeler) protocol(where at, c *clusterv3.Cluster) string {
-	var opts *httpv3.HttpProtocolOptions
+// protocol reads the cluster's upstream protocol, and the HTTP/2 settings
+// that go with it (nil when none are sent) with where they were: the
+// explicit HTTP/2 config, the HTTP/2 half of the downstream-following or
+// ALPN config, or the older cluster-level field.
+func (m *modeler) protocol(where at, c *clusterv3.Cluster) (string, *corev3.Http2ProtocolOptions, at) {
 	for _, key := range slices.Sorted(maps.Keys(c.GetTypedExtensionProtocolOptions())) {
 		a := c.GetTypedExtensionProtocolOptions()[key]
 		kw := where.field(fmt.Sprintf("typed_extension_protocol_options[%q]", key))
@@ -456,64 +460,44 @@ func (m *modeler) protocol(where at, c *clusterv3.Cluster) string {
 			m.warn(kw, "not supported, ignored")
 			continue
 		}
-		opts = &httpv3.HttpProtocolOptions{}
+		opts := &httpv3.HttpProtocolOptions{}
 		if err := a.UnmarshalTo(opts); err != nil {
 			m.fail(kw, "%v", err)
-			return ""
+			return "", nil, at{}
 		}
 		m.unsupported(kw, opts, "explicit_http_config", "use_downstream_protocol_config", "auto_config")
+		explicit := opts.GetExplicitHttpConfig()
 		switch {
-		case opts.GetExplicitHttpConfig().GetHttpProtocolOptions() != nil:
-			return config.ProtocolHTTP1
-		case opts.GetExplicitHttpConfig().GetHttp2ProtocolOptions() != nil:
-			return config.ProtocolHTTP2
-		case opts.GetExplicitHttpConfig().GetHttp3ProtocolOptions() != nil:
+		case explicit.GetHttpProtocolOptions() != nil:
+			return config.ProtocolHTTP1, nil, at{}
+		case explicit.GetHttp2ProtocolOptions() != nil:
+			return config.ProtocolHTTP2, explicit.GetHttp2ProtocolOptions(), kw.field("explicit_http_config.http2_protocol_options")
+		case explicit.GetHttp3ProtocolOptions() != nil:
 			m.warn(kw.field("explicit_http_config.http3_protocol_options"), "HTTP/3 is not supported, protocol auto is used")
 		case opts.GetAutoConfig() != nil:
 			m.warn(kw.field("auto_config"), "ALPN selection is read as protocol auto (the app's protocol)")
+			return config.ProtocolAuto, opts.GetAutoConfig().GetHttp2ProtocolOptions(), kw.field("auto_config.http2_protocol_options")
 		}
-		return config.ProtocolAuto
+		return config.ProtocolAuto, opts.GetUseDownstreamProtocolConfig().GetHttp2ProtocolOptions(), kw.field("use_downstream_protocol_config.http2_protocol_options")
 	}
 	// The cluster-level fields older control planes still send.
-	if c.GetProtocolSelection() == clusterv3.Cluster_USE_DOWNSTREAM_PROTOCOL {
-		return config.ProtocolAuto
+	h2, h2w := c.GetHttp2ProtocolOptions(), where.field("http2_protocol_options")
+	switch {
+	case c.GetProtocolSelection() == clusterv3.Cluster_USE_DOWNSTREAM_PROTOCOL:
+		return config.ProtocolAuto, h2, h2w
+	case h2 != nil:
+		return config.ProtocolHTTP2, h2, h2w
 	}
-	if c.GetHttp2ProtocolOptions() != nil {
-		return config.ProtocolHTTP2
-	}
-	return "" // auto, the default (Envoy's would be HTTP/1.1)
+	return "", nil, at{} // auto, the default (Envoy's would be HTTP/1.1)
 }
 
-// http2Options reads the cluster's HTTP/2 settings wherever its protocol
-// options carry them: the explicit HTTP/2 config, the downstream-following
-// or ALPN config's HTTP/2 half, or the older cluster-level field.
-func (m *modeler) http2Options(where at, c *clusterv3.Cluster, tls bool) *config.HTTP2 {
-	var h2 *corev3.Http2ProtocolOptions
-	var hw at
-	for _, key := range slices.Sorted(maps.Keys(c.GetTypedExtensionProtocolOptions())) {
-		a := c.GetTypedExtensionProtocolOptions()[key]
-		opts := &httpv3.HttpProtocolOptions{}
-		if !a.MessageIs(opts) || a.UnmarshalTo(opts) != nil {
-			continue // protocol() has said why
-		}
-		kw := where.field(fmt.Sprintf("typed_extension_protocol_options[%q]", key))
-		switch {
-		case opts.GetExplicitHttpConfig().GetHttp2ProtocolOptions() != nil:
-			h2, hw = opts.GetExplicitHttpConfig().GetHttp2ProtocolOptions(), kw.field("explicit_http_config.http2_protocol_options")
-		case opts.GetUseDownstreamProtocolConfig().GetHttp2ProtocolOptions() != nil:
-			h2, hw = opts.GetUseDownstreamProtocolConfig().GetHttp2ProtocolOptions(), kw.field("use_downstream_protocol_config.http2_protocol_options")
-		case opts.GetAutoConfig().GetHttp2ProtocolOptions() != nil:
-			h2, hw = opts.GetAutoConfig().GetHttp2ProtocolOptions(), kw.field("auto_config.http2_protocol_options")
-		}
-	}
-	if h2 == nil && c.GetHttp2ProtocolOptions() != nil {
-		h2, hw = c.GetHttp2ProtocolOptions(), where.field("http2_protocol_options")
-	}
+// http2Options reads the settings protocol found at where.
+func (m *modeler) http2Options(where at, h2 *corev3.Http2ProtocolOptions, tls bool) *config.HTTP2 {
 	mcs := h2.GetMaxConcurrentStreams()
 	if mcs == nil {
 		return nil
 	}
-	fw := hw.field("max_concurrent_streams")
+	fw := where.field("max_concurrent_streams")
 	switch n := mcs.GetValue(); {
 	case n < 1 || n > config.MaxHTTP2Streams:
 		m.fail(fw, "%d is not between 1 and %d", n, config.MaxHTTP2Streams)
