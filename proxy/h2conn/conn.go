@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/net/http/httpguts"
 	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 
 	"github.com/watertight/watertight/proxy/internal/h2wire"
 )
@@ -343,6 +344,9 @@ func (cc *clientConn) processHeaders(f *http2.MetaHeadersFrame) error {
 			k := cc.names.Canonical(hf.Name)
 			cs.trailer[k] = append(cs.trailer[k], hf.Value)
 		}
+		if cs.raw {
+			cs.rawTrailer = append(cs.rawTrailer, f.RegularFields()...) // a copy: the frame is reused
+		}
 		cs.gotTrailer = true
 		cs.endOfAnswer()
 		return nil
@@ -354,11 +358,92 @@ func (cc *clientConn) processHeaders(f *http2.MetaHeadersFrame) error {
 		return nil
 	}
 	regular := f.RegularFields()
-	h := make(http.Header, len(regular))
-	values := make(h2wire.Values, len(regular))
-	var trailer http.Header
-	for _, hf := range regular {
-		k := cc.names.Canonical(hf.Name)
+	if status < 200 {
+		if f.StreamEnded() {
+			cc.resetStream(f.StreamID, http2.ErrCodeProtocol, fmt.Errorf("h2conn: %s ended the stream with a %d", cc.addr, status))
+			return nil
+		}
+		var err error
+		switch {
+		case cs.raw && cs.got1xx != nil:
+			err = cs.got1xx(status, regular)
+		case cs.trace != nil && cs.trace.Got1xxResponse != nil:
+			h, _ := header(&cc.names, regular)
+			err = cs.trace.Got1xxResponse(status, textproto.MIMEHeader(h))
+		}
+		if err != nil {
+			cc.resetStream(f.StreamID, http2.ErrCodeCancel, err)
+		}
+		return nil
+	}
+	length := contentLength(regular, f.StreamEnded(), cs.head)
+	var res *http.Response
+	if cs.raw {
+		// Kept for the caller, who reads them after the read loop has
+		// read on: a copy.
+		regular = append([]hpack.HeaderField(nil), regular...)
+	} else {
+		res = newResponse(&cc.names, cs.req, status, regular, length)
+	}
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	if cs.done {
+		return nil // failed meanwhile
+	}
+	cs.answered = true
+	if length >= 0 {
+		cs.declLen = length
+	}
+	cs.noBody = cs.head || status == http.StatusNoContent || status == http.StatusNotModified
+	if f.StreamEnded() {
+		cs.endOfAnswer()
+	}
+	// With a length promised and none sent, the body is the stream's, and
+	// reading it says what went wrong.
+	noBody := cs.noBody || f.StreamEnded() && cs.bodyErr == io.EOF
+	if cs.raw {
+		cs.status, cs.fields, cs.length, cs.rawNoBody = status, regular, length, noBody
+	} else {
+		if noBody {
+			res.Body = http.NoBody
+		} else {
+			res.Body = &cs.body
+		}
+		cs.res = res
+	}
+	close(cs.resc)
+	return nil
+}
+
+// contentLength is an answer's length as net/http's HTTP/2 Transport
+// reads it from its fields: its one Content-Length, none for an answer
+// that ended with its HEADERS (but to HEAD), else unknown (-1).
+func contentLength(fields []hpack.HeaderField, ended, head bool) int64 {
+	n, value := 0, ""
+	for _, hf := range fields {
+		if hf.Name == "content-length" {
+			n++
+			value = hf.Value
+		}
+	}
+	switch {
+	case n == 1:
+		if v, err := strconv.ParseUint(value, 10, 63); err == nil {
+			return int64(v)
+		}
+	case n == 0 && ended && !head:
+		return 0
+	}
+	return -1
+}
+
+// header makes an answer's header from its fields, and its announced
+// trailers (Trailer, which the header does not keep).
+func header(names *h2wire.Names, fields []hpack.HeaderField) (h, trailer http.Header) {
+	h = make(http.Header, len(fields))
+	values := make(h2wire.Values, len(fields))
+	for _, hf := range fields {
+		k := names.Canonical(hf.Name)
 		if k == "Trailer" {
 			for t := range strings.SplitSeq(hf.Value, ",") {
 				if t = textproto.TrimString(t); t != "" && httpguts.ValidTrailerHeader(http.CanonicalHeaderKey(t)) {
@@ -372,56 +457,23 @@ func (cc *clientConn) processHeaders(f *http2.MetaHeadersFrame) error {
 		}
 		values.Add(h, k, hf.Value)
 	}
-	if status < 200 {
-		if f.StreamEnded() {
-			cc.resetStream(f.StreamID, http2.ErrCodeProtocol, fmt.Errorf("h2conn: %s ended the stream with a %d", cc.addr, status))
-			return nil
-		}
-		if cs.trace != nil && cs.trace.Got1xxResponse != nil {
-			if err := cs.trace.Got1xxResponse(status, textproto.MIMEHeader(h)); err != nil {
-				cc.resetStream(f.StreamID, http2.ErrCodeCancel, err)
-			}
-		}
-		return nil
+	return h, trailer
+}
+
+// newResponse is the answer to req with status and fields, without its
+// body.
+func newResponse(names *h2wire.Names, req *http.Request, status int, fields []hpack.HeaderField, length int64) *http.Response {
+	h, trailer := header(names, fields)
+	return &http.Response{
+		Status:        h2wire.StatusLine(status),
+		StatusCode:    status,
+		Proto:         "HTTP/2.0",
+		ProtoMajor:    2,
+		Header:        h,
+		Trailer:       trailer,
+		Request:       req,
+		ContentLength: length,
 	}
-	res := &http.Response{
-		Status:     h2wire.StatusLine(status),
-		StatusCode: status,
-		Proto:      "HTTP/2.0",
-		ProtoMajor: 2,
-		Header:     h,
-		Trailer:    trailer,
-		Request:    cs.req,
-	}
-	res.ContentLength = -1
-	if vv := h["Content-Length"]; len(vv) == 1 {
-		if n, err := strconv.ParseUint(vv[0], 10, 63); err == nil {
-			res.ContentLength = int64(n)
-		}
-	} else if len(vv) == 0 && f.StreamEnded() && !cs.head {
-		res.ContentLength = 0
-	}
-	cc.mu.Lock()
-	defer cc.mu.Unlock()
-	if cs.done {
-		return nil // failed meanwhile
-	}
-	cs.answered = true
-	if res.ContentLength >= 0 {
-		cs.declLen = res.ContentLength
-	}
-	cs.noBody = cs.head || status == http.StatusNoContent || status == http.StatusNotModified
-	if f.StreamEnded() {
-		cs.endOfAnswer()
-	}
-	if cs.noBody || f.StreamEnded() && cs.bodyErr == io.EOF {
-		res.Body = http.NoBody
-	} else {
-		res.Body = &cs.body // with a length promised and none sent, its error
-	}
-	cs.res = res
-	close(cs.resc)
-	return nil
 }
 
 func (cc *clientConn) processData(f *http2.DataFrame) error {

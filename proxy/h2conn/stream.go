@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 
 	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 
 	"github.com/watertight/watertight/proxy/internal/h2wire"
 	"github.com/watertight/watertight/proxy/internal/reqctx"
@@ -49,6 +50,16 @@ type clientStream struct {
 	trailer    http.Header // the answer's trailers as they arrive
 	gotTrailer bool
 	stopCtx    reqctx.Registration // the request context's watch
+
+	// A raw stream's (RoundTripRaw): its answer is kept as it came, and
+	// no http.Response is made unless asked for.
+	raw        bool
+	got1xx     func(int, []hpack.HeaderField) error
+	status     int
+	fields     []hpack.HeaderField
+	length     int64
+	rawNoBody  bool
+	rawTrailer []hpack.HeaderField
 }
 
 // refusedError: the upstream never processed the request.
@@ -59,13 +70,8 @@ func (e refusedError) Unwrap() error { return e.err }
 
 // roundTrip sends req on a stream reserved on cc.
 func (cc *clientConn) roundTrip(req *http.Request) (*http.Response, error) {
-	cs := &clientStream{
-		cc: cc, req: req, head: req.Method == http.MethodHead,
-		resc: make(chan struct{}), declLen: -1, recv: h2wire.NewInflow(streamWindow),
-		trace: httptrace.ContextClientTrace(req.Context()),
-	}
-	cs.body.cs = cs
-	cs.ready.L = &cc.mu
+	cs := cc.newStream(req.Method == http.MethodHead)
+	cs.req, cs.trace = req, httptrace.ContextClientTrace(req.Context())
 	hasBody := req.Body != nil && req.Body != http.NoBody
 	contentLength := int64(0)
 	if hasBody {
@@ -74,38 +80,12 @@ func (cc *clientConn) roundTrip(req *http.Request) (*http.Response, error) {
 			contentLength = -1 // unknown, as net/http reads it
 		}
 	}
-	ctx := req.Context()
-
-	cc.lockWrite()
-	cc.mu.Lock()
-	cc.reserved--
-	if cc.broken != nil || cc.goingAway || cc.w.Err() != nil || uint32(len(cc.streams)) >= cc.streamLimit() {
-		cc.mu.Unlock()
-		_ = cc.unlockWrite()
-		return nil, refusedError{fmt.Errorf("h2conn: connection to %s is closing", cc.addr)}
-	}
-	// The id is taken under the write lock: ids must reach the wire in
-	// order.
-	cs.id = cc.nextID
-	cc.nextID += 2
-	cs.sendWindow = int64(cc.peerWindow)
-	cc.streams[cs.id] = cs
-	cc.watchReads()
-	cs.stopCtx = reqctx.Register(ctx, func() { cs.cancel(context.Cause(ctx)) })
-	cc.mu.Unlock()
-	if err := cc.encodeRequest(req, contentLength); err != nil {
-		_ = cc.unlockWrite()
-		cc.mu.Lock()
-		cs.fail(err, false)
-		cc.mu.Unlock()
-		closeBody(req)
+	err := cc.send(req.Context(), cs, !hasBody, func() error { return cc.encodeRequest(req, contentLength) })
+	if err != nil {
+		if _, refused := err.(refusedError); !refused {
+			closeBody(req) // a refused request may go again, with its body
+		}
 		return nil, err
-	}
-	cc.w.WriteBlock(cs.id, !hasBody)
-	if err := cc.unlockWrite(); err != nil {
-		cc.mu.Lock()
-		cs.fail(err, false)
-		cc.mu.Unlock()
 	}
 	if cs.trace != nil && cs.trace.WroteHeaders != nil {
 		cs.trace.WroteHeaders()
@@ -125,6 +105,52 @@ func (cc *clientConn) roundTrip(req *http.Request) (*http.Response, error) {
 		return nil, cs.err
 	}
 	return cs.res, nil
+}
+
+// newStream makes the stream of a request about to be sent on cc.
+func (cc *clientConn) newStream(head bool) *clientStream {
+	cs := &clientStream{cc: cc, head: head, resc: make(chan struct{}), declLen: -1, recv: h2wire.NewInflow(streamWindow)}
+	cs.body.cs = cs
+	cs.ready.L = &cc.mu
+	return cs
+}
+
+// send opens cs on the stream reserved on cc and writes its HEADERS frame,
+// whose block encode fills (under the write lock); end says no body
+// follows. The context ends the stream. An error before the stream opened
+// is a refusedError: the request may go again elsewhere.
+func (cc *clientConn) send(ctx context.Context, cs *clientStream, end bool, encode func() error) error {
+	cc.lockWrite()
+	cc.mu.Lock()
+	cc.reserved--
+	if cc.broken != nil || cc.goingAway || cc.w.Err() != nil || uint32(len(cc.streams)) >= cc.streamLimit() {
+		cc.mu.Unlock()
+		_ = cc.unlockWrite()
+		return refusedError{fmt.Errorf("h2conn: connection to %s is closing", cc.addr)}
+	}
+	// The id is taken under the write lock: ids must reach the wire in
+	// order.
+	cs.id = cc.nextID
+	cc.nextID += 2
+	cs.sendWindow = int64(cc.peerWindow)
+	cc.streams[cs.id] = cs
+	cc.watchReads()
+	cs.stopCtx = reqctx.Register(ctx, func() { cs.cancel(context.Cause(ctx)) })
+	cc.mu.Unlock()
+	if err := encode(); err != nil {
+		_ = cc.unlockWrite()
+		cc.mu.Lock()
+		cs.fail(err, false)
+		cc.mu.Unlock()
+		return err
+	}
+	cc.w.WriteBlock(cs.id, end)
+	if err := cc.unlockWrite(); err != nil {
+		cc.mu.Lock()
+		cs.fail(err, false) // the caller learns it from resc
+		cc.mu.Unlock()
+	}
+	return nil
 }
 
 // fail ends the stream with err; the caller holds cc.mu.
@@ -210,7 +236,7 @@ func (cs *clientStream) abandonSending() {
 	}
 	cs.sendDone = true
 	cs.cc.window.Broadcast() // a body writer waiting for window
-	if cs.req.Body != nil && cs.req.Body != http.NoBody {
+	if cs.req != nil && cs.req.Body != nil && cs.req.Body != http.NoBody {
 		// Its writer may be blocked reading it: closing is how it lets
 		// go (as net/http's Transport does), and a RoundTripper closes
 		// the body in any case. Not under mu: Close is the caller's code.
@@ -348,7 +374,7 @@ func (b *responseBody) Read(p []byte) (int, error) {
 	}
 	if len(cs.buf) == 0 {
 		err := cs.bodyErr
-		if err == io.EOF && cs.gotTrailer {
+		if err == io.EOF && cs.gotTrailer && cs.res != nil { // a raw stream's are kept raw too
 			// Into the announced keys, which stay even if unsent.
 			if cs.res.Trailer == nil {
 				cs.res.Trailer = http.Header{}
