@@ -15,6 +15,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/net/http2/hpack"
+
+	"github.com/watertight/watertight/proxy/h2serve"
 )
 
 // h2specReport is the part of h2spec's JUnit report the test reads.
@@ -45,10 +49,27 @@ func TestH2spec(t *testing.T) {
 		}
 		t.Skip("h2spec is not installed: go install github.com/summerwind/h2spec/cmd/h2spec@latest, and put $(go env GOPATH)/bin on PATH")
 	}
+	// Through the Handler alone, and with a Lane that answers every
+	// request it is offered (the bodiless ones).
+	for _, lane := range []bool{false, true} {
+		t.Run(map[bool]string{false: "handler", true: "lane"}[lane], func(t *testing.T) { runH2spec(t, bin, lane) })
+	}
+}
+
+func runH2spec(t *testing.T, bin string, lane bool) {
 	srv := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, r.Body)
 		io.WriteString(w, "h2spec")
-	}))
+	}), func(s *h2serve.Server) {
+		if !lane {
+			return
+		}
+		s.Lane = laneFunc(func(x *h2serve.Exchange) bool {
+			_ = x.AnswerHead(200, []hpack.HeaderField{{Name: "content-type", Value: "text/plain"}}, 6)
+			_ = x.AnswerBody(strings.NewReader("h2spec"))
+			return true
+		})
+	})
 	_, port, err := net.SplitHostPort(srv.addr)
 	if err != nil {
 		t.Fatal(err)

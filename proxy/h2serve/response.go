@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"golang.org/x/net/http/httpguts"
+	"golang.org/x/net/http2/hpack"
 
 	"github.com/watertight/watertight/proxy/internal/h2wire"
 )
@@ -42,6 +43,10 @@ type responseWriter struct {
 	heldLen     int     // body bytes held (for HEAD, counted: only sniffing needs the bytes)
 	headersEnd  bool    // the HEADERS frame ended the stream
 	done        bool
+
+	// A lane's answer (Exchange.AnswerHead), sent as it is instead of
+	// fields.
+	raw, rawTrailers []hpack.HeaderField
 }
 
 // field is one header name and its values, as the handler set them.
@@ -50,8 +55,8 @@ type field struct {
 	values []string
 }
 
-func (w *responseWriter) init(st *stream) {
-	*w = responseWriter{st: st, c: st.c, head: st.req.Method == http.MethodHead, declLen: -1}
+func (w *responseWriter) init(st *stream, head bool) {
+	*w = responseWriter{st: st, c: st.c, head: head, declLen: -1}
 }
 
 func (w *responseWriter) Header() http.Header {
@@ -235,8 +240,10 @@ func (w *responseWriter) finish() {
 func (w *responseWriter) commit(p []byte, end bool) error {
 	c, st := w.c, w.st
 	var trailers []field
+	hasTrailers := false
 	if end {
 		trailers = w.trailers()
+		hasTrailers = trailers != nil || len(w.rawTrailers) > 0
 	}
 	if !w.sentHeader && end && w.declLen < 0 && w.bodyAllowed() && (w.heldLen > 0 || !w.head) {
 		w.declLen = int64(w.heldLen) // the whole body is known
@@ -261,7 +268,7 @@ func (w *responseWriter) commit(p []byte, end bool) error {
 	}
 	if !w.sentHeader {
 		w.sentHeader = true
-		w.writeHeaders(end && len(held)+len(p) == 0 && trailers == nil, sniffed)
+		w.writeHeaders(end && len(held)+len(p) == 0 && !hasTrailers, sniffed)
 	}
 	w.heldLen = 0
 	for i, data := range [2][]byte{held, p} {
@@ -283,16 +290,19 @@ func (w *responseWriter) commit(p []byte, end bool) error {
 				}
 				c.w.Lock()
 			}
-			_ = c.fr.WriteData(st.id, end && last && n == len(data) && trailers == nil, data[:n])
+			_ = c.fr.WriteData(st.id, end && last && n == len(data) && !hasTrailers, data[:n])
 			data = data[n:]
 		}
 	}
 	if end {
 		switch {
-		case trailers != nil:
+		case hasTrailers:
 			c.w.StartBlock()
 			for _, f := range trailers {
 				c.encodeField(f.key, f.values)
+			}
+			for _, hf := range w.rawTrailers {
+				c.encodeRaw(hf)
 			}
 			c.w.WriteBlock(st.id, true)
 		case len(held)+len(p) == 0 && !w.headersEnd:
@@ -337,6 +347,9 @@ func (w *responseWriter) writeHeaders(end bool, sniffed string) {
 	c.w.Encode(":status", h2wire.Status(w.status))
 	for _, f := range w.fields {
 		c.encodeField(f.key, f.values)
+	}
+	for _, hf := range w.raw {
+		c.encodeRaw(hf)
 	}
 	if sniffed != "" {
 		c.w.Encode("content-type", sniffed)

@@ -62,6 +62,8 @@ const ClientPreface = http2.ClientPreface
 type Server struct {
 	// Handler answers the requests.
 	Handler http.Handler
+	// Lane, if set, is offered the plainest requests first (see Lane).
+	Lane Lane
 	// ConnContext returns the base context of a connection's requests.
 	ConnContext func(context.Context, net.Conn) context.Context
 	// HTTPServer is put under http.ServerContextKey in each request's

@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/net/http/httpguts"
 	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 
 	"github.com/watertight/watertight/proxy/internal/h2wire"
 	"github.com/watertight/watertight/proxy/internal/reqctx"
@@ -39,6 +40,9 @@ type stream struct {
 	rw  responseWriter
 	req http.Request // the handler gets &req
 	url url.URL
+
+	lane bool     // offered to the Lane first, with x
+	x    Exchange // the Lane's view of it
 }
 
 // close ends the stream early (a reset, or the connection's end); the
@@ -99,7 +103,12 @@ func (c *conn) processHeaders(f *http2.MetaHeadersFrame) error {
 		return c.w.Unlock()
 	}
 	st := &stream{c: c, id: id, declLen: -1, recv: h2wire.NewInflow(initialStreamWindow)}
-	if err := c.newRequest(st, f); err != nil {
+	if c.s.Lane != nil && f.StreamEnded() && st.x.take(f) {
+		// The request is made on the worker, if the Lane declines it.
+		st.lane, st.x.st = true, st
+		st.ctx.Start(c.baseCtx, time.Time{}, nil)
+		st.rw.init(st, st.x.method == http.MethodHead)
+	} else if err := c.newRequest(st, f); err != nil {
 		if err == errMalformed {
 			return streamError(id, http2.ErrCodeProtocol)
 		}
@@ -255,21 +264,23 @@ func (c *conn) processData(f *http2.DataFrame) error {
 // newRequest builds st's request from its header block, checking what
 // RFC 9113 (8.2 and 8.3) asks a server to check.
 func (c *conn) newRequest(st *stream, f *http2.MetaHeadersFrame) error {
+	if err := buildRequest(st, &c.names, f.PseudoFields(), f.RegularFields(), f.StreamEnded()); err != nil {
+		return err
+	}
+	st.ctx.Start(c.baseCtx, time.Time{}, nil)
+	st.req = *st.req.WithContext(&st.ctx) // the copy WithContext makes stays on the stack
+	st.rw.init(st, st.req.Method == http.MethodHead)
+	return nil
+}
+
+// buildRequest builds st.req (without its context) from a request's
+// pseudo-fields and regular fields, names caching their canonical forms.
+func buildRequest(st *stream, names *h2wire.Names, pseudo, regular []hpack.HeaderField, ended bool) error {
+	c := st.c
 	bad := errMalformed
-	var method, scheme, authority, path string
-	for _, hf := range f.PseudoFields() {
-		switch hf.Name {
-		case ":method":
-			method = hf.Value
-		case ":scheme":
-			scheme = hf.Value
-		case ":authority":
-			authority = hf.Value
-		case ":path":
-			path = hf.Value
-		default:
-			return bad // :protocol (extended CONNECT is not offered), :status
-		}
+	method, scheme, authority, path, ok := pseudoValues(pseudo)
+	if !ok {
+		return bad // :protocol (extended CONNECT is not offered), :status
 	}
 	if method == "" || !validMethod(method) {
 		return bad
@@ -282,7 +293,6 @@ func (c *conn) newRequest(st *stream, f *http2.MetaHeadersFrame) error {
 	} else if scheme == "" || path == "" || path[0] != '/' && path != "*" {
 		return bad
 	}
-	regular := f.RegularFields()
 	h := make(http.Header, len(regular))
 	values := make(h2wire.Values, len(regular))
 	var cookies []string
@@ -299,7 +309,7 @@ func (c *conn) newRequest(st *stream, f *http2.MetaHeadersFrame) error {
 			cookies = append(cookies, hf.Value)
 			continue
 		}
-		values.Add(h, c.names.Canonical(hf.Name), hf.Value)
+		values.Add(h, names.Canonical(hf.Name), hf.Value)
 	}
 	if len(cookies) > 0 {
 		h["Cookie"] = []string{strings.Join(cookies, "; ")}
@@ -307,7 +317,7 @@ func (c *conn) newRequest(st *stream, f *http2.MetaHeadersFrame) error {
 	if authority == "" {
 		authority = h.Get("Host")
 	}
-	r := &http.Request{} // stays on the stack: WithContext below copies it into st.req
+	r := &st.req
 	if connect {
 		st.url = url.URL{Host: authority}
 		r.RequestURI = authority
@@ -349,7 +359,7 @@ func (c *conn) newRequest(st *stream, f *http2.MetaHeadersFrame) error {
 		}
 		st.declLen = int64(n)
 	}
-	if f.StreamEnded() {
+	if ended {
 		if st.declLen > 0 {
 			return bad // a length promised and no body sent
 		}
@@ -365,10 +375,27 @@ func (c *conn) newRequest(st *stream, f *http2.MetaHeadersFrame) error {
 	if r.Body == http.NoBody {
 		r.Trailer = nil
 	}
-	st.ctx.Start(c.baseCtx, time.Time{}, nil)
-	st.req = *r.WithContext(&st.ctx) // the copy WithContext makes stays on the stack
-	st.rw.init(st)
 	return nil
+}
+
+// pseudoValues reads a request's pseudo-fields; false for one a request
+// does not have here.
+func pseudoValues(pseudo []hpack.HeaderField) (method, scheme, authority, path string, ok bool) {
+	for _, hf := range pseudo {
+		switch hf.Name {
+		case ":method":
+			method = hf.Value
+		case ":scheme":
+			scheme = hf.Value
+		case ":authority":
+			authority = hf.Value
+		case ":path":
+			path = hf.Value
+		default:
+			return "", "", "", "", false
+		}
+	}
+	return method, scheme, authority, path, true
 }
 
 func validMethod(m string) bool {
@@ -399,6 +426,16 @@ func (c *conn) runHandler(st *stream) {
 		}
 		c.handlerDone(st)
 	}()
+	if st.lane && c.serveLane(st) {
+		if st.x.cut {
+			// As a Handler's abort: the client must see it cut.
+			c.resetStream(st.id, http2.ErrCodeInternal)
+		} else {
+			st.rw.finish()
+		}
+		completed = true
+		return
+	}
 	c.s.Handler.ServeHTTP(&st.rw, &st.req)
 	st.rw.finish()
 	completed = true
