@@ -100,15 +100,19 @@ func propagateDeadline(h http.Header, grpc bool, left time.Duration, last *atomi
 		h[headerGRPCTimeout] = []string{formatGRPCTimeout(left)}
 		return
 	}
+	h[headerRequestTimeout] = requestTimeoutValue(left, last)
+}
+
+// requestTimeoutValue is the X-Request-Timeout value for the time left.
+func requestTimeoutValue(left time.Duration, last *atomic.Pointer[deadlineField]) []string {
 	ms := max(left.Milliseconds(), 0)
 	if f := last.Load(); f != nil && f.ms == ms {
-		h[headerRequestTimeout] = f.value
-		return
+		return f.value
 	}
 	var buf [24]byte
 	f := &deadlineField{ms: ms, value: []string{string(append(strconv.AppendInt(buf[:0], ms, 10), 'm', 's'))}}
 	last.Store(f)
-	h[headerRequestTimeout] = f.value
+	return f.value
 }
 
 // deadlineField is the X-Request-Timeout value last sent by a compartment.

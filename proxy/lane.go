@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"net/http"
 	"net/netip"
 	"net/textproto"
@@ -10,6 +11,7 @@ import (
 	"github.com/watertight/watertight/config"
 	"github.com/watertight/watertight/proxy/h1conn"
 	"github.com/watertight/watertight/proxy/h1serve"
+	"github.com/watertight/watertight/proxy/h2conn"
 	"github.com/watertight/watertight/proxy/internal/h1head"
 )
 
@@ -38,24 +40,32 @@ const (
 // ServeLane is h1serve's Lane: routing, as ServeHTTP routes, then the
 // compartment's lane.
 func (l *listener) ServeLane(x *h1serve.Exchange) bool {
+	c := l.laneRoute(x.ConnValue, string(x.Host()))
+	return c != nil && l.took(c.lane(x))
+}
+
+// laneRoute is the compartment ServeHTTP would send a request to, by its
+// connection's values (value) and its authority; nil when there is none,
+// or routing is not the lane's to do: the access record and the
+// composites want the request.
+func (l *listener) laneRoute(value func(key any) any, authority string) *compartment {
 	rt := l.routes.Load()
 	if rt.accessLog != nil || rt.composites != nil {
-		return false // the access record and the composites want the request
+		return nil
 	}
-	var c *compartment
 	if rt.mode == config.ModeUpstream {
-		c = rt.upstream
-	} else {
-		dst, ok := x.ConnValue(origDstKey{}).(netip.AddrPort)
-		c = rt.routeTo(dst, ok, string(x.Host()))
+		return rt.upstream
 	}
-	if c == nil || !c.lane(x) {
-		return false
-	}
-	if l.laneTaken != nil {
+	dst, ok := value(origDstKey{}).(netip.AddrPort)
+	return rt.routeTo(dst, ok, authority)
+}
+
+// took counts a request the lane took (Options.laneTaken).
+func (l *listener) took(taken bool) bool {
+	if taken && l.laneTaken != nil {
 		l.laneTaken()
 	}
-	return true
+	return taken
 }
 
 // laneTransport is the compartment's HTTP/1.1 client when the lane may
@@ -87,25 +97,29 @@ var pathByte = func() (t [256]bool) {
 	return t
 }()
 
+// plainTarget: the target goes as the app wrote it; relay sends the path
+// as net/url escapes it (URL.EscapedPath) and the query as it came, if
+// queryIsClean. The two agree when every byte of the path is one net/url
+// leaves as it is.
+func plainTarget[T string | []byte](target T) bool {
+	for i := 0; i < len(target); i++ {
+		ch := target[i]
+		if ch == '?' {
+			return queryIsClean(string(target[i+1:]))
+		}
+		if !pathByte[ch] {
+			return false
+		}
+	}
+	return true
+}
+
 // laneRequest checks that relay would send x as it is but for the edits
 // the lane makes (relayable), and reads what begin needs: the first
 // X-Request-Timeout value, as Header.Get reads it (nil for none).
 func laneRequest(x *h1serve.Exchange) (timeout []byte, ok bool) {
-	// The target goes as the app wrote it; relay sends the path as
-	// net/url escapes it (URL.EscapedPath) and the query as it came, if
-	// queryIsClean. The two agree when every byte of the path is one
-	// net/url leaves as it is.
-	target := x.Target()
-	for i, ch := range target {
-		if ch == '?' {
-			if !queryIsClean(string(target[i+1:])) {
-				return nil, false
-			}
-			break
-		}
-		if !pathByte[ch] {
-			return nil, false
-		}
+	if !plainTarget(x.Target()) {
+		return nil, false
 	}
 	if host := x.Host(); len(host) > 0 && host[0] == '[' {
 		return nil, false // an IPv6 literal: Request.Write drops a zone from it
@@ -137,8 +151,23 @@ func laneRequest(x *h1serve.Exchange) (timeout []byte, ok bool) {
 	return timeout, true
 }
 
-// lane serves x, or declines it (false) before anything is done: the
-// request's path through the compartment, as send and retries take it.
+// laneCall is what the lane's steps need of one request: its app-side
+// exchange and the upstream client it goes with. The steps are written
+// once (runLane); each pairing of an app-side server and an upstream
+// client is a laneCall (h1Call here, h2Call in lane_h2.go).
+type laneCall interface {
+	// context is the request's.
+	context() context.Context
+	// materialize makes net/http's request and writer for it: once
+	// called, the answer is theirs.
+	materialize() (http.ResponseWriter, *http.Request)
+	// send makes the attempt ex (admitted) and begins its answer.
+	send(r *request, ex *exchange) laneTry
+	// answer answers the app with try's plain answer, and closes ex.
+	answer(ex *exchange, try laneTry)
+}
+
+// lane serves x, or declines it (false) before anything is done.
 func (c *compartment) lane(x *h1serve.Exchange) bool {
 	t := c.laneTransport()
 	if t == nil {
@@ -148,60 +177,83 @@ func (c *compartment) lane(x *h1serve.Exchange) bool {
 	if !ok {
 		return false
 	}
-	caller, callerOK := requestTimeout(string(timeout))
+	runLane(c, h1Call{c: c, x: x, t: t}, string(timeout))
+	return true
+}
 
+// runLane is the request's path through the compartment, as send and
+// retries take it, for a request the lane took. A type parameter rather
+// than an interface value, so that the call is made without an allocation
+// and its methods are called directly.
+func runLane[L laneCall](c *compartment, l L, timeout string) {
+	caller, callerOK := requestTimeout(timeout)
 	r := new(request)
-	if lr := c.beginWith(r, x.Context(), false, caller, callerOK, nil); lr != nil {
-		c.laneRefuse(x, lr)
-		return true
+	if lr := c.beginWith(r, l.context(), false, caller, callerOK, nil); lr != nil {
+		laneRefuse(c, l, lr)
+		return
 	}
 	// The attempts, as retries makes them (the request has no body: it
 	// can always go again).
 	for n := 0; ; n++ {
-		try := c.laneTry(x, t, r, n > 0)
+		var try laneTry
+		if ex, lr := c.admit(r, r.ctx, noCancel, n > 0); lr != nil {
+			try = laneTry{lr: lr}
+		} else {
+			try = l.send(r, ex)
+		}
 		if !c.laneWanted(n, try, r) || !c.budget.TryAcquirePermit() {
-			c.laneAnswer(x, r, try)
-			return true
+			laneAnswer(c, l, r, try)
+			return
 		}
 		try.discard()
 		if !sleep(r.ctx, c.retry.backoff(n)) {
 			c.budget.ReleasePermit()
 			res := classifyError(r.parent, r.ctx, r.ctx.Err())
 			r.finish(res)
-			c.laneRefuse(x, &localReply{result: res, upstream: c.name, err: r.ctx.Err()})
-			return true
+			laneRefuse(c, l, &localReply{result: res, upstream: c.name, err: r.ctx.Err()})
+			return
 		}
 		c.metrics.Retry()
 	}
 }
 
 // laneTry is one attempt: a refusal or failure (lr), or an answer, plain
-// (ans, whose status is ex.status) or read by net/http's rules (resp).
+// (whose status is ex.status: ans's over HTTP/1.1, raw's over HTTP/2) or
+// read by net/http's rules (resp).
 type laneTry struct {
 	ex     *exchange
 	lr     *localReply
-	ans    *h1conn.RawAnswer
 	resp   *http.Response
+	ans    *h1conn.RawAnswer
 	length int64
 	fields []byte
 	answer answerFields
+	raw    h2conn.RawAnswer
+	h2     bool // raw is the plain answer
 }
 
-// laneTry makes one attempt, as attempt does: admitted, sent, its answer
-// begun. An answer that is not plain, or any once the request has left
-// the lane (Materialize), is read into net/http's types.
-func (c *compartment) laneTry(x *h1serve.Exchange, t *h1conn.Transport, r *request, retry bool) laneTry {
-	ex, lr := c.admit(r, r.ctx, noCancel, retry)
-	if lr != nil {
-		return laneTry{lr: lr}
-	}
+// h1Call is an HTTP/1.1 request (h1serve's) to an HTTP/1.1 upstream
+// (h1conn).
+type h1Call struct {
+	c *compartment
+	x *h1serve.Exchange
+	t *h1conn.Transport
+}
+
+func (l h1Call) context() context.Context { return l.x.Context() }
+
+func (l h1Call) materialize() (http.ResponseWriter, *http.Request) { return l.x.Materialize() }
+
+// send makes one attempt, as attempt does: sent, its answer begun. An
+// answer that is not plain, or any once the request has left the lane
+// (Materialize), is read into net/http's types.
+func (l h1Call) send(r *request, ex *exchange) laneTry {
+	c, x := l.c, l.x
 	dl, hasDeadline := ex.ctx.Deadline()
 	head := func(b []byte) []byte { return c.laneHead(b, x, dl, hasDeadline) }
-	ans, err := t.RoundTripRaw(ex.ctx, ex.ep.addr, x.Method(), head)
+	ans, err := l.t.RoundTripRaw(ex.ctx, ex.ep.addr, x.Method(), head)
 	if err != nil {
-		res := classifyError(r.parent, ex.ctx, err)
-		ex.finish(res)
-		return laneTry{lr: &localReply{result: res, upstream: c.name, err: err}}
+		return c.laneFailed(r, ex, err)
 	}
 	c.hedge.observe(time.Since(ex.start))
 	if status, length, fields, plain := ans.Plain(); plain && !x.Materialized() {
@@ -213,14 +265,39 @@ func (c *compartment) laneTry(x *h1serve.Exchange, t *h1conn.Transport, r *reque
 	w, req := x.Materialize()
 	resp, err := ans.Response(req, laneGot1xx(w))
 	if err != nil {
-		res := classifyError(r.parent, ex.ctx, err)
-		ex.finish(res)
-		return laneTry{lr: &localReply{result: res, upstream: c.name, err: err}}
+		return c.laneFailed(r, ex, err)
 	}
+	return laneResponse(ex, resp)
+}
+
+// laneFailed is an attempt that failed with err, as attempt judges one.
+func (c *compartment) laneFailed(r *request, ex *exchange, err error) laneTry {
+	res := classifyError(r.parent, ex.ctx, err)
+	ex.finish(res)
+	return laneTry{lr: &localReply{result: res, upstream: c.name, err: err}}
+}
+
+// laneResponse is an attempt answered by resp, read by net/http's rules:
+// the exchange reads its body, as attempt's does.
+func laneResponse(ex *exchange, resp *http.Response) laneTry {
 	ex.resp = resp
 	ex.body = resp.Body
 	resp.Body = ex
 	return laneTry{ex: ex, resp: resp}
+}
+
+// answer writes the plain answer's bytes. The head is written before the
+// body is taken: its fields are in the upstream connection's buffer, which
+// an empty body gives back to the pool at once. The exchange reads the
+// body, as it does relay's, and is judged by how that ended when it
+// closes.
+func (l h1Call) answer(ex *exchange, try laneTry) {
+	err := l.x.AnswerHead(ex.status, try.answer.fields(try.fields), try.answer.hasDate)
+	ex.body = try.ans.Body()
+	if err == nil {
+		_ = l.x.AnswerBody(ex, try.length)
+	}
+	_ = ex.Close()
 }
 
 // laneWanted is retryPolicy.wanted for a lane's attempt (never gRPC).
@@ -240,8 +317,11 @@ func (c *compartment) laneWanted(n int, try laneTry, r *request) bool {
 // discard gives up on an attempt's answer before a retry, as retries
 // closes the body of one: the exchange is judged on what the upstream sent.
 func (try laneTry) discard() {
-	if try.ans != nil {
+	switch {
+	case try.ans != nil:
 		try.ex.body = try.ans.Body()
+	case try.h2:
+		try.ex.body = try.raw.Body()
 	}
 	if try.ex != nil {
 		_ = try.ex.Close()
@@ -249,31 +329,22 @@ func (try laneTry) discard() {
 }
 
 // laneAnswer answers the app with the last attempt: its refusal or
-// failure, its plain answer's bytes, or its answer through net/http's
-// types as relay would.
-func (c *compartment) laneAnswer(x *h1serve.Exchange, r *request, try laneTry) {
+// failure, its plain answer, or its answer through net/http's types as
+// relay would.
+func laneAnswer[L laneCall](c *compartment, l L, r *request, try laneTry) {
 	if try.lr != nil {
 		r.finish(try.lr.result)
-		c.laneRefuse(x, try.lr)
+		laneRefuse(c, l, try.lr)
 		return
 	}
 	ex := try.ex
 	ex.handOver()
 	if try.resp != nil {
-		w, req := x.Materialize()
+		w, req := l.materialize()
 		c.deliver(w, req, try.resp)
 		return
 	}
-	// The head is written before the body is taken: its fields are in the
-	// upstream connection's buffer, which an empty body gives back to the
-	// pool at once. The exchange reads the body, as it does relay's, and
-	// is judged by how that ended when it closes.
-	err := x.AnswerHead(ex.status, try.answer.fields(try.fields), try.answer.hasDate)
-	ex.body = try.ans.Body()
-	if err == nil {
-		_ = x.AnswerBody(ex, try.length)
-	}
-	_ = ex.Close()
+	l.answer(ex, try)
 }
 
 // laneHead appends the head the upstream gets to b: the app's, less the
@@ -387,7 +458,7 @@ func laneGot1xx(w http.ResponseWriter) func(int, textproto.MIMEHeader) error {
 
 // laneRefuse answers for the sidecar: the local reply of lr, or its
 // fallback.
-func (c *compartment) laneRefuse(x *h1serve.Exchange, lr *localReply) {
-	w, req := x.Materialize()
+func laneRefuse[L laneCall](c *compartment, l L, lr *localReply) {
+	w, req := l.materialize()
 	c.serveError(w, req, lr)
 }

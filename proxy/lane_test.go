@@ -25,101 +25,8 @@ import (
 // the lane must take it, so that the comparison cannot pass by comparing
 // relay with itself.
 func TestLaneMatchesRelay(t *testing.T) {
-	var (
-		mu       sync.Mutex
-		seen     string
-		attempts int // of the request: /flaky fails the first, /down every one
-	)
-	upstream := startUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, _ := io.ReadAll(r.Body)
-		mu.Lock()
-		seen = dumpSeen(r, body)
-		attempts++
-		n := attempts
-		mu.Unlock()
-		switch r.URL.Path {
-		case "/flaky":
-			w.Header().Set("Content-Type", "text/plain")
-			if n == 1 {
-				w.WriteHeader(http.StatusServiceUnavailable)
-				_, _ = io.WriteString(w, "not yet")
-				return
-			}
-			_, _ = fmt.Fprintf(w, "attempt %d", n)
-			return
-		case "/flaky-chunked":
-			if n == 1 {
-				w.WriteHeader(http.StatusBadGateway)
-				w.(http.Flusher).Flush()
-				_, _ = io.WriteString(w, "not yet")
-				return
-			}
-			w.Header().Set("Content-Type", "text/plain")
-			_, _ = fmt.Fprintf(w, "attempt %d", n)
-			return
-		case "/down":
-			w.Header().Set("Content-Type", "text/plain")
-			w.WriteHeader(http.StatusServiceUnavailable)
-			_, _ = fmt.Fprintf(w, "attempt %d", n)
-			return
-		case "/hang":
-			select {
-			case <-r.Context().Done():
-			case <-time.After(5 * time.Second):
-			}
-			return
-		case "/cut-typed":
-			w.Header().Set("Content-Type", "text/plain")
-			w.Header().Set("Content-Length", "100")
-			_, _ = io.WriteString(w, "ten bytes.")
-			w.(http.Flusher).Flush()
-			panic(http.ErrAbortHandler)
-		case "/notype":
-			_, _ = io.WriteString(w, "<html>sniffed</html>")
-			return
-		case "/empty":
-			w.Header().Set("Content-Length", "0")
-			return
-		case "/lowercase":
-			w.Header()["x-lower"] = []string{"as sent"}
-			w.Header().Set("Content-Type", "text/plain")
-			_, _ = io.WriteString(w, "lower")
-			return
-		case "/hop-plain":
-			w.Header().Set("Keep-Alive", "timeout=5")
-			w.Header().Set("Proxy-Authenticate", "Basic")
-			w.Header().Set("Upgrade", "h2c")
-			w.Header().Set("Content-Type", "text/plain")
-			_, _ = io.WriteString(w, "hop")
-			return
-		case "/status-600":
-			w.Header().Set("Content-Type", "text/plain")
-			w.WriteHeader(599)
-			_, _ = io.WriteString(w, "odd")
-			return
-		}
-		relayCase(w, r, body)
-	}))
-	dead := deadAddress(t)
-	retry := &config.Retry{Attempts: 2, On: []string{"5xx", "connect-failure"},
-		Backoff: config.Backoff{Base: config.Duration{Duration: time.Millisecond}, Max: config.Duration{Duration: 2 * time.Millisecond}}}
-	cfg := func() *config.Config {
-		return &config.Config{
-			Listeners: []config.Listener{
-				{Name: "app", Address: "127.0.0.1:0", Mode: config.ModeUpstream, Upstream: "u"},
-				{Name: "dead", Address: "127.0.0.2:0", Mode: config.ModeUpstream, Upstream: "d"},
-				{Name: "proxy", Address: "127.0.0.3:0", Mode: config.ModeProxy},
-				{Name: "retry", Address: "127.0.0.4:0", Mode: config.ModeUpstream, Upstream: "r"},
-				{Name: "retry-dead", Address: "127.0.0.5:0", Mode: config.ModeUpstream, Upstream: "rd"},
-			},
-			Upstreams: []config.Upstream{
-				{Name: "u", Hosts: []string{"u.example"}, Endpoints: []config.Endpoint{{Address: upstream}}},
-				{Name: "d", Hosts: []string{"d.example"}, Endpoints: []config.Endpoint{{Address: dead}}},
-				{Name: "r", Endpoints: []config.Endpoint{{Address: upstream}}, Retry: retry},
-				{Name: "rd", Endpoints: []config.Endpoint{{Address: dead}}, Retry: retry},
-			},
-		}
-	}
+	f := newLaneFixture(t)
+	cfg := f.config
 	var taken atomic.Int64
 	lane := startProxyWith(t, cfg(), func(o *Options) {
 		o.DownstreamHTTP1 = HTTP1Watertight
@@ -199,33 +106,51 @@ func TestLaneMatchesRelay(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			exchange := func(p *testProxy) (string, string) {
-				mu.Lock()
-				seen, attempts = "", 0
-				mu.Unlock()
-				got := rawExchange(t, strings.TrimPrefix(p.url(t, c.listener), "http://"), c.raw)
-				mu.Lock()
-				defer mu.Unlock()
-				return seen, got
-			}
-			seenR, gotR := exchange(relay)
-			before := taken.Load()
-			seenL, gotL := exchange(lane)
-			if tookIt := taken.Load() > before; tookIt != c.lane {
-				t.Errorf("the lane took the request: %v, want %v", tookIt, c.lane)
-			}
-			if seenL != seenR {
-				t.Errorf("the upstream received\n%s\nthrough the lane, and without it\n%s", seenL, seenR)
-			}
-			if gotL != gotR {
-				t.Errorf("the app got\n%s\nthrough the lane, and without it\n%s", gotL, gotR)
-			}
+			gotL := f.compare(t, &taken, lane, relay, c.lane, func(p *testProxy) string {
+				return rawExchange(t, strings.TrimPrefix(p.url(t, c.listener), "http://"), c.raw)
+			})
 			if gotL == "" {
 				t.Error("nothing to compare")
 			}
 		})
 	}
-	// The metrics count the same results both ways.
+	f.compareCounts(t, lane, relay)
+}
+
+// compare sends one case (send) to the proxy without the lane and then to
+// the one with it, and compares what the upstream received and what the
+// app got, and whether the lane took it; it returns what the app got
+// through the lane.
+func (f *laneFixture) compare(t *testing.T, taken *atomic.Int64, lane, relay *testProxy, wantLane bool, send func(*testProxy) string) string {
+	t.Helper()
+	exchange := func(p *testProxy) (string, string) {
+		f.mu.Lock()
+		f.seen, f.attempts = "", 0
+		f.mu.Unlock()
+		got := send(p)
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return f.seen, got
+	}
+	seenR, gotR := exchange(relay)
+	before := taken.Load()
+	seenL, gotL := exchange(lane)
+	if tookIt := taken.Load() > before; tookIt != wantLane {
+		t.Errorf("the lane took the request: %v, want %v", tookIt, wantLane)
+	}
+	if seenL != seenR {
+		t.Errorf("the upstream received\n%s\nthrough the lane, and without it\n%s", seenL, seenR)
+	}
+	if gotL != gotR {
+		t.Errorf("the app got\n%s\nthrough the lane, and without it\n%s", gotL, gotR)
+	}
+	return gotL
+}
+
+// compareCounts: the metrics count the same results and retries both
+// ways, once every case has run.
+func (f *laneFixture) compareCounts(t *testing.T, lane, relay *testProxy) {
+	t.Helper()
 	for _, res := range []string{"ok", "upstream_error", "timeout", "upstream_unavailable"} {
 		for _, up := range []string{"u", "d", "r", "rd"} {
 			if l, r := lane.count(t, up, res), relay.count(t, up, res); l != r {
@@ -261,12 +186,19 @@ func TestLaneClientGone(t *testing.T) {
 	fmt.Fprint(nc, "GET /slow HTTP/1.1\r\nHost: u\r\n\r\n")
 	<-started
 	_ = nc.Close()
+	laneCanceled(t, ended, p, taken)
+}
+
+// laneCanceled waits for the upstream's request to end (ended) after the
+// app gave up on it, and for its slot and its count as canceled.
+func laneCanceled(t *testing.T, ended <-chan struct{}, p *testProxy, taken *atomic.Int64) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 	defer cancel()
 	select {
 	case <-ended:
 	case <-ctx.Done():
-		t.Fatal("the upstream's request did not end after the app hung up")
+		t.Fatal("the upstream's request did not end after the app gave up on it")
 	}
 	eventually(t, "the slot given back and the request counted as canceled", func() bool {
 		return p.pool("u").Active == 0 && p.count(t, "u", "canceled") == 1 && taken.Load() == 1
@@ -307,12 +239,8 @@ func TestLanePipelined(t *testing.T) {
 // startLaneProxy is a proxy with the lane, listening in mode upstream for
 // upstream, a count of the requests its lane took, and a connection to it.
 func startLaneProxy(t *testing.T, upstream string) (*testProxy, *atomic.Int64, net.Conn) {
-	cfg := &config.Config{
-		Listeners: []config.Listener{{Name: "app", Address: "127.0.0.1:0", Mode: config.ModeUpstream, Upstream: "u"}},
-		Upstreams: []config.Upstream{{Name: "u", Endpoints: []config.Endpoint{{Address: upstream}}}},
-	}
 	taken := new(atomic.Int64)
-	p := startProxyWith(t, cfg, func(o *Options) {
+	p := startProxyWith(t, laneConfig(upstream), func(o *Options) {
 		o.DownstreamHTTP1, o.UpstreamHTTP1, o.Lane = HTTP1Watertight, HTTP1Watertight, LaneOn
 		o.laneTaken = func() { taken.Add(1) }
 	})
@@ -322,6 +250,14 @@ func startLaneProxy(t *testing.T, upstream string) (*testProxy, *atomic.Int64, n
 	}
 	t.Cleanup(func() { _ = nc.Close() })
 	return p, taken, nc
+}
+
+// laneConfig is one listener in mode upstream for upstream.
+func laneConfig(upstream string) *config.Config {
+	return &config.Config{
+		Listeners: []config.Listener{{Name: "app", Address: "127.0.0.1:0", Mode: config.ModeUpstream, Upstream: "u"}},
+		Upstreams: []config.Upstream{{Name: "u", Endpoints: []config.Endpoint{{Address: upstream}}}},
+	}
 }
 
 // TestLaneEmptyAnswersConcurrently: an answer without a body gives its
@@ -359,5 +295,117 @@ func TestLaneEmptyAnswersConcurrently(t *testing.T) {
 	wg.Wait()
 	if taken.Load() != 400 {
 		t.Errorf("the lane took %d of 400 requests", taken.Load())
+	}
+}
+
+// laneFixture is the upstream the lane's comparisons send to, and what it
+// last received.
+type laneFixture struct {
+	mu       sync.Mutex
+	seen     string
+	attempts int // of the request: /flaky fails the first, /down every one
+	upstream string
+	dead     string
+}
+
+// newLaneFixture starts the upstream: relayCase's answers, and a few more
+// for the lane's own cases.
+func newLaneFixture(t *testing.T) *laneFixture {
+	f := &laneFixture{}
+	mu := &f.mu
+	f.upstream = startUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		f.seen = dumpSeen(r, body)
+		f.attempts++
+		n := f.attempts
+		mu.Unlock()
+		switch r.URL.Path {
+		case "/flaky":
+			w.Header().Set("Content-Type", "text/plain")
+			if n == 1 {
+				w.WriteHeader(http.StatusServiceUnavailable)
+				_, _ = io.WriteString(w, "not yet")
+				return
+			}
+			_, _ = fmt.Fprintf(w, "attempt %d", n)
+			return
+		case "/flaky-chunked":
+			if n == 1 {
+				w.WriteHeader(http.StatusBadGateway)
+				w.(http.Flusher).Flush()
+				_, _ = io.WriteString(w, "not yet")
+				return
+			}
+			w.Header().Set("Content-Type", "text/plain")
+			_, _ = fmt.Fprintf(w, "attempt %d", n)
+			return
+		case "/down":
+			w.Header().Set("Content-Type", "text/plain")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = fmt.Fprintf(w, "attempt %d", n)
+			return
+		case "/hang":
+			select {
+			case <-r.Context().Done():
+			case <-time.After(5 * time.Second):
+			}
+			return
+		case "/cut-typed":
+			w.Header().Set("Content-Type", "text/plain")
+			w.Header().Set("Content-Length", "100")
+			_, _ = io.WriteString(w, "ten bytes.")
+			w.(http.Flusher).Flush()
+			panic(http.ErrAbortHandler)
+		case "/notype":
+			_, _ = io.WriteString(w, "<html>sniffed</html>")
+			return
+		case "/empty":
+			w.Header().Set("Content-Length", "0")
+			return
+		case "/lowercase":
+			w.Header()["x-lower"] = []string{"as sent"}
+			w.Header().Set("Content-Type", "text/plain")
+			_, _ = io.WriteString(w, "lower")
+			return
+		case "/hop-plain":
+			w.Header().Set("Keep-Alive", "timeout=5")
+			w.Header().Set("Proxy-Authenticate", "Basic")
+			w.Header().Set("Upgrade", "h2c")
+			w.Header().Set("Content-Type", "text/plain")
+			_, _ = io.WriteString(w, "hop")
+			return
+		case "/status-600":
+			w.Header().Set("Content-Type", "text/plain")
+			w.WriteHeader(599)
+			_, _ = io.WriteString(w, "odd")
+			return
+		}
+		relayCase(w, r, body)
+	}))
+	f.dead = deadAddress(t)
+	return f
+}
+
+// config is the proxies' configuration: the upstream behind a listener
+// of each kind, a dead one, and both with retries.
+func (f *laneFixture) config() *config.Config {
+	upstream, dead := f.upstream, f.dead
+	retry := &config.Retry{Attempts: 2, On: []string{"5xx", "connect-failure"},
+		Backoff: config.Backoff{Base: config.Duration{Duration: time.Millisecond}, Max: config.Duration{Duration: 2 * time.Millisecond}}}
+	return &config.Config{
+		Listeners: []config.Listener{
+			{Name: "app", Address: "127.0.0.1:0", Mode: config.ModeUpstream, Upstream: "u"},
+			{Name: "dead", Address: "127.0.0.2:0", Mode: config.ModeUpstream, Upstream: "d"},
+			{Name: "proxy", Address: "127.0.0.3:0", Mode: config.ModeProxy},
+			{Name: "retry", Address: "127.0.0.4:0", Mode: config.ModeUpstream, Upstream: "r"},
+			{Name: "retry-dead", Address: "127.0.0.5:0", Mode: config.ModeUpstream, Upstream: "rd"},
+		},
+		Upstreams: []config.Upstream{
+			{Name: "u", Hosts: []string{"u.example"}, Endpoints: []config.Endpoint{{Address: upstream}}},
+			{Name: "d", Hosts: []string{"d.example"}, Endpoints: []config.Endpoint{{Address: dead}}},
+			{Name: "r", Endpoints: []config.Endpoint{{Address: upstream}}, Retry: retry},
+			{Name: "rd", Endpoints: []config.Endpoint{{Address: dead}}, Retry: retry},
+		},
 	}
 }

@@ -79,6 +79,9 @@ func newListener(name string, ln net.Listener, pass http.Handler, accessLog *acc
 				MaxHeaderBytes:       maxHeaderBytes,
 				IdleTimeout:          idleTimeout,
 			}
+			if lane {
+				l.h2.Lane = h2Lane{l}
+			}
 			// Its own goroutine: the loop lets go of the connection.
 			l.fast.HandOffHTTP2 = func(c net.Conn) { go l.h2.ServeConn(c) }
 		}

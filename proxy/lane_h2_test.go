@@ -1,0 +1,306 @@
+package proxy
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// TestLane2MatchesRelay is TestLaneMatchesRelay over h2c: the same
+// requests, as HEADERS frames written field by field, to a proxy with the
+// lane and one without, compared on what the upstream received (over h2c)
+// and on what the app got: every answer's fields but date, the body, the
+// trailers, and how the stream ended.
+func TestLane2MatchesRelay(t *testing.T) {
+	f := newLaneFixture(t)
+	var taken atomic.Int64
+	opts := func(lane string) func(*Options) {
+		return func(o *Options) {
+			o.DownstreamHTTP1, o.DownstreamHTTP2 = HTTP1Watertight, HTTP1Watertight
+			o.UpstreamHTTP2 = HTTP1Watertight
+			o.Lane = lane
+			if lane == LaneOn {
+				o.laneTaken = func() { taken.Add(1) }
+			}
+		}
+	}
+	lane := startProxyWith(t, f.config(), opts(LaneOn))
+	relay := startProxyWith(t, f.config(), opts(LaneOff))
+
+	type field = hpack.HeaderField
+	get := func(path string, fields ...string) []field {
+		out := []field{{Name: ":method", Value: "GET"}, {Name: ":scheme", Value: "http"}, {Name: ":authority", Value: "u.example"}, {Name: ":path", Value: path}}
+		for i := 0; i+1 < len(fields); i += 2 {
+			out = append(out, field{Name: fields[i], Value: fields[i+1]})
+		}
+		return out
+	}
+	with := func(fs []field, name, value string) []field {
+		for i := range fs {
+			if fs[i].Name == name {
+				fs[i].Value = value
+			}
+		}
+		return fs
+	}
+	many := []string{}
+	for i := range 20 {
+		many = append(many, fmt.Sprintf("x-field-%02d", i), fmt.Sprint(i))
+	}
+	cases := []struct {
+		name     string
+		listener string
+		fields   []field
+		body     string // sent in a DATA frame after the HEADERS
+		lane     bool
+	}{
+		{"plain", "app", get("/plain", "user-agent", "app/1"), "", true},
+		{"no user agent", "app", get("/plain"), "", true},
+		{"empty user agent", "app", get("/plain", "user-agent", ""), "", true},
+		{"two user agents", "app", get("/plain", "user-agent", "a/1", "user-agent", "b/2"), "", true},
+		{"local authority", "app", with(get("/plain"), ":authority", "127.0.0.1:9001"), "", true},
+		{"IPv6 literal authority", "app", with(get("/plain"), ":authority", "[::1]:9001"), "", true},
+		{"query", "app", get("/plain?a=1&b=%20x&c"), "", true},
+		{"escapes in the path", "app", get("/pl%61in"), "", true},
+		{"sub-delimiters in the path", "app", get("/plain;v=1,2@x:y"), "", true},
+		{"a byte net/url escapes", "app", get("/pl|ain"), "", false},
+		{"forwarding fields", "app", get("/plain", "x-forwarded-for", "10.0.0.1", "forwarded", "for=10.0.0.1"), "", true},
+		{"te trailers", "app", get("/plain", "te", "trailers"), "", true},
+		{"te twice", "app", get("/plain", "te", "trailers", "te", "trailers"), "", false},
+		{"one cookie", "app", get("/plain", "cookie", "a=1; b=2"), "", true},
+		{"cookie crumbs", "app", get("/plain", "cookie", "a=1", "cookie", "b=2"), "", false},
+		{"caller's timeout", "app", get("/plain", "x-request-timeout", "5s"), "", true},
+		{"caller's timeout passes", "app", get("/hang", "x-request-timeout", "50ms"), "", true},
+		{"repeated fields both ways", "app", get("/multi", "accept", "a", "accept", "b"), "", true},
+		{"many fields", "app", get("/plain", many...), "", true},
+		{"head", "app", with(get("/plain"), ":method", "HEAD"), "", true},
+		{"delete", "app", with(get("/plain"), ":method", "DELETE"), "", true},
+		{"post without a body", "app", with(get("/echo"), ":method", "POST"), "", true},
+		{"event stream", "app", get("/sse"), "", true},
+		{"large", "app", get("/large"), "", true},
+		{"failure status", "app", get("/fail"), "", true},
+		{"status without text", "app", get("/status-600"), "", true},
+		{"empty answer", "app", get("/empty"), "", true},
+		{"answer without a type", "app", get("/notype"), "", true},
+		{"hop-by-hop answer", "app", get("/hop-plain"), "", true},
+		{"hop-by-hop answer named by Connection", "app", get("/hop"), "", true},
+		{"cut answer", "app", get("/cut"), "", true},
+		{"cut answer with a type", "app", get("/cut-typed"), "", true},
+		{"streamed answer", "app", get("/stream"), "", true},
+		{"announced trailers", "app", get("/trailers"), "", true},
+		{"prefixed trailers", "app", get("/prefixed-trailer"), "", true},
+		{"early hints", "app", get("/early"), "", true},
+		{"no content", "app", get("/nocontent"), "", true},
+		{"not modified", "app", get("/notmodified"), "", true},
+		{"not found", "app", get("/nowhere"), "", true},
+		{"refused", "dead", with(get("/"), ":authority", "d.example"), "", true},
+		{"by authority", "proxy", get("/plain"), "", true},
+		{"unknown authority", "proxy", with(get("/"), ":authority", "nowhere.example"), "", false},
+		{"retried failure", "retry", get("/flaky"), "", true},
+		{"retried failure, then an answer that is not plain", "retry", get("/flaky-chunked"), "", true},
+		{"retries run out", "retry", get("/down"), "", true},
+		{"retried refusal", "retry-dead", get("/"), "", true},
+		{"retry policy, plain answer", "retry", get("/plain"), "", true},
+		{"post", "app", with(get("/echo", "content-type", "text/plain"), ":method", "POST"), "hello", false},
+		{"empty post with a length", "app", with(get("/echo", "content-length", "0"), ":method", "POST"), "", false},
+		{"host field", "app", get("/plain", "host", "u.example"), "", false},
+		{"proxy authorization", "app", get("/plain", "proxy-authorization", "Basic x"), "", false},
+		{"query relay re-encodes", "app", get("/plain?a=1;b=2"), "", false},
+		{"grpc type", "app", get("/plain", "content-type", "application/grpc"), "", false},
+		{"expect", "app", get("/plain", "expect", "100-continue"), "", false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			gotL := f.compare(t, &taken, lane, relay, c.lane, func(p *testProxy) string {
+				return h2Exchange(t, strings.TrimPrefix(p.url(t, c.listener), "http://"), c.fields, c.body)
+			})
+			if !strings.Contains(gotL, ":status") && !strings.Contains(gotL, "reset") {
+				t.Errorf("no answer to compare: %s", gotL)
+			}
+		})
+	}
+	f.compareCounts(t, lane, relay)
+}
+
+// h2Exchange sends one request on a new h2c connection to addr, its
+// HEADERS frame made of fields as they are (ending the stream unless a
+// body follows in one DATA frame), and returns what came back on its
+// stream: each header block's fields, sorted, without date; the body; and
+// how the stream ended.
+func h2Exchange(t *testing.T, addr string, fields []hpack.HeaderField, body string) string {
+	t.Helper()
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	_ = nc.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := nc.Write([]byte(http2.ClientPreface)); err != nil {
+		t.Fatal(err)
+	}
+	fr := http2.NewFramer(nc, nc)
+	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	var block bytes.Buffer
+	enc := hpack.NewEncoder(&block)
+	for _, hf := range fields {
+		_ = enc.WriteField(hf)
+	}
+	err = fr.WriteSettings()
+	if err == nil {
+		err = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block.Bytes(), EndStream: body == "", EndHeaders: true})
+	}
+	if err == nil && body != "" {
+		err = fr.WriteData(1, true, []byte(body))
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	var data []byte
+	for {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			fmt.Fprintf(&b, "body %q\nerror reading: %v", data, err)
+			return b.String()
+		}
+		switch f := f.(type) {
+		case *http2.SettingsFrame:
+			if !f.IsAck() {
+				_ = fr.WriteSettingsAck()
+			}
+		case *http2.MetaHeadersFrame:
+			if f.StreamID != 1 {
+				continue
+			}
+			var lines []string
+			for _, hf := range f.Fields {
+				if hf.Name != "date" {
+					lines = append(lines, fmt.Sprintf("  %s: %q", hf.Name, hf.Value))
+				}
+			}
+			slices.Sort(lines)
+			fmt.Fprintf(&b, "headers:\n%s\n", strings.Join(lines, "\n"))
+			if f.StreamEnded() {
+				fmt.Fprintf(&b, "body %q\nend", data)
+				return b.String()
+			}
+		case *http2.DataFrame:
+			if f.StreamID != 1 {
+				continue
+			}
+			data = append(data, f.Data()...)
+			if n := uint32(len(f.Data())); n > 0 {
+				_ = fr.WriteWindowUpdate(0, n)
+				_ = fr.WriteWindowUpdate(1, n)
+			}
+			if f.StreamEnded() {
+				fmt.Fprintf(&b, "body %q\nend", data)
+				return b.String()
+			}
+		case *http2.RSTStreamFrame:
+			if f.StreamID == 1 {
+				fmt.Fprintf(&b, "body %q\nreset %v", data, f.ErrCode)
+				return b.String()
+			}
+		case *http2.GoAwayFrame:
+			fmt.Fprintf(&b, "body %q\ngoaway %v", data, f.ErrCode)
+			return b.String()
+		}
+	}
+}
+
+// TestLane2ClientGone: an app that resets a stream the lane is waiting on
+// cancels it: the upstream's request ends, and the slot is given back.
+func TestLane2ClientGone(t *testing.T) {
+	started, ended := make(chan struct{}), make(chan struct{})
+	upstream := startUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ProtoMajor != 2 {
+			t.Errorf("the upstream got %s, want HTTP/2", r.Proto)
+		}
+		close(started)
+		<-r.Context().Done()
+		close(ended)
+	}))
+	p, taken := startLane2Proxy(t, upstream)
+	nc, err := net.Dial("tcp", strings.TrimPrefix(p.url(t, "app"), "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	_, _ = nc.Write([]byte(http2.ClientPreface))
+	fr := http2.NewFramer(nc, nc)
+	var block bytes.Buffer
+	enc := hpack.NewEncoder(&block)
+	for _, hf := range []hpack.HeaderField{{Name: ":method", Value: "GET"}, {Name: ":scheme", Value: "http"}, {Name: ":authority", Value: "u"}, {Name: ":path", Value: "/slow"}} {
+		_ = enc.WriteField(hf)
+	}
+	_ = fr.WriteSettings()
+	_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block.Bytes(), EndStream: true, EndHeaders: true})
+	<-started
+	_ = fr.WriteRSTStream(1, http2.ErrCodeCancel)
+	laneCanceled(t, ended, p, taken)
+}
+
+// TestLane2Concurrent: many streams at once on one app connection, all
+// through the lane and one upstream connection, each gets its own answer.
+func TestLane2Concurrent(t *testing.T) {
+	upstream := startUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		w.Header().Set("X-Path", r.URL.Path)
+		if r.URL.Query().Has("empty") {
+			w.Header().Set("Content-Length", "0")
+			return
+		}
+		_, _ = w.Write(bytes.Repeat([]byte(r.URL.Path), 1000))
+	}))
+	p, taken := startLane2Proxy(t, upstream)
+	app := client(true)
+	defer app.CloseIdleConnections()
+	base := p.url(t, "app")
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Go(func() {
+			for i := range 50 {
+				path := fmt.Sprintf("/g%d/r%d", g, i)
+				query := ""
+				if i%2 == 1 {
+					query = "?empty"
+				}
+				resp, body := get(t, app, base, "u", path+query)
+				want := ""
+				if query == "" {
+					want = strings.Repeat(path, 1000)
+				}
+				if got := resp.Header.Get("X-Path"); got != path || body != want || resp.ProtoMajor != 2 {
+					t.Errorf("%s: the answer says X-Path %q, %d bytes of body, over %s", path, got, len(body), resp.Proto)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if taken.Load() != 400 {
+		t.Errorf("the lane took %d of 400 requests", taken.Load())
+	}
+}
+
+// startLane2Proxy is a proxy with the lane over h2c, listening in mode
+// upstream for upstream, and a count of the requests its lane took.
+func startLane2Proxy(t *testing.T, upstream string) (*testProxy, *atomic.Int64) {
+	taken := new(atomic.Int64)
+	p := startProxyWith(t, laneConfig(upstream), func(o *Options) {
+		o.DownstreamHTTP1, o.DownstreamHTTP2, o.UpstreamHTTP2, o.Lane = HTTP1Watertight, HTTP1Watertight, HTTP1Watertight, LaneOn
+		o.laneTaken = func() { taken.Add(1) }
+	})
+	return p, taken
+}
