@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"time"
 
+	"golang.org/x/net/http2/hpack"
+
 	"github.com/watertight/watertight/config"
 	"github.com/watertight/watertight/proxy/h1conn"
 	"github.com/watertight/watertight/proxy/h1serve"
@@ -230,6 +232,8 @@ type laneTry struct {
 	answer answerFields
 	raw    h2conn.RawAnswer
 	h2     bool // raw is the plain answer
+
+	h2fields []hpack.HeaderField // ans's fields, for an h2c request
 }
 
 // h1Call is an HTTP/1.1 request (h1serve's) to an HTTP/1.1 upstream
@@ -376,11 +380,17 @@ func (c *compartment) laneHead(b []byte, x *h1serve.Exchange, dl time.Time, hasD
 		b = append(b, "\r\n"...)
 	}
 	if hasDeadline {
-		b = append(b, headerRequestTimeout+": "...)
-		b = strconv.AppendInt(b, max(time.Until(dl).Milliseconds(), 0), 10)
-		b = append(b, "ms\r\n"...)
+		b = appendTimeLeft(b, dl)
 	}
 	return append(b, "\r\n"...)
+}
+
+// appendTimeLeft appends the X-Request-Timeout field line that tells the
+// upstream the time left until dl (propagateDeadline's, as bytes).
+func appendTimeLeft(b []byte, dl time.Time) []byte {
+	b = append(b, headerRequestTimeout+": "...)
+	b = strconv.AppendInt(b, max(time.Until(dl).Milliseconds(), 0), 10)
+	return append(b, "ms\r\n"...)
 }
 
 // answerFields is what the lane learned of a plain answer's fields.

@@ -1,16 +1,20 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"net/http"
+	"net/textproto"
 	"strings"
 	"time"
 
 	"golang.org/x/net/http/httpguts"
 	"golang.org/x/net/http2/hpack"
 
+	"github.com/watertight/watertight/proxy/h1conn"
 	"github.com/watertight/watertight/proxy/h2conn"
 	"github.com/watertight/watertight/proxy/h2serve"
+	"github.com/watertight/watertight/proxy/internal/h1head"
 )
 
 // The lane over h2c (docs/forwarding-path.md, step 10): a bodiless h2c
@@ -33,31 +37,41 @@ func (h h2Lane) ServeLane(x *h2serve.Exchange) bool {
 	return c != nil && h.l.took(c.lane2(x))
 }
 
-// lane2Transport is the compartment's h2c client when the lane may use it
-// (laneTransport's rules).
-func (c *compartment) lane2Transport() *h2conn.Transport {
+// lane2Transport is the compartment's client for an HTTP/2 request, as
+// forRequest picks it, when the lane may use it (laneTransport's rules):
+// h2conn to an h2c upstream, or h1conn to an HTTP/1.1 one.
+func (c *compartment) lane2Transport() http.RoundTripper {
 	if c.hedge != nil || len(c.fallbacks) > 0 || c.accessLog || c.transports.scheme() != "http" {
 		return nil
 	}
-	rt := c.transports.h1 // forRequest's choice for an HTTP/2 request
 	if c.transports.auto {
-		rt = c.transports.h2
+		return c.transports.h2
 	}
-	t, _ := rt.(*h2conn.Transport)
-	return t
+	return c.transports.h1
 }
 
 // lane2 serves x, or declines it (false) before anything is done.
 func (c *compartment) lane2(x *h2serve.Exchange) bool {
-	t := c.lane2Transport()
-	if t == nil {
+	rt := c.lane2Transport()
+	if rt == nil {
 		return false
 	}
 	timeout, ok := lane2Request(x)
 	if !ok {
 		return false
 	}
-	runLane(c, h2Call{c: c, x: x, t: t}, timeout)
+	side := h2Side{c: c, x: x}
+	switch t := rt.(type) {
+	case *h2conn.Transport:
+		runLane(c, h2Call{side, t}, timeout)
+	case *h1conn.Transport:
+		if !plainAuthority(x.Authority()) {
+			return false
+		}
+		runLane(c, h21Call{side, t}, timeout)
+	default:
+		return false
+	}
 	return true
 }
 
@@ -90,16 +104,21 @@ func lane2Request(x *h2serve.Exchange) (timeout string, ok bool) {
 	return timeout, true
 }
 
-// h2Call is an h2c request (h2serve's) to an h2c upstream (h2conn).
-type h2Call struct {
+// h2Side is an h2c request (h2serve's) in the lane.
+type h2Side struct {
 	c *compartment
 	x *h2serve.Exchange
-	t *h2conn.Transport
 }
 
-func (l h2Call) context() context.Context { return l.x.Context() }
+func (l h2Side) context() context.Context { return l.x.Context() }
 
-func (l h2Call) materialize() (http.ResponseWriter, *http.Request) { return l.x.Materialize() }
+func (l h2Side) materialize() (http.ResponseWriter, *http.Request) { return l.x.Materialize() }
+
+// h2Call is an h2c request to an h2c upstream (h2conn).
+type h2Call struct {
+	h2Side
+	t *h2conn.Transport
+}
 
 // send makes one attempt, as attempt does: sent, its answer begun. An
 // answer that is not plain, or any once the request has left the lane,
@@ -217,4 +236,187 @@ func plainAnswer(method string, a h2conn.RawAnswer) bool {
 		}
 	}
 	return true
+}
+
+// h21Call is an h2c request to an HTTP/1.1 upstream (h1conn): its head is
+// written from the fields, as h1conn writes the head of the request relay
+// leaves (writeHead), and a plain answer's field lines go back as HTTP/2
+// fields.
+type h21Call struct {
+	h2Side
+	t *h1conn.Transport
+}
+
+// plainAuthority: an authority h1conn's writeHead sends as it is
+// (Request.Write would punycode, blank or strip a zone from others).
+func plainAuthority(a string) bool {
+	if a == "" || a[0] == '[' {
+		return false
+	}
+	for i := 0; i < len(a); i++ {
+		if a[i] < ' ' || a[i] > '~' {
+			return false
+		}
+	}
+	return true
+}
+
+// send makes one attempt, as attempt does: sent, its answer begun. An
+// answer that is not plain, or any once the request has left the lane,
+// is read into net/http's types.
+func (l h21Call) send(r *request, ex *exchange) laneTry {
+	c, x := l.c, l.x
+	dl, hasDeadline := ex.ctx.Deadline()
+	head := func(b []byte) []byte { return l.head(b, dl, hasDeadline) }
+	ans, err := l.t.RoundTripRaw(ex.ctx, ex.ep.addr, x.Method(), head)
+	if err != nil {
+		return c.laneFailed(r, ex, err)
+	}
+	c.hedge.observe(time.Since(ex.start))
+	if status, length, fields, plain := ans.Plain(); plain && !x.Materialized() {
+		if hf, ok := h2AnswerFields(fields); ok {
+			ex.status = status
+			return laneTry{ex: ex, ans: ans, length: length, h2fields: hf}
+		}
+	}
+	w, req := x.Materialize()
+	resp, err := ans.Response(req, laneGot1xx(w))
+	if err != nil {
+		return c.laneFailed(r, ex, err)
+	}
+	return laneResponse(ex, resp)
+}
+
+// head appends the head the upstream gets to b, as writeHead writes it
+// for the request relay leaves: the request line, Host (relay's), the
+// first User-Agent unless empty, a Content-Length of 0 for a method that
+// has a body by its nature, the other fields in the order they came
+// (canonical names, values without the spaces around them), the time left
+// in place of the caller's X-Request-Timeout (propagateDeadline).
+func (l h21Call) head(b []byte, dl time.Time, hasDeadline bool) []byte {
+	x := l.x
+	b = append(b, x.Method()...)
+	b = append(b, ' ')
+	b = append(b, x.Path()...)
+	b = append(b, " HTTP/1.1\r\nHost: "...)
+	if authority := x.Authority(); l.c.hostRewrite != "" && isLocalAuthority(authority) {
+		b = append(b, l.c.hostRewrite...)
+	} else {
+		b = append(b, authority...)
+	}
+	b = append(b, "\r\n"...)
+	fields := x.Fields()
+	for _, hf := range fields {
+		if hf.Name == "user-agent" {
+			if hf.Value != "" { // tested before trimming, as writeHead does
+				b = append(b, "User-Agent: "...)
+				b = append(b, textproto.TrimString(hf.Value)...)
+				b = append(b, "\r\n"...)
+			}
+			break
+		}
+	}
+	switch x.Method() {
+	case http.MethodPost, http.MethodPut, http.MethodPatch:
+		b = append(b, "Content-Length: 0\r\n"...)
+	}
+	for _, hf := range fields {
+		switch {
+		case hf.Name == "user-agent", hasDeadline && hf.Name == "x-request-timeout":
+			continue
+		}
+		b = appendCanonical(b, hf.Name)
+		b = append(b, ": "...)
+		b = append(b, textproto.TrimString(hf.Value)...)
+		b = append(b, "\r\n"...)
+	}
+	if hasDeadline {
+		b = appendTimeLeft(b, dl)
+	}
+	return append(b, "\r\n"...)
+}
+
+// appendCanonical appends name (an HTTP/2 field name: a token in lower
+// case) in canonical form, as http.CanonicalHeaderKey would make it,
+// without making a string of it.
+func appendCanonical(b []byte, name string) []byte {
+	upper := true
+	for i := 0; i < len(name); i++ {
+		ch := name[i]
+		if upper && 'a' <= ch && ch <= 'z' {
+			ch -= 'a' - 'A'
+		}
+		upper = ch == '-'
+		b = append(b, ch)
+	}
+	return b
+}
+
+// answer sends the plain answer: its fields, then its body, which the
+// exchange reads, as it does relay's, and is judged by when it closes.
+func (l h21Call) answer(ex *exchange, try laneTry) {
+	err := l.x.AnswerHead(ex.status, try.h2fields, try.length)
+	ex.body = try.ans.Body()
+	if err == nil {
+		_ = l.x.AnswerBody(ex)
+	}
+	_ = ex.Close()
+}
+
+// h2AnswerFields is a plain HTTP/1.1 answer's field lines as HTTP/2 fields,
+// names in lower case and values without the spaces around them, or false
+// if one is hop-by-hop (removeHopByHop would remove it). Every value, and
+// every name sent in lower case already, is cut from one string; the
+// common names come from a table.
+func h2AnswerFields(fields []byte) ([]hpack.HeaderField, bool) {
+	s := string(fields)
+	out := make([]hpack.HeaderField, 0, bytes.Count(fields, []byte("\n")))
+	off := 0
+	for rest := fields; len(rest) > 0; {
+		l, r, _ := h1head.CutLine(rest)
+		rest = r
+		colon := bytes.IndexByte(l, ':')
+		if isHopByHop(l[:colon]) {
+			return nil, false
+		}
+		i, j := colon+1, len(l)
+		for i < j && (l[i] == ' ' || l[i] == '\t') {
+			i++
+		}
+		for j > i && (l[j-1] == ' ' || l[j-1] == '\t') {
+			j--
+		}
+		out = append(out, hpack.HeaderField{Name: lowerName(s[off : off+colon]), Value: s[off+i : off+j]})
+		off += len(l) + 2
+	}
+	return out, true
+}
+
+// lowerName is name in lower case: name itself, a common name from the
+// table, or a new string.
+func lowerName(name string) string {
+	lower := true
+	for i := 0; i < len(name); i++ {
+		if 'A' <= name[i] && name[i] <= 'Z' {
+			lower = false
+			break
+		}
+	}
+	if lower {
+		return name
+	}
+	for _, k := range commonAnswerNames {
+		if len(k) == len(name) && strings.EqualFold(k, name) {
+			return k
+		}
+	}
+	return strings.ToLower(name)
+}
+
+// commonAnswerNames are the field names answers most often carry.
+var commonAnswerNames = [...]string{
+	"content-type", "content-length", "date", "server", "cache-control", "etag", "last-modified",
+	"vary", "set-cookie", "location", "expires", "content-encoding", "accept-ranges", "age", "link",
+	"access-control-allow-origin", "x-content-type-options", "strict-transport-security",
+	"x-frame-options", "content-language", "content-disposition", "x-request-id",
 }

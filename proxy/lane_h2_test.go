@@ -14,28 +14,46 @@ import (
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/watertight/watertight/config"
 )
 
 // TestLane2MatchesRelay is TestLaneMatchesRelay over h2c: the same
 // requests, as HEADERS frames written field by field, to a proxy with the
-// lane and one without, compared on what the upstream received (over h2c)
-// and on what the app got: every answer's fields but date, the body, the
-// trailers, and how the stream ended.
+// lane and one without, compared on what the upstream received (over h2c,
+// and over HTTP/1.1 from an upstream set to protocol http1) and on what
+// the app got: every answer's fields but date, the body, the trailers,
+// and how the stream ended.
 func TestLane2MatchesRelay(t *testing.T) {
 	f := newLaneFixture(t)
+	for _, protocol := range []string{config.ProtocolAuto, config.ProtocolHTTP1} {
+		t.Run("upstream "+protocol, func(t *testing.T) { lane2MatchesRelay(t, f, protocol) })
+	}
+}
+
+// lane2MatchesRelay runs TestLane2MatchesRelay's cases with every upstream
+// set to protocol: auto (h2c, as the app speaks) or http1.
+func lane2MatchesRelay(t *testing.T, f *laneFixture, protocol string) {
 	var taken atomic.Int64
 	opts := func(lane string) func(*Options) {
 		return func(o *Options) {
 			o.DownstreamHTTP1, o.DownstreamHTTP2 = HTTP1Watertight, HTTP1Watertight
-			o.UpstreamHTTP2 = HTTP1Watertight
+			o.UpstreamHTTP1, o.UpstreamHTTP2 = HTTP1Watertight, HTTP1Watertight
 			o.Lane = lane
 			if lane == LaneOn {
 				o.laneTaken = func() { taken.Add(1) }
 			}
 		}
 	}
-	lane := startProxyWith(t, f.config(), opts(LaneOn))
-	relay := startProxyWith(t, f.config(), opts(LaneOff))
+	cfg := func() *config.Config {
+		c := f.config()
+		for i := range c.Upstreams {
+			c.Upstreams[i].Protocol = protocol
+		}
+		return c
+	}
+	lane := startProxyWith(t, cfg(), opts(LaneOn))
+	relay := startProxyWith(t, cfg(), opts(LaneOff))
 
 	type field = hpack.HeaderField
 	get := func(path string, fields ...string) []field {
@@ -69,7 +87,7 @@ func TestLane2MatchesRelay(t *testing.T) {
 		{"empty user agent", "app", get("/plain", "user-agent", ""), "", true},
 		{"two user agents", "app", get("/plain", "user-agent", "a/1", "user-agent", "b/2"), "", true},
 		{"local authority", "app", with(get("/plain"), ":authority", "127.0.0.1:9001"), "", true},
-		{"IPv6 literal authority", "app", with(get("/plain"), ":authority", "[::1]:9001"), "", true},
+		{"IPv6 literal authority", "app", with(get("/plain"), ":authority", "[::1]:9001"), "", protocol != config.ProtocolHTTP1}, // h1conn would strip a zone
 		{"query", "app", get("/plain?a=1&b=%20x&c"), "", true},
 		{"escapes in the path", "app", get("/pl%61in"), "", true},
 		{"sub-delimiters in the path", "app", get("/plain;v=1,2@x:y"), "", true},
@@ -231,7 +249,7 @@ func TestLane2ClientGone(t *testing.T) {
 		<-r.Context().Done()
 		close(ended)
 	}))
-	p, taken := startLane2Proxy(t, upstream)
+	p, taken := startLane2Proxy(t, upstream, config.ProtocolAuto)
 	nc, err := net.Dial("tcp", strings.TrimPrefix(p.url(t, "app"), "http://"))
 	if err != nil {
 		t.Fatal(err)
@@ -252,55 +270,82 @@ func TestLane2ClientGone(t *testing.T) {
 }
 
 // TestLane2Concurrent: many streams at once on one app connection, all
-// through the lane and one upstream connection, each gets its own answer.
+// through the lane, to an h2c upstream (one connection) and to an
+// HTTP/1.1 one: each gets its own answer.
 func TestLane2Concurrent(t *testing.T) {
 	upstream := startUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
 		w.Header().Set("X-Path", r.URL.Path)
+		w.Header().Set("X-Proto", r.Proto)
 		if r.URL.Query().Has("empty") {
 			w.Header().Set("Content-Length", "0")
 			return
 		}
 		_, _ = w.Write(bytes.Repeat([]byte(r.URL.Path), 1000))
 	}))
-	p, taken := startLane2Proxy(t, upstream)
-	app := client(true)
-	defer app.CloseIdleConnections()
-	base := p.url(t, "app")
-	var wg sync.WaitGroup
-	for g := range 8 {
-		wg.Go(func() {
-			for i := range 50 {
-				path := fmt.Sprintf("/g%d/r%d", g, i)
-				query := ""
-				if i%2 == 1 {
-					query = "?empty"
-				}
-				resp, body := get(t, app, base, "u", path+query)
-				want := ""
-				if query == "" {
-					want = strings.Repeat(path, 1000)
-				}
-				if got := resp.Header.Get("X-Path"); got != path || body != want || resp.ProtoMajor != 2 {
-					t.Errorf("%s: the answer says X-Path %q, %d bytes of body, over %s", path, got, len(body), resp.Proto)
-					return
-				}
+	for _, protocol := range []string{config.ProtocolAuto, config.ProtocolHTTP1} {
+		t.Run("upstream "+protocol, func(t *testing.T) {
+			p, taken := startLane2Proxy(t, upstream, protocol)
+			app := client(true)
+			defer app.CloseIdleConnections()
+			base := p.url(t, "app")
+			wantProto := map[string]string{config.ProtocolAuto: "HTTP/2.0", config.ProtocolHTTP1: "HTTP/1.1"}[protocol]
+			var wg sync.WaitGroup
+			for g := range 8 {
+				wg.Go(func() {
+					for i := range 50 {
+						path := fmt.Sprintf("/g%d/r%d", g, i)
+						query := ""
+						if i%2 == 1 {
+							query = "?empty"
+						}
+						resp, body := get(t, app, base, "u", path+query)
+						want := ""
+						if query == "" {
+							want = strings.Repeat(path, 1000)
+						}
+						if got := resp.Header.Get("X-Path"); got != path || body != want || resp.ProtoMajor != 2 || resp.Header.Get("X-Proto") != wantProto {
+							t.Errorf("%s: the answer says X-Path %q, X-Proto %q, %d bytes of body, over %s", path, got, resp.Header.Get("X-Proto"), len(body), resp.Proto)
+							return
+						}
+					}
+				})
+			}
+			wg.Wait()
+			if taken.Load() != 400 {
+				t.Errorf("the lane took %d of 400 requests", taken.Load())
 			}
 		})
-	}
-	wg.Wait()
-	if taken.Load() != 400 {
-		t.Errorf("the lane took %d of 400 requests", taken.Load())
 	}
 }
 
 // startLane2Proxy is a proxy with the lane over h2c, listening in mode
-// upstream for upstream, and a count of the requests its lane took.
-func startLane2Proxy(t *testing.T, upstream string) (*testProxy, *atomic.Int64) {
+// upstream for upstream (set to protocol), and a count of the requests its
+// lane took.
+func startLane2Proxy(t *testing.T, upstream, protocol string) (*testProxy, *atomic.Int64) {
 	taken := new(atomic.Int64)
-	p := startProxyWith(t, laneConfig(upstream), func(o *Options) {
-		o.DownstreamHTTP1, o.DownstreamHTTP2, o.UpstreamHTTP2, o.Lane = HTTP1Watertight, HTTP1Watertight, HTTP1Watertight, LaneOn
+	cfg := laneConfig(upstream)
+	cfg.Upstreams[0].Protocol = protocol
+	p := startProxyWith(t, cfg, func(o *Options) {
+		o.DownstreamHTTP1, o.DownstreamHTTP2, o.Lane = HTTP1Watertight, HTTP1Watertight, LaneOn
+		o.UpstreamHTTP1, o.UpstreamHTTP2 = HTTP1Watertight, HTTP1Watertight
 		o.laneTaken = func() { taken.Add(1) }
 	})
 	return p, taken
+}
+
+// TestLaneNameCase: the lane's name conversions between HTTP/2's lower
+// case and HTTP/1.1's canonical form are net/http's.
+func TestLaneNameCase(t *testing.T) {
+	for _, name := range []string{"a", "content-type", "x-forwarded-for", "te", "x--y", "-x", "x-", "x_y-z", "www-authenticate", "x-1a", "dnt", "etag"} {
+		if got, want := string(appendCanonical(nil, name)), http.CanonicalHeaderKey(name); got != want {
+			t.Errorf("appendCanonical(%q) = %q, want %q", name, got, want)
+		}
+		canonical := http.CanonicalHeaderKey(name)
+		for _, in := range []string{name, canonical, strings.ToUpper(name)} {
+			if got := lowerName(in); got != name {
+				t.Errorf("lowerName(%q) = %q, want %q", in, got, name)
+			}
+		}
+	}
 }

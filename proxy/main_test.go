@@ -36,10 +36,10 @@ var upstreamHTTP2 = flag.String("upstream-http2", DefaultUpstreamHTTP2,
 var downstreamHTTP2 = flag.String("downstream-http2", DefaultDownstreamHTTP2,
 	"the servers' app-side h2c server: "+HTTP1NetHTTP+" or "+HTTP1Watertight)
 
-// laneOn runs it with the lane (lane.go) on or off:
+// laneOn runs it with the lanes (lane.go, lane_h2.go) on or off:
 //
 //	go test -race ./proxy/ -args -lane=off
-var laneOn = flag.String("lane", LaneOn, "the servers' lane for the plainest HTTP/1.1 requests: "+LaneOn+" or "+LaneOff)
+var laneOn = flag.String("lane", LaneOn, "the servers' lanes for the plainest HTTP/1.1 and h2c requests: "+LaneOn+" or "+LaneOff)
 
 func TestMain(m *testing.M) {
 	flag.Parse()

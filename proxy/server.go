@@ -54,8 +54,8 @@ type Options struct {
 	// It takes effect behind the watertight HTTP/1.1 server only.
 	DownstreamHTTP2 string
 	// Lane is LaneOn (the default) or LaneOff: whether the plainest
-	// bodiless HTTP/1.1 requests are served below net/http's types, behind
-	// the watertight HTTP/1.1 server (lane.go).
+	// bodiless HTTP/1.1 and h2c requests are served below net/http's
+	// types, behind the watertight servers (lane.go, lane_h2.go).
 	Lane string
 
 	laneTaken func() // told of each request the lane takes (tests)
