@@ -61,7 +61,9 @@
 # Options: --reps N, --duration SECONDS (overhead), --iso-duration SECONDS,
 #          --only SCENARIO[,SCENARIO...], --parts overhead,isolation,weights,
 #          --targets T[,T...] (overhead targets), --no-img (leave docs/img alone),
-#          --iso-proto h1|h2c|h1,h2c (the isolation part's app protocols; default h1)
+#          --iso-proto h1|h2c|h1,h2c (the isolation part's app protocols; default h1),
+#          --shared-upstream (one upstream process for every overhead measurement,
+#          as before run 58; by default each gets a fresh one: see fresh_upstream)
 # Environment: BENCH_PORT_BASE (default 18080), BENCH_LOAD_CPUS (default 0),
 #              BENCH_SERVER_CPUS (default 1), CADDY_VERSIONS (tried in order),
 #              BENCH_SIDECAR_ENV (VAR=value pairs for the sidecar under test, e.g. GOGC=200)
@@ -91,6 +93,7 @@ PAYLOAD=64          # response body bytes
 ONLY=""
 PARTS=overhead,isolation,weights
 IMG=1               # write the pictures into docs/img/
+FRESH_UPSTREAM=1    # a fresh upstream process for each overhead measurement (fresh_upstream)
 FORTIO_VERSION=v1.68.2  # the newest whose dependencies the Go module proxy serves
 # Caddy: newest first; the first that the Go module proxy serves is used. See
 # docs/benchmarks.md for what the proxy here allowed.
@@ -186,6 +189,7 @@ parse_args() {
 		--targets) IFS=, read -r -a TARGETS <<<"$2"; shift ;;
 		--iso-proto) IFS=, read -r -a ISO_PROTOS <<<"$2"; shift ;;
 		--no-img) IMG=0 ;;
+		--shared-upstream) FRESH_UPSTREAM=0 ;;
 		-h | --help) sed -n '2,/^set -euo/p' "$0" | sed 's/^# \{0,1\}//;$d'; exit 0 ;;
 		*) die "unknown argument $1 (try --help)" ;;
 		esac
@@ -686,10 +690,40 @@ h2load_cmd() { # TARGET SECONDS CONNS STREAMS
 		"http://127.0.0.1:$(target_port "$t" h2)/")
 }
 
+# fresh_upstream TARGET SCENARIO: the upstream is started again, and the
+# target warmed on it for a moment with the scenario's own load (discarded),
+# so that every measurement meets an upstream that only its target has
+# connected to. With one upstream for the whole run, what the earlier
+# targets left there (above all nginx's kept connections, which it holds for
+# minutes) changed what a request cost the next one: the sidecar's h2c p50
+# at 2,000 req/s was 264-274 µs with nginx's idle connections open on the
+# upstream and 277-292 without (docs/benchmarks.md, runs 53 and 54), and
+# whether they were open depended on the order the targets ran in.
+fresh_upstream() {
+	local t=$1 sc=$2 secs=2
+	stop upstream
+	start upstream "$PORT_UPSTREAM" "$OUT/upstream" -addr "127.0.0.1:$PORT_UPSTREAM" -size "$PAYLOAD"
+	case $sc in
+	h1-max) fortio_cmd "$t" "$secs" 0 /dev/null ;;
+	h1-rate*) fortio_cmd "$t" "$secs" "${sc#h1-rate}" /dev/null -uniform ;;
+	h2c-rate*) fortio_cmd "$t" "$secs" "${sc#h2c-rate}" /dev/null -uniform -h2 ;;
+	h2c-max) h2load_cmd "$t" "$secs" "$CONNS" 1 ;;
+	h2c-mux-max) h2load_cmd "$t" "$secs" "$MUX_CONNS" "$MUX_STREAMS" ;;
+	esac
+	if [[ $sc == h2c-max || $sc == h2c-mux-max ]]; then
+		"${LOAD_PIN[@]}" h2load "${H2LOAD_ARGS[@]}" >/dev/null 2>&1 || true
+	else
+		"${LOAD_PIN[@]}" "$FORTIO" "${FORTIO_ARGS[@]}" >/dev/null 2>&1 || true
+	fi
+}
+
 # run_one SCENARIO KIND DESC TARGET REP: one measurement, recorded in the manifest.
 run_one() {
 	local sc=$1 kind=$2 desc=$3 t=$4 rep=$5 base file tool
 	base=$sc.$t.$rep
+	if ((FRESH_UPSTREAM)); then
+		fresh_upstream "$t" "$sc"
+	fi
 	case $sc in
 	h1-max) tool=fortio; fortio_cmd "$t" "$DURATION" 0 "$RUNS/$base.json" ;;
 	h1-rate*) tool=fortio; fortio_cmd "$t" "$DURATION" "${sc#h1-rate}" "$RUNS/$base.json" -uniform ;;
