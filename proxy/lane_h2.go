@@ -19,12 +19,15 @@ import (
 
 // The lane over h2c (docs/forwarding-path.md, step 10): a bodiless h2c
 // request whose fields are plain (h2serve offers only those) to a
-// compartment whose upstream is h2c goes through the compartment's steps
-// (runLane) as its decoded fields: edited as relay edits the request's
-// header, encoded by h2conn, and its answer's fields passed back as they
+// compartment with a cleartext upstream goes through the compartment's
+// steps (runLane) as its decoded fields: edited as relay edits the
+// request's header, encoded by h2conn for an h2c upstream or written as an
+// HTTP/1.1 head for h1conn, and its answer's fields passed back as they
 // came when the answer is plain. No http.Request, header map, URL or
 // http.Response is made for it; whatever is not plain goes to net/http's
-// types where it stands, as on HTTP/1.1 (lane.go).
+// types where it stands, as on HTTP/1.1 (lane.go). Written by hand for
+// lane.go's reason: no library's codec shares net/http's types and the
+// compartments.
 
 // h2Lane is the listener as h2serve's Lane (h1serve's has the name
 // ServeLane already).
