@@ -194,7 +194,8 @@ func (x *Exchange) take(f *http2.MetaHeadersFrame) bool {
 	}
 	regular := f.RegularFields()
 	cookies := 0
-	for _, hf := range regular {
+	for i := range regular {
+		hf := &regular[i]
 		switch hf.Name {
 		case "connection", "proxy-connection", "keep-alive", "transfer-encoding", "upgrade",
 			"host", "content-length", "trailer", "expect":

@@ -381,7 +381,8 @@ func buildRequest(st *stream, names *h2wire.Names, pseudo, regular []hpack.Heade
 // pseudoValues reads a request's pseudo-fields; false for one a request
 // does not have here.
 func pseudoValues(pseudo []hpack.HeaderField) (method, scheme, authority, path string, ok bool) {
-	for _, hf := range pseudo {
+	for i := range pseudo {
+		hf := &pseudo[i] // not a copy of each field: on every request's path
 		switch hf.Name {
 		case ":method":
 			method = hf.Value
