@@ -95,7 +95,7 @@ func (x *Exchange) Materialize() (http.ResponseWriter, *http.Request) {
 		if err := buildRequest(st, &names, pseudo[:], x.fields, true); err != nil {
 			panic("h2serve: a lane's request that buildRequest refuses: " + err.Error()) // take took only what it takes
 		}
-		st.req = *st.req.WithContext(&st.ctx)
+		st.bindRequest()
 	}
 	return &st.rw, &st.req
 }

@@ -103,17 +103,21 @@ func (c *conn) processHeaders(f *http2.MetaHeadersFrame) error {
 		return c.w.Unlock()
 	}
 	st := &stream{c: c, id: id, declLen: -1, recv: h2wire.NewInflow(initialStreamWindow)}
+	method := ""
 	if c.s.Lane != nil && f.StreamEnded() && st.x.take(f) {
 		// The request is made on the worker, if the Lane declines it.
-		st.lane, st.x.st = true, st
-		st.ctx.Start(c.baseCtx, time.Time{}, nil)
-		st.rw.init(st, st.x.method == http.MethodHead)
-	} else if err := c.newRequest(st, f); err != nil {
+		st.lane, st.x.st, method = true, st, st.x.method
+	} else if err := buildRequest(st, &c.names, f.PseudoFields(), f.RegularFields(), f.StreamEnded()); err != nil {
 		if err == errMalformed {
 			return streamError(id, http2.ErrCodeProtocol)
 		}
 		return err
+	} else {
+		st.bindRequest()
+		method = st.req.Method
 	}
+	st.ctx.Start(c.baseCtx, time.Time{}, nil)
+	st.rw.init(st, method == http.MethodHead)
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
@@ -261,20 +265,14 @@ func (c *conn) processData(f *http2.DataFrame) error {
 	return err
 }
 
-// newRequest builds st's request from its header block, checking what
-// RFC 9113 (8.2 and 8.3) asks a server to check.
-func (c *conn) newRequest(st *stream, f *http2.MetaHeadersFrame) error {
-	if err := buildRequest(st, &c.names, f.PseudoFields(), f.RegularFields(), f.StreamEnded()); err != nil {
-		return err
-	}
-	st.ctx.Start(c.baseCtx, time.Time{}, nil)
+// bindRequest gives st's request its context, the stream's.
+func (st *stream) bindRequest() {
 	st.req = *st.req.WithContext(&st.ctx) // the copy WithContext makes stays on the stack
-	st.rw.init(st, st.req.Method == http.MethodHead)
-	return nil
 }
 
 // buildRequest builds st.req (without its context) from a request's
-// pseudo-fields and regular fields, names caching their canonical forms.
+// pseudo-fields and regular fields, names caching their canonical forms,
+// checking what RFC 9113 (8.2 and 8.3) asks a server to check.
 func buildRequest(st *stream, names *h2wire.Names, pseudo, regular []hpack.HeaderField, ended bool) error {
 	c := st.c
 	bad := errMalformed
@@ -427,18 +425,16 @@ func (c *conn) runHandler(st *stream) {
 		}
 		c.handlerDone(st)
 	}()
-	if st.lane && c.serveLane(st) {
-		if st.x.cut {
-			// As a Handler's abort: the client must see it cut.
-			c.resetStream(st.id, http2.ErrCodeInternal)
-		} else {
-			st.rw.finish()
-		}
-		completed = true
-		return
+	if !st.lane || !c.serveLane(st) {
+		c.s.Handler.ServeHTTP(&st.rw, &st.req)
 	}
-	c.s.Handler.ServeHTTP(&st.rw, &st.req)
-	st.rw.finish()
+	if st.x.cut {
+		// A lane's answer that broke: as a Handler's abort, the client
+		// must see it cut.
+		c.resetStream(st.id, http2.ErrCodeInternal)
+	} else {
+		st.rw.finish()
+	}
 	completed = true
 }
 
