@@ -75,11 +75,18 @@ func (l *listener) took(taken bool) bool {
 // request as net/http's (a hedge races copies of it, a fallback and the
 // access log read it).
 func (c *compartment) laneTransport() *h1conn.Transport {
-	if c.hedge != nil || len(c.fallbacks) > 0 || c.accessLog || c.transports.scheme() != "http" {
+	if !c.laneServes() {
 		return nil
 	}
 	t, _ := c.transports.h1.(*h1conn.Transport)
 	return t
+}
+
+// laneServes: the compartment's upstream is cleartext, and it has no
+// policy that needs the request as net/http's (a hedge races copies of it,
+// a fallback and the access log read it). Both lanes ask.
+func (c *compartment) laneServes() bool {
+	return c.hedge == nil && len(c.fallbacks) == 0 && !c.accessLog && c.transports.scheme() == "http"
 }
 
 // pathByte: the bytes net/url keeps as they are in an escaped path
@@ -230,8 +237,7 @@ type laneTry struct {
 	length int64
 	fields []byte
 	answer answerFields
-	raw    h2conn.RawAnswer
-	h2     bool // raw is the plain answer
+	raw    h2conn.RawAnswer // the plain answer over h2c, if not zero
 
 	h2fields []hpack.HeaderField // ans's fields, for an h2c request
 }
@@ -248,25 +254,58 @@ func (l h1Call) context() context.Context { return l.x.Context() }
 
 func (l h1Call) materialize() (http.ResponseWriter, *http.Request) { return l.x.Materialize() }
 
-// send makes one attempt, as attempt does: sent, its answer begun. An
-// answer that is not plain, or any once the request has left the lane
-// (Materialize), is read into net/http's types.
-func (l h1Call) send(r *request, ex *exchange) laneTry {
-	c, x := l.c, l.x
+func (l h1Call) method() string { return l.x.Method() }
+
+func (l h1Call) materialized() bool { return l.x.Materialized() }
+
+func (l h1Call) send(r *request, ex *exchange) laneTry { return sendH1(l.c, l, l.t, r, ex) }
+
+func (l h1Call) head(b []byte, dl time.Time, hasDeadline bool) []byte {
+	return l.c.laneHead(b, l.x, dl, hasDeadline)
+}
+
+// plain takes the answer's field lines as they are, with a Content-Type
+// (the app-side loop does not sniff one), less their hop-by-hop fields.
+func (l h1Call) plain(fields []byte, length int64) (laneTry, bool) {
+	answer, ok := answerFieldsOf(fields, length)
+	return laneTry{fields: fields, answer: answer}, ok
+}
+
+// h1Upstream is a laneCall to an HTTP/1.1 upstream through h1conn, from
+// either app side (h1Call, h21Call): what sendH1 asks of it.
+type h1Upstream interface {
+	method() string
+	materialized() bool
+	materialize() (http.ResponseWriter, *http.Request)
+	// head appends the request's head to b, with the time left until dl
+	// if hasDeadline.
+	head(b []byte, dl time.Time, hasDeadline bool) []byte
+	// plain is what the answer passes on of a plain answer's field lines,
+	// or false for one this app side cannot pass on as they are. (A
+	// value, not a *laneTry to fill: through the type parameter the
+	// pointer would escape, an allocation a request.)
+	plain(fields []byte, length int64) (laneTry, bool)
+}
+
+// sendH1 makes one attempt over h1conn, as attempt does: sent, its answer
+// begun. An answer that is not plain, or any once the request has left
+// the lane (Materialize), is read into net/http's types.
+func sendH1[L h1Upstream](c *compartment, l L, t *h1conn.Transport, r *request, ex *exchange) laneTry {
 	dl, hasDeadline := ex.ctx.Deadline()
-	head := func(b []byte) []byte { return c.laneHead(b, x, dl, hasDeadline) }
-	ans, err := l.t.RoundTripRaw(ex.ctx, ex.ep.addr, x.Method(), head)
+	head := func(b []byte) []byte { return l.head(b, dl, hasDeadline) }
+	ans, err := t.RoundTripRaw(ex.ctx, ex.ep.addr, l.method(), head)
 	if err != nil {
 		return c.laneFailed(r, ex, err)
 	}
 	c.hedge.observe(time.Since(ex.start))
-	if status, length, fields, plain := ans.Plain(); plain && !x.Materialized() {
-		if answer, ok := answerFieldsOf(fields, length); ok {
+	if status, length, fields, plain := ans.Plain(); plain && !l.materialized() {
+		if try, ok := l.plain(fields, length); ok {
+			try.ex, try.ans, try.length = ex, ans, length
 			ex.status = status
-			return laneTry{ex: ex, ans: ans, length: length, fields: fields, answer: answer}
+			return try
 		}
 	}
-	w, req := x.Materialize()
+	w, req := l.materialize()
 	resp, err := ans.Response(req, laneGot1xx(w))
 	if err != nil {
 		return c.laneFailed(r, ex, err)
@@ -324,7 +363,7 @@ func (try laneTry) discard() {
 	switch {
 	case try.ans != nil:
 		try.ex.body = try.ans.Body()
-	case try.h2:
+	case try.raw != h2conn.RawAnswer{}:
 		try.ex.body = try.raw.Body()
 	}
 	if try.ex != nil {

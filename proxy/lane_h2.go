@@ -44,7 +44,7 @@ func (h h2Lane) ServeLane(x *h2serve.Exchange) bool {
 // forRequest picks it, when the lane may use it (laneTransport's rules):
 // h2conn to an h2c upstream, or h1conn to an HTTP/1.1 one.
 func (c *compartment) lane2Transport() http.RoundTripper {
-	if c.hedge != nil || len(c.fallbacks) > 0 || c.accessLog || c.transports.scheme() != "http" {
+	if !c.laneServes() {
 		return nil
 	}
 	if c.transports.auto {
@@ -117,6 +117,10 @@ func (l h2Side) context() context.Context { return l.x.Context() }
 
 func (l h2Side) materialize() (http.ResponseWriter, *http.Request) { return l.x.Materialize() }
 
+func (l h2Side) method() string { return l.x.Method() }
+
+func (l h2Side) materialized() bool { return l.x.Materialized() }
+
 // h2Call is an h2c request to an h2c upstream (h2conn).
 type h2Call struct {
 	h2Side
@@ -145,7 +149,7 @@ func (l h2Call) send(r *request, ex *exchange) laneTry {
 	c.hedge.observe(time.Since(ex.start))
 	if !x.Materialized() && plainAnswer(x.Method(), ans) {
 		ex.status = ans.Status()
-		return laneTry{ex: ex, raw: ans, h2: true}
+		return laneTry{ex: ex, raw: ans}
 	}
 	_, hr := x.Materialize()
 	return laneResponse(ex, ans.Response(hr))
@@ -264,30 +268,12 @@ func plainAuthority(a string) bool {
 	return true
 }
 
-// send makes one attempt, as attempt does: sent, its answer begun. An
-// answer that is not plain, or any once the request has left the lane,
-// is read into net/http's types.
-func (l h21Call) send(r *request, ex *exchange) laneTry {
-	c, x := l.c, l.x
-	dl, hasDeadline := ex.ctx.Deadline()
-	head := func(b []byte) []byte { return l.head(b, dl, hasDeadline) }
-	ans, err := l.t.RoundTripRaw(ex.ctx, ex.ep.addr, x.Method(), head)
-	if err != nil {
-		return c.laneFailed(r, ex, err)
-	}
-	c.hedge.observe(time.Since(ex.start))
-	if status, length, fields, plain := ans.Plain(); plain && !x.Materialized() {
-		if hf, ok := h2AnswerFields(fields); ok {
-			ex.status = status
-			return laneTry{ex: ex, ans: ans, length: length, h2fields: hf}
-		}
-	}
-	w, req := x.Materialize()
-	resp, err := ans.Response(req, laneGot1xx(w))
-	if err != nil {
-		return c.laneFailed(r, ex, err)
-	}
-	return laneResponse(ex, resp)
+func (l h21Call) send(r *request, ex *exchange) laneTry { return sendH1(l.c, l, l.t, r, ex) }
+
+// plain takes the answer's field lines as HTTP/2 fields.
+func (l h21Call) plain(fields []byte, _ int64) (laneTry, bool) {
+	hf, ok := h2AnswerFields(fields)
+	return laneTry{h2fields: hf}, ok
 }
 
 // head appends the head the upstream gets to b, as writeHead writes it
