@@ -409,6 +409,13 @@ func (c *conn) processSettings(f *http2.SettingsFrame) error {
 	if f.IsAck() {
 		return nil
 	}
+	// Applied and acknowledged under the write lock, so that nothing the
+	// new settings allow (DATA a larger window lets go) leaves before the
+	// ACK: a client may read frames before its ACK as sent under the old
+	// settings (h2spec's 6.9.2/1 does, and failed now and then when a
+	// worker's DATA overtook the ACK). Writers take the write lock before
+	// mu, as here.
+	c.w.Lock()
 	err := f.ForeachSetting(func(s http2.Setting) error {
 		if err := s.Valid(); err != nil {
 			return connError{errCode(err), fmt.Sprintf("invalid setting %v", s)}
@@ -432,14 +439,14 @@ func (c *conn) processSettings(f *http2.SettingsFrame) error {
 		case http2.SettingMaxFrameSize:
 			c.w.SetMaxFrame(s.Val)
 		case http2.SettingHeaderTableSize:
-			c.w.SetHeaderTableSize(s.Val)
+			c.w.SetHeaderTableSizeLocked(s.Val)
 		}
 		return nil
 	})
 	if err != nil {
+		_ = c.w.Unlock()
 		return err
 	}
-	c.w.Lock()
 	_ = c.fr.WriteSettingsAck()
 	return c.w.Unlock()
 }

@@ -166,6 +166,9 @@ func (c *Conn) SetMaxFrame(v uint32) { c.maxFrame.Store(v) }
 // takes the lock itself.
 func (c *Conn) SetHeaderTableSize(v uint32) {
 	c.mu.Lock()
-	c.enc.SetMaxDynamicTableSizeLimit(v)
+	c.SetHeaderTableSizeLocked(v)
 	c.mu.Unlock()
 }
+
+// SetHeaderTableSizeLocked is SetHeaderTableSize under Lock.
+func (c *Conn) SetHeaderTableSizeLocked(v uint32) { c.enc.SetMaxDynamicTableSizeLimit(v) }
