@@ -921,6 +921,73 @@ func TestStreamSlotFreedWithTheAnswersEnd(t *testing.T) {
 	}
 }
 
+// Answers are encoded without a dynamic table (h2wire.WithoutTable): the
+// first block says the table is 0 bytes, and a client that allows no
+// table at all (SETTINGS_HEADER_TABLE_SIZE 0) reads every answer, long
+// fields and trailers included.
+func TestAnswersWithoutTable(t *testing.T) {
+	long := strings.Repeat("v", 300)
+	srv := serve(t, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		w.Header().Set("X-Long", long)
+		w.Header().Set("Trailer", "X-Done")
+		_, _ = io.WriteString(w, "ok")
+		w.Header().Set("X-Done", "yes")
+	}))
+	rc := dialRaw(t, srv.addr)
+	// The first answer's block, as it is on the wire.
+	dec := rc.fr.ReadMetaHeaders
+	rc.fr.ReadMetaHeaders = nil
+	rc.request(1, http.MethodGet, "/", true)
+	hf, ok := rc.nextSignificant().(*http2.HeadersFrame)
+	if !ok {
+		t.Fatal("no HEADERS first")
+	}
+	if frag := hf.HeaderBlockFragment(); len(frag) == 0 || frag[0] != 0x20 {
+		t.Fatalf("the first block starts % x, want a dynamic table size update to 0 (20)", frag[:min(len(frag), 4)])
+	}
+	rc.fr.ReadMetaHeaders = dec
+	for f := rc.next(); ; f = rc.next() { // the rest of stream 1
+		if h, ok := f.(*http2.MetaHeadersFrame); ok && h.StreamEnded() {
+			break
+		}
+	}
+	if err := rc.fr.WriteSettings(http2.Setting{ID: http2.SettingHeaderTableSize, Val: 0}); err != nil {
+		t.Fatal(err)
+	}
+	dec.SetAllowedMaxDynamicTableSize(0)
+	for id := uint32(3); id <= 7; id += 2 {
+		rc.request(id, http.MethodGet, "/", true)
+		var head, trailers *http2.MetaHeadersFrame
+		for trailers == nil {
+			switch f := rc.nextSignificant().(type) {
+			case *http2.MetaHeadersFrame:
+				if head == nil {
+					head = f
+					if got := f.PseudoValue("status"); got != "200" {
+						t.Fatalf("stream %d: status %q", id, got)
+					}
+					var gotLong bool
+					for _, hf := range f.RegularFields() {
+						gotLong = gotLong || hf.Name == "x-long" && hf.Value == long
+					}
+					if !gotLong {
+						t.Errorf("stream %d: X-Long did not arrive whole", id)
+					}
+				} else {
+					trailers = f
+				}
+			case *http2.DataFrame:
+			default:
+				t.Fatalf("stream %d: got %s", id, describe(f))
+			}
+		}
+		if v := trailers.RegularFields(); len(v) != 1 || v[0].Name != "x-done" || v[0].Value != "yes" {
+			t.Errorf("stream %d: trailers %+v", id, v)
+		}
+	}
+}
+
 // HEADERS on a stream both ends have closed is a connection error
 // STREAM_CLOSED (RFC 9113, 5.1; h2spec http2/5.1/12), however soon it
 // follows the answer's END_STREAM.
