@@ -38,6 +38,12 @@ func BenchmarkProxyH2C(b *testing.B) {
 	benchRequests(b, startBenchWatertight(b, startBenchUpstream(b)), true)
 }
 
+// BenchmarkProxyH2CToHTTP1 is h2c in, HTTP/1.1 out (protocol: http1), as
+// nginx's proxy_pass does with an h2c client.
+func BenchmarkProxyH2CToHTTP1(b *testing.B) {
+	benchRequests(b, startBenchWatertightProtocol(b, startBenchUpstream(b), config.ProtocolHTTP1), true)
+}
+
 func BenchmarkBareReverseProxyHTTP1(b *testing.B) {
 	benchRequests(b, startBenchBareProxy(b, startBenchUpstream(b)), false)
 }
@@ -75,6 +81,13 @@ func startBenchUpstream(b *testing.B) string {
 // to the origin, protocol auto, and a budget the benchmark never exhausts.
 func startBenchWatertight(b *testing.B, upstream string) string {
 	b.Helper()
+	return startBenchWatertightProtocol(b, upstream, config.ProtocolAuto)
+}
+
+// startBenchWatertightProtocol is startBenchWatertight with the upstream's
+// protocol given.
+func startBenchWatertightProtocol(b *testing.B, upstream string, protocol string) string {
+	b.Helper()
 	cfg := &config.Config{
 		Budget: 4096,
 		Listeners: []config.Listener{
@@ -83,7 +96,7 @@ func startBenchWatertight(b *testing.B, upstream string) string {
 		Upstreams: []config.Upstream{{
 			Name:      "bench",
 			Hosts:     []string{"bench"},
-			Protocol:  config.ProtocolAuto,
+			Protocol:  protocol,
 			Endpoints: []config.Endpoint{{Address: upstream}},
 		}},
 	}
