@@ -86,7 +86,9 @@ func lane2Request(x *h2serve.Exchange) (timeout string, ok bool) {
 		return "", false
 	}
 	tes, timed := 0, false
-	for _, hf := range x.Fields() {
+	fields := x.Fields()
+	for i := range fields {
+		hf := &fields[i]
 		switch hf.Name {
 		case "te": // h2serve let through "trailers" alone
 			if tes++; tes > 1 {
@@ -162,7 +164,9 @@ func (l h2Call) send(r *request, ex *exchange) laneTry {
 // method that has a body by its nature.
 func (l h2Call) encode(e h2conn.Encoder, dl time.Time, hasDeadline bool) {
 	ua := false
-	for _, hf := range l.x.Fields() {
+	fields := l.x.Fields()
+	for i := range fields {
+		hf := &fields[i]
 		switch hf.Name {
 		case "x-request-timeout":
 			if !hasDeadline {
@@ -231,7 +235,9 @@ func plainAnswer(method string, a h2conn.RawAnswer) bool {
 	case http.StatusNoContent, http.StatusNotModified:
 		return false
 	}
-	for _, hf := range a.Fields() {
+	fields := a.Fields()
+	for i := range fields {
+		hf := &fields[i]
 		switch hf.Name {
 		case "connection", "proxy-connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
 			"te", "trailer", "transfer-encoding", "upgrade":
@@ -295,7 +301,8 @@ func (l h21Call) head(b []byte, dl time.Time, hasDeadline bool) []byte {
 	}
 	b = append(b, "\r\n"...)
 	fields := x.Fields()
-	for _, hf := range fields {
+	for i := range fields {
+		hf := &fields[i]
 		if hf.Name == "user-agent" {
 			if hf.Value != "" { // tested before trimming, as writeHead does
 				b = append(b, "User-Agent: "...)
@@ -309,7 +316,8 @@ func (l h21Call) head(b []byte, dl time.Time, hasDeadline bool) []byte {
 	case http.MethodPost, http.MethodPut, http.MethodPatch:
 		b = append(b, "Content-Length: 0\r\n"...)
 	}
-	for _, hf := range fields {
+	for i := range fields {
+		hf := &fields[i]
 		switch {
 		case hf.Name == "user-agent", hasDeadline && hf.Name == "x-request-timeout":
 			continue

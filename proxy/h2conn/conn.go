@@ -357,7 +357,7 @@ func (cc *clientConn) processHeaders(f *http2.MetaHeadersFrame) error {
 		cc.resetStream(f.StreamID, http2.ErrCodeProtocol, fmt.Errorf("h2conn: %s answered with a malformed :status %q", cc.addr, f.PseudoValue("status")))
 		return nil
 	}
-	regular := f.RegularFields()
+	regular := h2wire.Regular(f.Fields)
 	if status < 200 {
 		if f.StreamEnded() {
 			cc.resetStream(f.StreamID, http2.ErrCodeProtocol, fmt.Errorf("h2conn: %s ended the stream with a %d", cc.addr, status))
@@ -420,8 +420,8 @@ func (cc *clientConn) processHeaders(f *http2.MetaHeadersFrame) error {
 // that ended with its HEADERS (but to HEAD), else unknown (-1).
 func contentLength(fields []hpack.HeaderField, ended, head bool) int64 {
 	n, value := 0, ""
-	for _, hf := range fields {
-		if hf.Name == "content-length" {
+	for i := range fields {
+		if hf := &fields[i]; hf.Name == "content-length" {
 			n++
 			value = hf.Value
 		}

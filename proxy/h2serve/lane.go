@@ -118,8 +118,8 @@ func (x *Exchange) Informational(status int, fields []hpack.HeaderField) {
 	c.w.Lock()
 	c.w.StartBlock()
 	c.w.Encode(":status", h2wire.Status(status))
-	for _, hf := range fields {
-		c.encodeRaw(hf)
+	for i := range fields {
+		c.encodeRaw(&fields[i])
 	}
 	c.w.WriteBlock(w.st.id, false)
 	_ = c.w.Unlock()
@@ -138,8 +138,8 @@ func (x *Exchange) AnswerHead(status int, fields []hpack.HeaderField, length int
 	x.finalize()
 	w := &x.st.rw
 	w.wroteHeader, w.status, w.raw, w.declLen = true, status, fields, length
-	for _, hf := range fields {
-		switch hf.Name {
+	for i := range fields {
+		switch hf := &fields[i]; hf.Name {
 		case "content-type":
 			w.hasType = true
 		case "content-encoding":
@@ -187,12 +187,13 @@ var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return 
 // the lane, and keeps its fields in x if so: a request buildRequest takes
 // as it comes, with the fields Fields promises.
 func (x *Exchange) take(f *http2.MetaHeadersFrame) bool {
-	method, scheme, authority, path, ok := pseudoValues(f.PseudoFields())
+	pseudo := h2wire.Pseudo(f.Fields)
+	method, scheme, authority, path, ok := pseudoValues(pseudo)
 	if !ok || method == "" || method == http.MethodConnect || !validMethod(method) ||
 		scheme != "http" || authority == "" || !lanePath(path) {
 		return false
 	}
-	regular := f.RegularFields()
+	regular := f.Fields[len(pseudo):]
 	cookies := 0
 	for i := range regular {
 		hf := &regular[i]
@@ -248,7 +249,7 @@ func isHex(c byte) bool { return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' ||
 // the same field from a header map; the caller holds the write lock. A
 // field the upstream sent never-indexed stays so (RFC 7541, 7.1.3), which
 // a header map cannot say.
-func (c *conn) encodeRaw(hf hpack.HeaderField) {
+func (c *conn) encodeRaw(hf *hpack.HeaderField) {
 	switch hf.Name {
 	case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "content-length":
 		return

@@ -301,8 +301,8 @@ func (w *responseWriter) commit(p []byte, end bool) error {
 			for _, f := range trailers {
 				c.encodeField(f.key, f.values)
 			}
-			for _, hf := range w.rawTrailers {
-				c.encodeRaw(hf)
+			for i := range w.rawTrailers {
+				c.encodeRaw(&w.rawTrailers[i])
 			}
 			c.w.WriteBlock(st.id, true)
 		case len(held)+len(p) == 0 && !w.headersEnd:
@@ -348,8 +348,8 @@ func (w *responseWriter) writeHeaders(end bool, sniffed string) {
 	for _, f := range w.fields {
 		c.encodeField(f.key, f.values)
 	}
-	for _, hf := range w.raw {
-		c.encodeRaw(hf)
+	for i := range w.raw {
+		c.encodeRaw(&w.raw[i])
 	}
 	if sniffed != "" {
 		c.w.Encode("content-type", sniffed)

@@ -107,7 +107,7 @@ func (c *conn) processHeaders(f *http2.MetaHeadersFrame) error {
 	if c.s.Lane != nil && f.StreamEnded() && st.x.take(f) {
 		// The request is made on the worker, if the Lane declines it.
 		st.lane, st.x.st, method = true, st, st.x.method
-	} else if err := buildRequest(st, &c.names, f.PseudoFields(), f.RegularFields(), f.StreamEnded()); err != nil {
+	} else if err := buildRequest(st, &c.names, h2wire.Pseudo(f.Fields), h2wire.Regular(f.Fields), f.StreamEnded()); err != nil {
 		if err == errMalformed {
 			return streamError(id, http2.ErrCodeProtocol)
 		}
@@ -294,7 +294,8 @@ func buildRequest(st *stream, names *h2wire.Names, pseudo, regular []hpack.Heade
 	h := make(http.Header, len(regular))
 	values := make(h2wire.Values, len(regular))
 	var cookies []string
-	for _, hf := range regular {
+	for i := range regular {
+		hf := &regular[i]
 		switch hf.Name {
 		case "connection", "proxy-connection", "keep-alive", "transfer-encoding", "upgrade":
 			return bad // connection-specific (RFC 9113, 8.2.2)

@@ -99,7 +99,7 @@ func (r *headerReader) read(fr *http2.Framer, hf *http2.HeadersFrame) (http2.Fra
 	if r.invalid != nil {
 		return nil, http2.StreamError{StreamID: hf.StreamID, Code: http2.ErrCodeProtocol, Cause: r.invalid}
 	}
-	if err := checkPseudos(r.frame.PseudoFields()); err != nil {
+	if err := checkPseudos(Pseudo(r.frame.Fields)); err != nil {
 		return nil, http2.StreamError{StreamID: hf.StreamID, Code: http2.ErrCodeProtocol, Cause: err}
 	}
 	return &r.frame, nil
@@ -155,10 +155,29 @@ func validWireName(v string) bool {
 	return true
 }
 
+// Pseudo is a block's leading pseudo-fields (the reader lets none come
+// after a regular field), and Regular the rest: MetaHeadersFrame's
+// PseudoFields and RegularFields without their copy of every field, which
+// is on every request's path.
+func Pseudo(fields []hpack.HeaderField) []hpack.HeaderField {
+	for i := range fields {
+		if !strings.HasPrefix(fields[i].Name, ":") {
+			return fields[:i]
+		}
+	}
+	return fields
+}
+
+// Regular: see Pseudo.
+func Regular(fields []hpack.HeaderField) []hpack.HeaderField {
+	return fields[len(Pseudo(fields)):]
+}
+
 // checkPseudos: request or response pseudo-fields, known ones, each once.
 func checkPseudos(pf []hpack.HeaderField) error {
 	var request, response bool
-	for i, hf := range pf {
+	for i := range pf {
+		hf := &pf[i]
 		switch hf.Name {
 		case ":method", ":path", ":scheme", ":authority", ":protocol":
 			request = true
@@ -167,8 +186,8 @@ func checkPseudos(pf []hpack.HeaderField) error {
 		default:
 			return pseudoHeaderError(hf.Name)
 		}
-		for _, prev := range pf[:i] {
-			if prev.Name == hf.Name {
+		for j := range i {
+			if pf[j].Name == hf.Name {
 				return duplicatePseudoHeaderError(hf.Name)
 			}
 		}
