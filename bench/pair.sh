@@ -11,17 +11,23 @@
 # Usage:
 #   go build -o /tmp/a ./cmd/sidecar        # the build before the change
 #   go build -o /tmp/b ./cmd/sidecar        # the build after it
-#   bench/pair.sh [--proto h1|h2c] [--rounds N] [--duration S] /tmp/a /tmp/b
+#   bench/pair.sh [--proto h1|h2c] [--upstream-protocol auto|http1|http2]
+#                 [--rounds N] [--duration S] /tmp/a /tmp/b
+#
+# --upstream-protocol http1 with --proto h2c is h2c in, HTTP/1.1 out, as
+# nginx's h2c port does (bench/run.sh's watertight-h1up); the default, auto,
+# follows the app.
 #
 # Needs what bench/run.sh installs (fortio, h2load, nginx, taskset); run
 # bench/run.sh --quick once first on a fresh machine.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-PROTO=h1 ROUNDS=6 DURATION=3
+PROTO=h1 ROUNDS=6 DURATION=3 UPSTREAM_PROTOCOL=auto
 while (($# > 2)); do
 	case $1 in
 	--proto) PROTO=$2; shift ;;
+	--upstream-protocol) UPSTREAM_PROTOCOL=$2; shift ;;
 	--rounds) ROUNDS=$2; shift ;;
 	--duration) DURATION=$2; shift ;;
 	*) echo "unknown argument $1" >&2; exit 2 ;;
@@ -30,6 +36,7 @@ while (($# > 2)); do
 done
 (($# == 2)) || { sed -n '2,/^set -euo/p' "$0" | sed 's/^# \{0,1\}//;$d' >&2; exit 2; }
 [[ $PROTO == h1 || $PROTO == h2c ]] || { echo "--proto: '$PROTO' is neither h1 nor h2c" >&2; exit 2; }
+case $UPSTREAM_PROTOCOL in auto | http1 | http2) ;; *) echo "--upstream-protocol: '$UPSTREAM_PROTOCOL' is none of auto, http1, http2" >&2; exit 2 ;; esac
 A=$(realpath "$1") B=$(realpath "$2")
 
 BASE=${BENCH_PORT_BASE:-18180}
@@ -46,7 +53,7 @@ listeners:
   - {name: upstream-mode, address: 127.0.0.1:${side#*:}, mode: upstream, upstream: bench}
 upstreams:
   - name: bench
-    protocol: auto
+    protocol: $UPSTREAM_PROTOCOL
     endpoints: [127.0.0.1:$UP]
 EOF
 done
