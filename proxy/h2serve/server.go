@@ -233,7 +233,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 	}
 	c.window.L = &c.mu
 	c.w = h2wire.NewConn(nc, "the app at "+c.remote)
-	c.w.WithoutTable() // the app is on the pod's loopback: CPU counts, bytes do not
+	c.w.SmallTable() // the app is on the pod's loopback: the encoder's CPU counts more than bytes
 	c.fr = c.w.Framer
 	c.fr.SetMaxReadFrameSize(h2wire.MinFrameSize) // the default SETTINGS_MAX_FRAME_SIZE, which we keep
 	c.fr.MaxHeaderListSize = s.maxHeaderBytes()

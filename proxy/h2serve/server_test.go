@@ -921,11 +921,11 @@ func TestStreamSlotFreedWithTheAnswersEnd(t *testing.T) {
 	}
 }
 
-// Answers are encoded without a dynamic table (h2wire.WithoutTable): the
-// first block says the table is 0 bytes, and a client that allows no
-// table at all (SETTINGS_HEADER_TABLE_SIZE 0) reads every answer, long
-// fields and trailers included.
-func TestAnswersWithoutTable(t *testing.T) {
+// Answers are encoded with a small table (h2wire.SmallTable): the first
+// block tells the client its size, and a client that then allows no table
+// at all (SETTINGS_HEADER_TABLE_SIZE 0) reads every answer, long fields
+// and trailers included.
+func TestAnswersSmallTable(t *testing.T) {
 	long := strings.Repeat("v", 300)
 	srv := serve(t, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
@@ -943,8 +943,8 @@ func TestAnswersWithoutTable(t *testing.T) {
 	if !ok {
 		t.Fatal("no HEADERS first")
 	}
-	if frag := hf.HeaderBlockFragment(); len(frag) == 0 || frag[0] != 0x20 {
-		t.Fatalf("the first block starts % x, want a dynamic table size update to 0 (20)", frag[:min(len(frag), 4)])
+	if frag := hf.HeaderBlockFragment(); !bytes.HasPrefix(frag, []byte{0x3f, 0xe1, 0x03}) {
+		t.Fatalf("the first block starts % x, want a dynamic table size update to 512 (3f e1 03)", frag[:min(len(frag), 4)])
 	}
 	rc.fr.ReadMetaHeaders = dec
 	for f := rc.next(); ; f = rc.next() { // the rest of stream 1

@@ -39,8 +39,8 @@ type Conn struct {
 	waiting  atomic.Int32 // writers holding or waiting for mu
 	bw       *bufio.Writer
 	enc      *hpack.Encoder
-	noTable  bool // blocks are encoded without a dynamic table (static.go)
-	zeroed   bool // and the peer was told so
+	small    bool       // blocks are encoded with a small table (small.go)
+	table    smallTable // its entries
 	block    []byte
 	err      error // the first write error: the connection is done
 	maxFrame atomic.Uint32
@@ -121,23 +121,24 @@ func (c *Conn) WriteString(s string) { _, _ = c.bw.WriteString(s) }
 // Err is the connection's write error; under Lock.
 func (c *Conn) Err() error { return c.err }
 
-// WithoutTable has the connection's header blocks encoded without a
-// dynamic table (see static.go): for the app side, where CPU counts and
-// bytes do not. Before the first block.
-func (c *Conn) WithoutTable() { c.noTable = true }
+// SmallTable has the connection's header blocks encoded with a small
+// dynamic table searched linearly (small.go) instead of x/net's encoder:
+// for the app side, where the encoder's CPU counts more than a few bytes.
+// Before the first block.
+func (c *Conn) SmallTable() { c.small, c.table = true, newSmallTable() }
 
 // StartBlock begins a header block; under Lock.
 func (c *Conn) StartBlock() {
 	c.block = c.block[:0]
-	if c.noTable && !c.zeroed {
-		c.block = append(c.block, tableSizeZero)
+	if c.small {
+		c.block = c.table.startBlock(c.block)
 	}
 }
 
 // Encode adds a field to the block; under Lock.
 func (c *Conn) Encode(name, value string) {
-	if c.noTable {
-		c.block = appendStatic(c.block, name, value, false)
+	if c.small {
+		c.block = c.table.appendField(c.block, name, value, false)
 		return
 	}
 	_ = c.enc.WriteField(hpack.HeaderField{Name: name, Value: value})
@@ -149,8 +150,8 @@ func (c *Conn) Encode(name, value string) {
 // one, churning the encoder's lookup maps for nothing a later request could
 // reuse.
 func (c *Conn) EncodeLiteral(name, value string) {
-	if c.noTable {
-		c.block = appendStatic(c.block, name, value, true)
+	if c.small {
+		c.block = c.table.appendField(c.block, name, value, true)
 		return
 	}
 	_ = c.enc.WriteField(hpack.HeaderField{Name: name, Value: value, Sensitive: true})
@@ -160,7 +161,6 @@ func (c *Conn) EncodeLiteral(name, value string) {
 // CONTINUATION frames; under Lock.
 func (c *Conn) WriteBlock(id uint32, end bool) {
 	_ = writeBlock(c.Framer, id, c.block, int(c.maxFrame.Load()), end)
-	c.zeroed = c.zeroed || c.noTable
 }
 
 // writeBlock writes block as a HEADERS frame and CONTINUATION frames of at
@@ -192,4 +192,10 @@ func (c *Conn) SetHeaderTableSize(v uint32) {
 }
 
 // SetHeaderTableSizeLocked is SetHeaderTableSize under Lock.
-func (c *Conn) SetHeaderTableSizeLocked(v uint32) { c.enc.SetMaxDynamicTableSizeLimit(v) }
+func (c *Conn) SetHeaderTableSizeLocked(v uint32) {
+	if c.small {
+		c.table.setLimit(v)
+		return
+	}
+	c.enc.SetMaxDynamicTableSizeLimit(v)
+}

@@ -1,25 +1,14 @@
 package h2wire
 
-// An HPACK encoder that keeps no dynamic table (RFC 7541): a field is the
-// static table's entry when its name and value are one, else a literal
-// that is not indexed, under the static table's name when it has the name.
-//
-// Written by hand because x/net's hpack.Encoder has no such mode: every
-// field it writes is searched for in its static and its dynamic table (four
-// map lookups, hashing name and value) and new ones are added to the latter
-// (more map writes, and evictions). On the app side, whose answers cross
-// only the pod's loopback, that search was most of the cost of writing an
-// answer's HEADERS (4 % of the sidecar's user time at 2,000 req/s of h2c,
-// docs/forwarding-path.md, step 11), for bytes nobody needs to save.
-// nginx answers the same way. Values are sent as they are, not Huffman
-// coded, for the same reason.
-//
-// The first block says so: it begins with a dynamic table size update to
-// 0, which every decoder must take, after which no SETTINGS_HEADER_TABLE_SIZE
-// the peer sends needs one (RFC 7541, 4.2: no table is larger than 0).
+// HPACK's static table and literals (RFC 7541), for the app side's
+// encoder (small.go): a field is the static table's entry when its name
+// and value are one, else a literal, under the static table's name when it
+// has the name. Values are sent as they are, not Huffman coded: on the
+// pod's loopback the bytes that saves are worth less than the CPU.
 
-// appendStatic appends the field to b; never says the field must not be
-// indexed by anyone who passes it on (RFC 7541, 6.2.3).
+// appendStatic appends the field to b without touching a dynamic table;
+// never says the field must not be indexed by anyone who passes it on
+// (RFC 7541, 6.2.3).
 func appendStatic(b []byte, name, value string, never bool) []byte {
 	idx, full := staticIndex(name, value)
 	if full && !never {
@@ -37,9 +26,6 @@ func appendStatic(b []byte, name, value string, never bool) []byte {
 	}
 	return appendString(b, value)
 }
-
-// tableSizeZero is a dynamic table size update to 0 (6.3).
-const tableSizeZero = 0x20
 
 // appendString appends s as a string literal, not Huffman coded (5.2).
 func appendString(b []byte, s string) []byte {

@@ -3,6 +3,7 @@ package h2wire
 import (
 	"bytes"
 	"math/rand/v2"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -47,7 +48,7 @@ func TestStaticEncoderRoundTrip(t *testing.T) {
 	for _, hf := range cases {
 		b := []byte(nil)
 		if !zeroed {
-			b, zeroed = append(b, tableSizeZero), true
+			b, zeroed = append(b, 0x20), true // a dynamic table size update to 0
 		}
 		blocks = append(blocks, appendStatic(b, hf.Name, hf.Value, hf.Sensitive))
 	}
@@ -90,17 +91,17 @@ func TestStaticEncoderLengths(t *testing.T) {
 	}
 }
 
-// Over a connection, the first block tells the peer the table is 0 bytes,
-// and a peer that then allows no table at all reads every block; x/net's
-// Framer checks the update against its SETTINGS_HEADER_TABLE_SIZE.
-func TestWithoutTableOverTheWire(t *testing.T) {
+// Over a connection, the first block tells the peer the table's size, a
+// field repeated in a later block is one byte, and after the peer allows no
+// table at all the next block says so and a peer with no table reads it.
+func TestSmallTableOverTheWire(t *testing.T) {
 	c, _, peer := pipe(t)
-	c.WithoutTable()
+	c.SmallTable()
 	dec := hpack.NewDecoder(4096, nil)
 	fr := http2.NewFramer(nil, peer)
 	fr.ReadMetaHeaders = dec
-	for id := uint32(1); id <= 5; id += 2 {
-		if id == 3 {
+	for id := uint32(1); id <= 7; id += 2 {
+		if id == 5 {
 			dec.SetAllowedMaxDynamicTableSize(0) // as if our peer had sent SETTINGS_HEADER_TABLE_SIZE 0
 			c.Lock()
 			c.SetHeaderTableSizeLocked(0)
@@ -111,13 +112,24 @@ func TestWithoutTableOverTheWire(t *testing.T) {
 		c.Encode(":status", "200")
 		c.Encode("content-type", "text/plain")
 		c.EncodeLiteral("x-request-timeout", "5ms")
-		first := c.block[0] == tableSizeZero
+		block := append([]byte(nil), c.block...)
 		c.WriteBlock(id, true)
 		if err := c.Unlock(); err != nil {
 			t.Fatal(err)
 		}
-		if first != (id == 1) {
-			t.Errorf("stream %d: the block starts with a table size update: %v, want only the first", id, first)
+		switch id {
+		case 1: // a size update to 512 (001 11111, 481), :status 200, content-type with indexing (0x40|31), its value
+			if !bytes.HasPrefix(block, []byte{0x3f, 0xe1, 0x03, 0x88, 0x5f, 0x0a}) {
+				t.Errorf("stream 1: the block starts % x", block[:min(len(block), 8)])
+			}
+		case 3: // content-type from our table: index 62
+			if !bytes.HasPrefix(block, []byte{0x88, 0x80 | 62}) {
+				t.Errorf("stream 3: the block starts % x, want :status and content-type as one byte each", block[:min(len(block), 8)])
+			}
+		case 5: // the table is gone: an update to 0, then a literal not indexed
+			if !bytes.HasPrefix(block, []byte{0x20, 0x88, 0x0f, 31 - 15}) {
+				t.Errorf("stream 5: the block starts % x", block[:min(len(block), 8)])
+			}
 		}
 		f, err := fr.ReadFrame()
 		if err != nil {
@@ -131,17 +143,65 @@ func TestWithoutTableOverTheWire(t *testing.T) {
 	}
 }
 
+// Thousands of blocks of fields drawn from a pool (repeats, values too
+// large for the table, never-indexed ones) with the peer's table limit
+// changed now and then, some twice between blocks: one x/net decoder, as
+// strict about size updates as the limits it was given, reads every field
+// back. A table out of step with the decoder's would show as a wrong field.
+func TestSmallTableRandom(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	names := []string{"content-type", "date", "server", "x-a", "x-b", "cache-control", "set-cookie", "x-long"}
+	values := []string{"", "1", "text/plain", "Tue, 24 Nov 2026 07:40:00 GMT", strings.Repeat("w", 100), strings.Repeat("z", 600)}
+	var tab smallTable = newSmallTable()
+	dec := hpack.NewDecoder(4096, nil)
+	dec.SetMaxStringLength(1 << 20)
+	for block := 0; block < 5000; block++ {
+		if r.IntN(20) == 0 {
+			for range 1 + r.IntN(2) { // once or twice before the block
+				limit := []uint32{0, 64, 100, 256, 512, 4096}[r.IntN(6)]
+				tab.setLimit(limit)
+				dec.SetAllowedMaxDynamicTableSize(limit)
+			}
+		}
+		var want []hpack.HeaderField
+		b := tab.startBlock(nil)
+		for range 1 + r.IntN(6) {
+			hf := hpack.HeaderField{Name: names[r.IntN(len(names))], Value: values[r.IntN(len(values))], Sensitive: r.IntN(8) == 0}
+			if r.IntN(10) == 0 {
+				hf.Value = strconv.Itoa(r.IntN(1000)) // a value seen rarely
+			}
+			want = append(want, hf)
+			b = tab.appendField(b, hf.Name, hf.Value, hf.Sensitive)
+		}
+		got, err := dec.DecodeFull(b)
+		if err != nil {
+			t.Fatalf("block %d: %v", block, err)
+		}
+		if len(got) != len(want) {
+			t.Fatalf("block %d: %d fields, want %d", block, len(got), len(want))
+		}
+		for i := range want {
+			if got[i] != want[i] {
+				t.Fatalf("block %d field %d: %+v, want %+v", block, i, got[i], want[i])
+			}
+		}
+		if tab.size > tab.max {
+			t.Fatalf("block %d: the table holds %d bytes, more than its %d", block, tab.size, tab.max)
+		}
+	}
+}
+
 func BenchmarkEncodeAnswer(b *testing.B) {
 	fields := []hpack.HeaderField{{Name: "content-type", Value: "text/plain; charset=utf-8"}, {Name: "date", Value: "Tue, 24 Nov 2026 06:00:00 GMT"}, {Name: "x-custom", Value: "abc"}}
-	for _, noTable := range []bool{false, true} {
+	for _, small := range []bool{false, true} {
 		name := "x/net"
-		if noTable {
-			name = "without-table"
+		if small {
+			name = "small-table"
 		}
 		b.Run(name, func(b *testing.B) {
 			c := NewConn(&countingConn{}, "none")
-			if noTable {
-				c.WithoutTable()
+			if small {
+				c.SmallTable()
 			}
 			b.ReportAllocs()
 			for b.Loop() {
