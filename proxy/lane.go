@@ -84,7 +84,8 @@ func (c *compartment) laneTransport() *h1conn.Transport {
 
 // laneServes: the compartment's upstream is cleartext, and it has no
 // policy that needs the request as net/http's (a hedge races copies of it,
-// a fallback and the access log read it). Both lanes ask.
+// a fallback and the access log read it). Both lanes ask; so a lane's
+// attempt has no hedge latency to record, as attempt does.
 func (c *compartment) laneServes() bool {
 	return c.hedge == nil && len(c.fallbacks) == 0 && !c.accessLog && c.transports.scheme() == "http"
 }
@@ -297,7 +298,6 @@ func sendH1[L h1Upstream](c *compartment, l L, t *h1conn.Transport, r *request, 
 	if err != nil {
 		return c.laneFailed(r, ex, err)
 	}
-	c.hedge.observe(time.Since(ex.start))
 	if status, length, fields, plain := ans.Plain(); plain && !l.materialized() {
 		if try, ok := l.plain(fields, length); ok {
 			try.ex, try.ans, try.length = ex, ans, length

@@ -148,7 +148,6 @@ func (l h2Call) send(r *request, ex *exchange) laneTry {
 	if err != nil {
 		return c.laneFailed(r, ex, err)
 	}
-	c.hedge.observe(time.Since(ex.start))
 	if !x.Materialized() && plainAnswer(x.Method(), ans) {
 		ex.status = ans.Status()
 		return laneTry{ex: ex, raw: ans}
