@@ -357,7 +357,7 @@ func (cc *clientConn) processHeaders(f *http2.MetaHeadersFrame) error {
 		cc.resetStream(f.StreamID, http2.ErrCodeProtocol, fmt.Errorf("h2conn: %s answered with a malformed :status %q", cc.addr, f.PseudoValue("status")))
 		return nil
 	}
-	regular := h2wire.Regular(f.Fields)
+	_, regular := h2wire.Split(f.Fields)
 	if status < 200 {
 		if f.StreamEnded() {
 			cc.resetStream(f.StreamID, http2.ErrCodeProtocol, fmt.Errorf("h2conn: %s ended the stream with a %d", cc.addr, status))

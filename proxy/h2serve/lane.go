@@ -187,13 +187,12 @@ var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return 
 // the lane, and keeps its fields in x if so: a request buildRequest takes
 // as it comes, with the fields Fields promises.
 func (x *Exchange) take(f *http2.MetaHeadersFrame) bool {
-	pseudo := h2wire.Pseudo(f.Fields)
+	pseudo, regular := h2wire.Split(f.Fields)
 	method, scheme, authority, path, ok := pseudoValues(pseudo)
 	if !ok || method == "" || method == http.MethodConnect || !validMethod(method) ||
 		scheme != "http" || authority == "" || !lanePath(path) {
 		return false
 	}
-	regular := f.Fields[len(pseudo):]
 	cookies := 0
 	for i := range regular {
 		hf := &regular[i]

@@ -107,12 +107,14 @@ func (c *conn) processHeaders(f *http2.MetaHeadersFrame) error {
 	if c.s.Lane != nil && f.StreamEnded() && st.x.take(f) {
 		// The request is made on the worker, if the Lane declines it.
 		st.lane, st.x.st, method = true, st, st.x.method
-	} else if err := buildRequest(st, &c.names, h2wire.Pseudo(f.Fields), h2wire.Regular(f.Fields), f.StreamEnded()); err != nil {
-		if err == errMalformed {
-			return streamError(id, http2.ErrCodeProtocol)
-		}
-		return err
 	} else {
+		pseudo, regular := h2wire.Split(f.Fields)
+		if err := buildRequest(st, &c.names, pseudo, regular, f.StreamEnded()); err != nil {
+			if err == errMalformed {
+				return streamError(id, http2.ErrCodeProtocol)
+			}
+			return err
+		}
 		st.bindRequest()
 		method = st.req.Method
 	}

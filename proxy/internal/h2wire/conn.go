@@ -39,8 +39,7 @@ type Conn struct {
 	waiting  atomic.Int32 // writers holding or waiting for mu
 	bw       *bufio.Writer
 	enc      *hpack.Encoder
-	small    bool       // blocks are encoded with a small table (small.go)
-	table    smallTable // its entries
+	table    *smallTable // the encoder when not nil, in enc's place (small.go)
 	block    []byte
 	err      error // the first write error: the connection is done
 	maxFrame atomic.Uint32
@@ -125,19 +124,22 @@ func (c *Conn) Err() error { return c.err }
 // dynamic table searched linearly (small.go) instead of x/net's encoder:
 // for the app side, where the encoder's CPU counts more than a few bytes.
 // Before the first block.
-func (c *Conn) SmallTable() { c.small, c.table = true, newSmallTable() }
+func (c *Conn) SmallTable() {
+	t := newSmallTable()
+	c.table = &t
+}
 
 // StartBlock begins a header block; under Lock.
 func (c *Conn) StartBlock() {
 	c.block = c.block[:0]
-	if c.small {
+	if c.table != nil {
 		c.block = c.table.startBlock(c.block)
 	}
 }
 
 // Encode adds a field to the block; under Lock.
 func (c *Conn) Encode(name, value string) {
-	if c.small {
+	if c.table != nil {
 		c.block = c.table.appendField(c.block, name, value, false)
 		return
 	}
@@ -150,7 +152,7 @@ func (c *Conn) Encode(name, value string) {
 // one, churning the encoder's lookup maps for nothing a later request could
 // reuse.
 func (c *Conn) EncodeLiteral(name, value string) {
-	if c.small {
+	if c.table != nil {
 		c.block = c.table.appendField(c.block, name, value, true)
 		return
 	}
@@ -193,7 +195,7 @@ func (c *Conn) SetHeaderTableSize(v uint32) {
 
 // SetHeaderTableSizeLocked is SetHeaderTableSize under Lock.
 func (c *Conn) SetHeaderTableSizeLocked(v uint32) {
-	if c.small {
+	if c.table != nil {
 		c.table.setLimit(v)
 		return
 	}

@@ -99,7 +99,8 @@ func (r *headerReader) read(fr *http2.Framer, hf *http2.HeadersFrame) (http2.Fra
 	if r.invalid != nil {
 		return nil, http2.StreamError{StreamID: hf.StreamID, Code: http2.ErrCodeProtocol, Cause: r.invalid}
 	}
-	if err := checkPseudos(Pseudo(r.frame.Fields)); err != nil {
+	pseudo, _ := Split(r.frame.Fields)
+	if err := checkPseudos(pseudo); err != nil {
 		return nil, http2.StreamError{StreamID: hf.StreamID, Code: http2.ErrCodeProtocol, Cause: err}
 	}
 	return &r.frame, nil
@@ -155,22 +156,17 @@ func validWireName(v string) bool {
 	return true
 }
 
-// Pseudo is a block's leading pseudo-fields (the reader lets none come
-// after a regular field), and Regular the rest: MetaHeadersFrame's
-// PseudoFields and RegularFields without their copy of every field, which
-// is on every request's path.
-func Pseudo(fields []hpack.HeaderField) []hpack.HeaderField {
+// Split cuts a block's fields into its leading pseudo-fields (the reader
+// lets none come after a regular field) and the regular ones:
+// MetaHeadersFrame's PseudoFields and RegularFields in one scan, without
+// their copy of every field, which is on every request's path.
+func Split(fields []hpack.HeaderField) (pseudo, regular []hpack.HeaderField) {
 	for i := range fields {
 		if !strings.HasPrefix(fields[i].Name, ":") {
-			return fields[:i]
+			return fields[:i], fields[i:]
 		}
 	}
-	return fields
-}
-
-// Regular: see Pseudo.
-func Regular(fields []hpack.HeaderField) []hpack.HeaderField {
-	return fields[len(Pseudo(fields)):]
+	return fields, nil
 }
 
 // checkPseudos: request or response pseudo-fields, known ones, each once.

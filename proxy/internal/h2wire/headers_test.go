@@ -170,9 +170,9 @@ func TestHeaderReaderAllocations(t *testing.T) {
 	t.Logf("allocations per block: ours %v, x/net's %v", o, x)
 }
 
-// Pseudo and Regular split a block as MetaHeadersFrame's PseudoFields and
-// RegularFields do.
-func TestPseudoRegular(t *testing.T) {
+// Split cuts a block as MetaHeadersFrame's PseudoFields and RegularFields
+// do.
+func TestSplit(t *testing.T) {
 	p := func(n string) hpack.HeaderField { return hpack.HeaderField{Name: n, Value: "v"} }
 	for _, fields := range [][]hpack.HeaderField{
 		nil,
@@ -182,11 +182,12 @@ func TestPseudoRegular(t *testing.T) {
 		{p(":method"), p("a"), p("b"), p("c")},
 	} {
 		mh := &http2.MetaHeadersFrame{Fields: fields}
-		if got, want := Pseudo(fields), mh.PseudoFields(); len(got) != len(want) {
-			t.Errorf("%v: Pseudo %d fields, PseudoFields %d", fields, len(got), len(want))
+		pseudo, regular := Split(fields)
+		if got, want := pseudo, mh.PseudoFields(); len(got) != len(want) {
+			t.Errorf("%v: %d pseudo-fields, PseudoFields %d", fields, len(got), len(want))
 		}
-		if got, want := Regular(fields), mh.RegularFields(); len(got) != len(want) || len(got) > 0 && &got[0] != &want[0] {
-			t.Errorf("%v: Regular %d fields, RegularFields %d", fields, len(got), len(want))
+		if got, want := regular, mh.RegularFields(); len(got) != len(want) || len(got) > 0 && &got[0] != &want[0] {
+			t.Errorf("%v: %d regular fields, RegularFields %d", fields, len(got), len(want))
 		}
 	}
 }

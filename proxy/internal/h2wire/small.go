@@ -82,8 +82,11 @@ func entrySize(name, value string) uint32 { return uint32(len(name) + len(value)
 // fits (6.2.1), not when never says it must not be indexed (6.2.3).
 func (t *smallTable) appendField(b []byte, name, value string, never bool) []byte {
 	idx, full := staticIndex(name, value)
-	if never || full {
-		return appendStatic(b, name, value, never)
+	switch {
+	case never:
+		return appendLiteral(b, 4, 0x10, idx, name, value) // never indexed (6.2.3)
+	case full:
+		return appendInt(b, 7, 0x80, uint64(idx)) // indexed field (6.1)
 	}
 	for i := len(t.ents) - 1; i >= 0; i-- {
 		if e := &t.ents[i]; e.Name == name && e.Value == value {
@@ -92,15 +95,9 @@ func (t *smallTable) appendField(b []byte, name, value string, never bool) []byt
 	}
 	size := entrySize(name, value)
 	if size > t.max {
-		return appendStatic(b, name, value, false) // it would empty the table: not indexed
+		return appendLiteral(b, 4, 0x00, idx, name, value) // without indexing (6.2.2): it would empty the table
 	}
-	if idx > 0 {
-		b = appendInt(b, 6, 0x40, uint64(idx)) // with incremental indexing (6.2.1)
-	} else {
-		b = append(b, 0x40)
-		b = appendString(b, name)
-	}
-	b = appendString(b, value)
+	b = appendLiteral(b, 6, 0x40, idx, name, value) // with incremental indexing (6.2.1)
 	t.evict(size)
 	t.ents = append(t.ents, hpack.HeaderField{Name: name, Value: value})
 	t.size += size

@@ -6,20 +6,12 @@ package h2wire
 // has the name. Values are sent as they are, not Huffman coded: on the
 // pod's loopback the bytes that saves are worth less than the CPU.
 
-// appendStatic appends the field to b without touching a dynamic table;
-// never says the field must not be indexed by anyone who passes it on
-// (RFC 7541, 6.2.3).
-func appendStatic(b []byte, name, value string, never bool) []byte {
-	idx, full := staticIndex(name, value)
-	if full && !never {
-		return appendInt(b, 7, 0x80, uint64(idx)) // indexed field (6.1)
-	}
-	flags := byte(0x00) // literal without indexing (6.2.2)
-	if never {
-		flags = 0x10 // never indexed (6.2.3)
-	}
+// appendLiteral appends a literal field (6.2): the representation's
+// flags above a prefix-bit index of its name in the static table, or the
+// name itself when idx is 0, then the value.
+func appendLiteral(b []byte, prefix uint, flags byte, idx int, name, value string) []byte {
 	if idx > 0 {
-		b = appendInt(b, 4, flags, uint64(idx))
+		b = appendInt(b, prefix, flags, uint64(idx))
 	} else {
 		b = append(b, flags)
 		b = appendString(b, name)
@@ -112,14 +104,14 @@ func staticIndex(name, value string) (int, bool) {
 	return 0, false
 }
 
-// staticNames is the rest of the static table, whose entries have no
-// value.
+// staticNames is the rest of the static table (staticIndex's switch has
+// the others), whose entries have no value.
 var staticNames = map[string]int{
 	"accept-charset": 15, "accept-language": 17, "accept-ranges": 18, "accept": 19,
 	"access-control-allow-origin": 20, "age": 21, "allow": 22, "authorization": 23,
 	"cache-control": 24, "content-disposition": 25, "content-encoding": 26,
-	"content-language": 27, "content-length": 28, "content-location": 29,
-	"content-range": 30, "content-type": 31, "cookie": 32, "date": 33, "etag": 34,
+	"content-language": 27, "content-location": 29,
+	"content-range": 30, "cookie": 32, "etag": 34,
 	"expect": 35, "expires": 36, "from": 37, "host": 38, "if-match": 39,
 	"if-modified-since": 40, "if-none-match": 41, "if-range": 42,
 	"if-unmodified-since": 43, "last-modified": 44, "link": 45, "location": 46,

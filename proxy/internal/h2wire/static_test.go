@@ -26,10 +26,14 @@ func decodeAll(t *testing.T, dec *hpack.Decoder, blocks [][]byte) [][]hpack.Head
 	return out
 }
 
-// Every field the table-less encoder writes is the field x/net's decoder
-// reads back: static entries, static names, new names, values and names
-// past one byte's length, never-indexed fields (which stay so); and the
-// peer's table is empty throughout, for any SETTINGS_HEADER_TABLE_SIZE.
+// noTable is an encoder whose table holds nothing (0 bytes): every field
+// is a static entry or a literal not indexed.
+func noTable() *smallTable { return &smallTable{} }
+
+// Every field the encoder writes without a table is the field x/net's
+// decoder reads back: static entries, static names, new names, values and
+// names past one byte's length, never-indexed fields (which stay so); and
+// the peer's table is empty throughout, for any SETTINGS_HEADER_TABLE_SIZE.
 func TestStaticEncoderRoundTrip(t *testing.T) {
 	long := strings.Repeat("v", 300)
 	cases := []hpack.HeaderField{
@@ -50,7 +54,7 @@ func TestStaticEncoderRoundTrip(t *testing.T) {
 		if !zeroed {
 			b, zeroed = append(b, 0x20), true // a dynamic table size update to 0
 		}
-		blocks = append(blocks, appendStatic(b, hf.Name, hf.Value, hf.Sensitive))
+		blocks = append(blocks, noTable().appendField(b, hf.Name, hf.Value, hf.Sensitive))
 	}
 	for _, limit := range []uint32{0, 4096} {
 		dec := hpack.NewDecoder(4096, nil)
@@ -63,11 +67,30 @@ func TestStaticEncoderRoundTrip(t *testing.T) {
 		}
 	}
 	// A static entry is one byte; a static name is not spelt out.
-	if b := appendStatic(nil, ":status", "200", false); !bytes.Equal(b, []byte{0x88}) {
+	if b := noTable().appendField(nil, ":status", "200", false); !bytes.Equal(b, []byte{0x88}) {
 		t.Errorf(":status 200 is % x, want 88", b)
 	}
-	if b := appendStatic(nil, "content-type", "x", false); !bytes.Equal(b, []byte{0x0f, 31 - 15, 1, 'x'}) {
+	if b := noTable().appendField(nil, "content-type", "x", false); !bytes.Equal(b, []byte{0x0f, 31 - 15, 1, 'x'}) {
 		t.Errorf("content-type: x is % x, want the name as static index 31", b)
+	}
+}
+
+// Every name the encoder finds in the static table is the name x/net's
+// decoder finds at that index (RFC 7541, Appendix A).
+func TestStaticIndexNames(t *testing.T) {
+	names := []string{":authority", ":method", ":path", ":scheme", ":status", "accept-encoding", "content-type", "content-length", "date"}
+	for name := range staticNames {
+		names = append(names, name)
+	}
+	dec := hpack.NewDecoder(4096, nil)
+	for _, name := range names {
+		if idx, _ := staticIndex(name, "x"); idx == 0 {
+			t.Errorf("%s: not in the static table", name)
+		}
+		got, err := dec.DecodeFull(noTable().appendField(nil, name, "x", false))
+		if err != nil || len(got) != 1 || got[0].Name != name {
+			t.Errorf("%s came back as %+v, %v", name, got, err)
+		}
 	}
 }
 
@@ -83,7 +106,7 @@ func TestStaticEncoderLengths(t *testing.T) {
 			v[i] = byte('a' + r.IntN(26))
 		}
 		for _, name := range []string{"x-n", "content-type"} {
-			got, err := dec.DecodeFull(appendStatic(nil, name, string(v), false))
+			got, err := dec.DecodeFull(noTable().appendField(nil, name, string(v), false))
 			if err != nil || len(got) != 1 || got[0].Name != name || got[0].Value != string(v) {
 				t.Fatalf("a value of %d bytes under %s: %v, %d fields", n, name, err, len(got))
 			}
