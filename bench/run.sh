@@ -40,7 +40,8 @@
 #                           ReverseProxy over the sidecar's client; HTTP/1.1 only; with --targets)
 #     with fortio and h2load over HTTP/1.1 keep-alive and h2c: max throughput,
 #     p50/p90/p99 at 500 and 2000 req/s, CPU seconds per 1000 requests of the
-#     proxy process and its peak RSS.
+#     proxy process and its peak RSS; and gRPC unary calls (fortio -grpc, gRPC's
+#     health check, to a real gRPC server in the upstream) at max and at 2000/s.
 #  2. Isolation: three upstreams, one of which hangs midway while the load
 #     stays constant, behind Watertight (per-upstream compartments and one
 #     shared pool), HAProxy (per-server maxconn + timeout queue) and the bare
@@ -148,6 +149,8 @@ SCENARIOS=(
 	"h2c-rate500|rate|h2c at 500 req/s (fortio -h2 -qps 500 -uniform -c $CONNS)"
 	"h2c-rate2000|rate|h2c at 2000 req/s (fortio -h2 -qps 2000 -uniform -c $CONNS)"
 	"h2c-mux-max|max|h2c multiplexed, max throughput (h2load -c $MUX_CONNS -m $MUX_STREAMS)"
+	"grpc-max|max|gRPC unary calls, max throughput (fortio -grpc -qps 0 -c $CONNS)"
+	"grpc-rate2000|rate|gRPC unary calls at 2000/s (fortio -grpc -qps 2000 -uniform -c $CONNS)"
 )
 
 # Isolation settings (see docs/benchmarks.md for why these numbers).
@@ -636,6 +639,13 @@ h1_only() { [[ $1 == gofloor-* ]]; }
 # would measure nginx's own row again.
 h2c_only() { [[ $1 == nginx-h2up ]]; }
 
+# The targets that cannot carry a gRPC call: those that pass h2c on as
+# HTTP/1.1 (nginx's proxy_pass, watertight-h1up: no trailers, and the
+# upstream's gRPC server speaks HTTP/2 only), those that speak HTTP/1.1 only,
+# and the sidecar's mode proxy, which routes by a Host that fortio's gRPC
+# client does not let us set.
+no_grpc() { [[ $1 == nginx || $1 == watertight-h1up || $1 == watertight-proxy || $1 == gofloor-* ]]; }
+
 # Only mode proxy routes by Host; everyone else gets the default authority.
 target_host() { [[ $1 == watertight-proxy ]] && echo bench || true; }
 
@@ -661,8 +671,12 @@ sanity_check() {
 		[[ $t == nginx || $t == watertight-h1up ]] && want=HTTP/1.1
 		got=$(curl -sS --http2-prior-knowledge ${host:+-H "Host: $host"} "$url")
 		[[ $got == "$want" ]] || die "$t over h2c reached the upstream as '$got' (want $want)"
+		no_grpc "$t" && continue
+		"$FORTIO" load -quiet -grpc -n 20 -c 1 -qps 0 -json "$OUT/grpc-check.json" "127.0.0.1:$(target_port "$t" h2)" >/dev/null 2>&1 || true
+		grep -q '"SERVING": 20' "$OUT/grpc-check.json" 2>/dev/null ||
+			die "$t did not carry 20 gRPC health checks to the upstream's gRPC server (fortio's answer: $OUT/grpc-check.json)"
 	done
-	log "sanity check: every target passes HTTP/1.1 as HTTP/1.1 and h2c as h2c (nginx and watertight-h1up: h2c in, HTTP/1.1 out; gofloor: HTTP/1.1 only; nginx-h2up: h2c only)"
+	log "sanity check: every target passes HTTP/1.1 as HTTP/1.1 and h2c as h2c (nginx and watertight-h1up: h2c in, HTTP/1.1 out; gofloor: HTTP/1.1 only; nginx-h2up: h2c only), and gRPC calls where it can (all but nginx, watertight-h1up, watertight-proxy and gofloor)"
 }
 
 # The load commands. Same flags for every target; only the URL (and the
@@ -670,15 +684,21 @@ sanity_check() {
 #   fortio: -r 0.00001 = 10 µs histogram resolution (the default 1 ms is
 #   coarser than what we measure); -allow-initial-errors so a 503 does not
 #   stop the run (errors are counted in the report instead).
+#   fortio -grpc: unary health checks over h2c to HOST:PORT, one connection
+#   for each of the -c callers, as the -h2 rows have.
 fortio_cmd() { # TARGET SECONDS QPS OUTFILE [fortio flags...]
 	local t=$1 secs=$2 qps=$3 out=$4 proto=h1
 	shift 4
 	[[ " $* " == *" -h2 "* ]] && proto=h2
-	local host
+	local host url
 	host=$(target_host "$t")
+	url=http://127.0.0.1:$(target_port "$t" "$proto")/
+	if [[ " $* " == *" -grpc "* ]]; then
+		url=127.0.0.1:$(target_port "$t" h2) host=""
+	fi
 	FORTIO_ARGS=(load -quiet -allow-initial-errors -r 0.00001 -p "50,90,99,99.9"
 		-c "$CONNS" -qps "$qps" -t "${secs}s" -json "$out" "$@"
-		${host:+-H "Host: $host"} "http://127.0.0.1:$(target_port "$t" "$proto")/")
+		${host:+-H "Host: $host"} "$url")
 }
 
 #   h2load: h2c with prior knowledge for http:// URLs; -m streams per
@@ -709,6 +729,8 @@ fresh_upstream() {
 	h2c-rate*) fortio_cmd "$t" "$secs" "${sc#h2c-rate}" /dev/null -uniform -h2 ;;
 	h2c-max) h2load_cmd "$t" "$secs" "$CONNS" 1 ;;
 	h2c-mux-max) h2load_cmd "$t" "$secs" "$MUX_CONNS" "$MUX_STREAMS" ;;
+	grpc-max) fortio_cmd "$t" "$secs" 0 /dev/null -grpc ;;
+	grpc-rate*) fortio_cmd "$t" "$secs" "${sc#grpc-rate}" /dev/null -uniform -grpc ;;
 	esac
 	if [[ $sc == h2c-max || $sc == h2c-mux-max ]]; then
 		"${LOAD_PIN[@]}" h2load "${H2LOAD_ARGS[@]}" >/dev/null 2>&1 || true
@@ -730,6 +752,8 @@ run_one() {
 	h2c-rate*) tool=fortio; fortio_cmd "$t" "$DURATION" "${sc#h2c-rate}" "$RUNS/$base.json" -uniform -h2 ;;
 	h2c-max) tool=h2load; h2load_cmd "$t" "$DURATION" "$CONNS" 1 ;;
 	h2c-mux-max) tool=h2load; h2load_cmd "$t" "$DURATION" "$MUX_CONNS" "$MUX_STREAMS" ;;
+	grpc-max) tool=fortio; fortio_cmd "$t" "$DURATION" 0 "$RUNS/$base.json" -grpc ;;
+	grpc-rate*) tool=fortio; fortio_cmd "$t" "$DURATION" "${sc#grpc-rate}" "$RUNS/$base.json" -uniform -grpc ;;
 	*) die "unknown scenario $sc" ;;
 	esac
 	noise_start
@@ -873,6 +897,9 @@ warm_up() {
 		"${LOAD_PIN[@]}" "$FORTIO" "${FORTIO_ARGS[@]}" >/dev/null 2>&1 || true
 		h2load_cmd "$t" 2 "$CONNS" 1
 		"${LOAD_PIN[@]}" h2load "${H2LOAD_ARGS[@]}" >/dev/null 2>&1 || true
+		no_grpc "$t" && continue
+		fortio_cmd "$t" 1 0 /dev/null -grpc
+		"${LOAD_PIN[@]}" "$FORTIO" "${FORTIO_ARGS[@]}" >/dev/null 2>&1 || true
 	done
 }
 
@@ -882,7 +909,7 @@ warm_up() {
 run_scenarios() {
 	rm -rf "$RUNS"
 	mkdir -p "$RUNS"
-	local entry sc kind desc rep i n=${#TARGETS[@]}
+	local entry sc kind desc rep i t n=${#TARGETS[@]}
 	for entry in "${SCENARIOS[@]}"; do
 		IFS='|' read -r sc kind desc <<<"$entry"
 		if [[ -n $ONLY && ,$ONLY, != *,$sc,* ]]; then
@@ -891,9 +918,13 @@ run_scenarios() {
 		log "scenario $sc: $desc"
 		for ((rep = 1; rep <= REPS; rep++)); do
 			for ((i = 0; i < n; i++)); do
-				[[ $sc == h2c-* ]] && h1_only "${TARGETS[(i + rep - 1) % n]}" && continue
-				[[ $sc != h2c-* ]] && h2c_only "${TARGETS[(i + rep - 1) % n]}" && continue
-				run_one "$sc" "$kind" "$desc" "${TARGETS[(i + rep - 1) % n]}" "$rep"
+				t=${TARGETS[(i + rep - 1) % n]}
+				case $sc in
+				h2c-*) h1_only "$t" && continue ;;
+				grpc-*) no_grpc "$t" && continue ;;
+				*) h2c_only "$t" && continue ;;
+				esac
+				run_one "$sc" "$kind" "$desc" "$t" "$rep"
 				sleep 1 # let sockets in TIME_WAIT and GC settle between targets
 			done
 		done

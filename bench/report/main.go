@@ -376,7 +376,9 @@ func parseFortio(path string, r *run) error {
 	}
 	var ok int64
 	for code, n := range d.RetCodes {
-		if strings.HasPrefix(code, "2") {
+		// HTTP's 2xx; a gRPC health check's answer (fortio -grpc counts
+		// calls by the status they got back, failed ones as "ERROR").
+		if strings.HasPrefix(code, "2") || code == "SERVING" {
 			ok += n
 		}
 	}

@@ -166,3 +166,29 @@ func reportHas(t *testing.T, md string, want ...string) {
 		}
 	}
 }
+
+// fortio -grpc counts calls by the health status they got back: SERVING is
+// an answer, ERROR a failed call; HTTP's are by status code.
+func TestFailedCallsCounted(t *testing.T) {
+	for _, tc := range []struct {
+		codes string
+		want  int64
+	}{
+		{`{"SERVING": 97, "ERROR": 3}`, 3},
+		{`{"200": 98, "503": 2}`, 2},
+		{`{"NOT_SERVING": 100}`, 100},
+	} {
+		path := filepath.Join(t.TempDir(), "run.json")
+		body := `{"ActualQPS": 10, "DurationHistogram": {"Count": 100, "Avg": 0.001, "Percentiles": [{"Percentile": 50, "Value": 0.001}]}, "RetCodes": ` + tc.codes + `}`
+		if err := os.WriteFile(path, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		var r run
+		if err := parseFortio(path, &r); err != nil {
+			t.Fatal(err)
+		}
+		if r.Errors != tc.want {
+			t.Errorf("RetCodes %s: %d errors, want %d", tc.codes, r.Errors, tc.want)
+		}
+	}
+}

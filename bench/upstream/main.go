@@ -1,7 +1,10 @@
 // Command upstream is the benchmark's origin server: HTTP/1.1 and h2c (prior
 // knowledge) on one port, answering every request with the same tiny body,
 // optionally after a fixed delay. It does as little as possible so that the
-// benchmark measures the proxies, not the origin.
+// benchmark measures the proxies, not the origin. gRPC calls on the same
+// port (h2c, Content-Type application/grpc...) go to gRPC's standard health
+// service, which is what `fortio load -grpc` calls: the gRPC rows measure
+// unary calls, trailers and all, through each proxy to a real gRPC server.
 package main
 
 import (
@@ -11,6 +14,10 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
 func main() {
@@ -21,7 +28,19 @@ func main() {
 
 	body := []byte(strings.Repeat("x", *size))
 	length := strconv.Itoa(len(body))
+	// Served through net/http's HTTP/2 server (grpc.Server.ServeHTTP) rather
+	// than a port of its own, so that every proxy reaches it as it reaches
+	// the rest: the same address, connections and protocol.
+	gs := grpc.NewServer()
+	healthpb.RegisterHealthServer(gs, health.NewServer()) // "" is SERVING
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
+			if *delay > 0 {
+				time.Sleep(*delay)
+			}
+			gs.ServeHTTP(w, r)
+			return
+		}
 		if r.URL.Path == "/_proto" {
 			// For the harness's sanity check: which protocol did the proxy
 			// in front of us use to reach us?
