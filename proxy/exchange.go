@@ -113,6 +113,17 @@ func (x *exchange) timeoutTrailers(err error) {
 	x.resp.Trailer.Set(HeaderReason, reasonTimeout.name)
 }
 
+// readier is a body that can tell whether a Read would wait
+// (h2conn's answers).
+type readier interface{ Ready() bool }
+
+// Ready says whether a Read now would return without waiting; false when
+// the body cannot tell.
+func (x *exchange) Ready() bool {
+	r, ok := x.body.(readier)
+	return ok && r.Ready()
+}
+
 func (x *exchange) Close() error {
 	err := x.body.Close()
 	x.finish(x.result())

@@ -244,8 +244,9 @@ func (c *compartment) deliver(w http.ResponseWriter, r *http.Request, res *http.
 		panic(http.ErrAbortHandler) // the app must see the answer cut, not ended
 	}
 	res.Body.Close() // now, to have the trailers
-	if len(res.Trailer) > 0 {
-		// Chunked, so that the trailers can follow.
+	if len(res.Trailer) > 0 && r.ProtoMajor < 2 {
+		// Chunked, so that the trailers can follow. HTTP/2's trailers
+		// follow anyway: a gRPC answer that came whole leaves in one write.
 		_ = http.NewResponseController(w).Flush()
 	}
 	if len(res.Trailer) == announced {
@@ -279,8 +280,14 @@ func (f *relaying) got1xx(code int, header textproto.MIMEHeader) error {
 	return nil
 }
 
-// copyBody copies the answer's body to the app, flushing every write when
-// its length is unknown or it is an event stream, as ReverseProxy does.
+// copyBody copies the answer's body to the app, flushing what it wrote
+// when its length is unknown or it is an event stream, as ReverseProxy
+// does; but where the body can tell (readier) and the writer can keep the
+// length unknown without a flush (lengthKeeper: h2serve's), only before a
+// read that would wait for the upstream. ReverseProxy flushes after every
+// write, so a gRPC answer that came whole left in three writes (its
+// HEADERS, its message, its trailers at the end) where one does: nothing
+// written waits for the upstream either way.
 func (c *compartment) copyBody(w http.ResponseWriter, res *http.Response) error {
 	flush := res.ContentLength == -1
 	if !flush {
@@ -290,7 +297,14 @@ func (c *compartment) copyBody(w http.ResponseWriter, res *http.Response) error 
 		}
 	}
 	rc := http.NewResponseController(w)
-	if flush {
+	r, _ := res.Body.(readier)
+	if k, ok := w.(lengthKeeper); flush && r != nil && ok {
+		k.KeepLengthUnknown()
+	} else {
+		r = nil // flush every write
+	}
+	waits := func() bool { return r == nil || !r.Ready() }
+	if flush && waits() {
 		// The header goes out now, before the body has anything to say.
 		_ = rc.Flush()
 	}
@@ -310,7 +324,7 @@ func (c *compartment) copyBody(w http.ResponseWriter, res *http.Response) error 
 			if m != n {
 				return io.ErrShortWrite
 			}
-			if flush {
+			if flush && waits() {
 				if err := rc.Flush(); err != nil {
 					return err
 				}
@@ -324,6 +338,10 @@ func (c *compartment) copyBody(w http.ResponseWriter, res *http.Response) error 
 		}
 	}
 }
+
+// lengthKeeper is an app-side writer that can leave an answer's length
+// undeclared without a flush (h2serve's).
+type lengthKeeper interface{ KeepLengthUnknown() }
 
 // removeHopByHop removes the fields named by Connection and the known
 // hop-by-hop fields, as ReverseProxy does with an answer's header.

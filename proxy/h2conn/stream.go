@@ -402,6 +402,18 @@ func (b *responseBody) Read(p []byte) (int, error) {
 	return n, nil
 }
 
+// Ready says whether a Read now would return without waiting for the
+// upstream: some of the body is here, or its end (or failure) is. A copier
+// that flushes what it wrote before every wait asks it, so that an answer
+// that came whole (a gRPC call's HEADERS, message and trailers) leaves in
+// one write rather than one a frame.
+func (b *responseBody) Ready() bool {
+	cs := b.cs
+	cs.cc.mu.Lock()
+	defer cs.cc.mu.Unlock()
+	return len(cs.buf) > 0 || cs.bodyErr != nil || cs.bodyClosed
+}
+
 // Close before the end resets the stream: nobody will read the rest.
 func (b *responseBody) Close() error {
 	cs := b.cs

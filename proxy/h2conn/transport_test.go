@@ -2190,3 +2190,42 @@ func shorten(s string) string {
 	}
 	return s
 }
+
+// An answer's body is Ready when a Read would not wait: not while the
+// upstream has sent nothing more, but once a part, or the end, has come.
+func TestBodyReady(t *testing.T) {
+	next := make(chan string)
+	s := newH2Server(t, func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(200)
+		rc := http.NewResponseController(w)
+		_ = rc.Flush()
+		for part := range next {
+			_, _ = io.WriteString(w, part)
+			_ = rc.Flush()
+		}
+	})
+	tr, _ := newTransport(t)
+	res, err := tr.RoundTrip(newRequest(t, http.MethodGet, s.url+"/parts", nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	body := res.Body.(interface{ Ready() bool })
+	if body.Ready() {
+		t.Fatal("Ready before the upstream sent any of the body")
+	}
+	next <- "one"
+	poll.Until(t, waitLimit, "the part to arrive", body.Ready)
+	got := make([]byte, 3)
+	if _, err := io.ReadFull(res.Body, got); err != nil || string(got) != "one" {
+		t.Fatalf("read %q, %v; want one", got, err)
+	}
+	if body.Ready() {
+		t.Fatal("Ready with the part read and nothing more sent")
+	}
+	close(next)
+	poll.Until(t, waitLimit, "the end to arrive", body.Ready)
+	if n, err := res.Body.Read(got); n != 0 || err != io.EOF {
+		t.Fatalf("after the end: %d, %v; want 0, EOF", n, err)
+	}
+}

@@ -43,6 +43,7 @@ type responseWriter struct {
 	heldLen     int     // body bytes held (for HEAD, counted: only sniffing needs the bytes)
 	headersEnd  bool    // the HEADERS frame ended the stream
 	done        bool
+	noLength    bool // KeepLengthUnknown was called
 
 	// A lane's answer (Exchange.AnswerHead), sent as it is instead of
 	// fields.
@@ -77,6 +78,12 @@ func (w *responseWriter) AdoptHeader(h http.Header) bool {
 	w.header = h
 	return true
 }
+
+// KeepLengthUnknown keeps the answer's length undeclared even if it ends
+// before its first flush, when the writer would count it: a proxy passing
+// on an answer of unknown length sends what its upstream sent, without
+// flushing every write to keep it so (as ReverseProxy does).
+func (w *responseWriter) KeepLengthUnknown() { w.noLength = true }
 
 func (w *responseWriter) WriteHeader(code int) {
 	if code < 100 || code > 999 {
@@ -245,7 +252,7 @@ func (w *responseWriter) commit(p []byte, end bool) error {
 		trailers = w.trailers()
 		hasTrailers = trailers != nil || len(w.rawTrailers) > 0
 	}
-	if !w.sentHeader && end && w.declLen < 0 && w.bodyAllowed() && (w.heldLen > 0 || !w.head) {
+	if !w.sentHeader && end && w.declLen < 0 && !w.noLength && w.bodyAllowed() && (w.heldLen > 0 || !w.head) {
 		w.declLen = int64(w.heldLen) // the whole body is known
 	}
 	var held []byte

@@ -1907,3 +1907,25 @@ func TestSameAnswersAsNetHTTP(t *testing.T) {
 		})
 	}
 }
+
+// An answer that ends before its first flush gets a Content-Length, as
+// net/http's servers give one, unless the handler kept its length unknown
+// (a proxy passing on an upstream's answer without one).
+func TestKeepLengthUnknown(t *testing.T) {
+	srv := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/unknown" {
+			w.(interface{ KeepLengthUnknown() }).KeepLengthUnknown()
+		}
+		w.Header().Set("Trailer", "Grpc-Status")
+		_, _ = io.WriteString(w, "body")
+		w.Header().Set("Grpc-Status", "0")
+	}))
+	c := h2Client(t)
+	for path, want := range map[string]int64{"/counted": 4, "/unknown": -1} {
+		res, body := get(t, c, srv.url+path)
+		if res.ContentLength != want || body != "body" || res.Trailer.Get("Grpc-Status") != "0" {
+			t.Errorf("%s: length %d, body %q, trailers %v; want length %d, body, Grpc-Status 0",
+				path, res.ContentLength, body, res.Trailer, want)
+		}
+	}
+}
