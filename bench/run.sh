@@ -55,7 +55,7 @@
 # quote medians. Pictures go to docs/img/.
 #
 # Usage (from the repo root, or `make bench`):
-#   bench/run.sh                 full run: 3 repetitions of everything (~35 min on 2 cores)
+#   bench/run.sh                 full run: 3 repetitions of everything (~45 min on 2 cores)
 #   bench/run.sh --quick         1 repetition, short runs (~6 min), to check the harness works
 #   bench/run.sh --profile       CPU and allocation profiles of the sidecar and of the
 #                                bare ReverseProxy under max load (bench/out/profile/)
