@@ -764,11 +764,15 @@ func writePictures(dir string, scenarios []scenario, sums []summary, md io.Write
 	if len(maxScen) == 0 {
 		return nil
 	}
+	// Every target of any max scenario; where one was not measured (nginx
+	// in the gRPC rows, nginx-h2up in the HTTP/1.1 ones) it has no bar,
+	// not a bar at 0.
 	var cats []string
 	for _, t := range targetOrder {
-		for _, s := range sums {
-			if s.Target == t && s.Scenario == maxScen[0].name {
+		for _, sc := range maxScen {
+			if _, ok := find(sums, sc.name, t); ok {
 				cats = append(cats, t)
+				break
 			}
 		}
 	}
@@ -776,8 +780,11 @@ func writePictures(dir string, scenarios []scenario, sums []summary, md io.Write
 	for _, sc := range maxScen {
 		bs := svg.BarSeries{Name: sc.name}
 		for _, t := range cats {
-			s, _ := find(sums, sc.name, t)
-			bs.Values = append(bs.Values, s.QPS)
+			v := math.NaN()
+			if s, ok := find(sums, sc.name, t); ok {
+				v = s.QPS
+			}
+			bs.Values = append(bs.Values, v)
 		}
 		series = append(series, bs)
 	}

@@ -192,3 +192,33 @@ func TestFailedCallsCounted(t *testing.T) {
 		}
 	}
 }
+
+// The throughput picture has a bar for each target a max scenario measured,
+// and none, rather than one at 0, where it did not (nginx has no gRPC row,
+// nginx-h2up no HTTP/1.1 one).
+func TestThroughputBarsOnlyWhereMeasured(t *testing.T) {
+	dir := t.TempDir()
+	scenarios := []scenario{{"h1-max", "max", "h1"}, {"grpc-max", "max", "grpc"}}
+	sums := []summary{
+		{Scenario: "h1-max", Target: "watertight", QPS: 40000},
+		{Scenario: "h1-max", Target: "nginx", QPS: 49000},
+		{Scenario: "grpc-max", Target: "watertight", QPS: 9000},
+		{Scenario: "grpc-max", Target: "nginx-h2up", QPS: 10000},
+	}
+	var md strings.Builder
+	if err := writePictures(dir, scenarios, sums, &md); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "throughput.svg"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Count(string(b), "<rect "); got != 1+4 { // background and 4 bars
+		t.Errorf("%d rects in the throughput picture, want 5 (background and 4 bars)", got)
+	}
+	for _, target := range []string{"watertight", "nginx", "nginx-h2up"} {
+		if !strings.Contains(string(b), ">"+target+"<") {
+			t.Errorf("no %s in the throughput picture", target)
+		}
+	}
+}
