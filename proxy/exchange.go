@@ -113,8 +113,8 @@ func (x *exchange) timeoutTrailers(err error) {
 	x.resp.Trailer.Set(HeaderReason, reasonTimeout.name)
 }
 
-// readier is a body that can tell whether a Read would wait
-// (h2conn's answers).
+// readier is a body that can tell whether a Read would wait (h2conn's
+// answers, h2serve's requests).
 type readier interface{ Ready() bool }
 
 // Ready says whether a Read now would return without waiting; false when

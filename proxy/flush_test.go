@@ -123,3 +123,38 @@ func TestCopyFlushesOnlyBeforeAWait(t *testing.T) {
 		})
 	}
 }
+
+// The app's request body says whether a Read would wait through relay's
+// and retry's wrappers, so that h2conn can send a body that has come with
+// its request's head; a retry's reader replaying what it kept never waits.
+func TestRequestBodyReadyThroughTheWrappers(t *testing.T) {
+	var log []string
+	app := &scriptedBody{parts: []part{{"msg", true}, {"more", false}, {"", false}}, log: &log}
+	wrapped := &noopClose{r: app}
+	if !wrapped.Ready() {
+		t.Error("relay's wrapper: not Ready with the app's body ready")
+	}
+	if (&noopClose{r: strings.NewReader("x")}).Ready() {
+		t.Error("relay's wrapper: Ready over a body that cannot tell")
+	}
+	req := httptest.NewRequest(http.MethodPost, "/", wrapped)
+	rp := (&retryPolicy{limit: 1 << 10}).replayable(req)
+	first := req.Body.(readier)
+	if !first.Ready() {
+		t.Fatal("first attempt: not Ready with the app's body ready")
+	}
+	buf := make([]byte, 16)
+	if n, err := req.Body.Read(buf); n != 3 || err != nil {
+		t.Fatalf("first attempt read %d, %v; want msg", n, err)
+	}
+	if first.Ready() {
+		t.Error("first attempt: Ready with the app's next part not come")
+	}
+	retry := rp.next(req)
+	if !retry.Body.(readier).Ready() {
+		t.Error("the retry: not Ready with msg kept to replay")
+	}
+	if first.Ready() {
+		t.Error("the first attempt's reader, cut off: Ready")
+	}
+}

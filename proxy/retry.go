@@ -232,6 +232,22 @@ func (rr *replayReader) Read(p []byte) (int, error) {
 
 func (rr *replayReader) Close() error { return nil } // the app's body is the server's to close
 
+// Ready says whether a Read would not wait: what is kept is left to
+// replay, or the end, or the app's body can tell it has more.
+func (rr *replayReader) Ready() bool {
+	b := rr.r
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if rr.closed {
+		return false
+	}
+	if rr.off < len(b.buf) || b.eof {
+		return true
+	}
+	r, ok := b.src.(readier)
+	return ok && r.Ready()
+}
+
 // grpcMessages counts the length-prefixed messages in a gRPC request body.
 func grpcMessages(b []byte) int {
 	n := 0

@@ -69,7 +69,7 @@ func (t *Transport) RoundTripRaw(ctx context.Context, addr string, r *RawRequest
 func (cc *clientConn) roundTripRaw(ctx context.Context, r *RawRequest) (RawAnswer, error) {
 	cs := cc.newStream(r.Method == http.MethodHead)
 	cs.raw, cs.got1xx = true, r.Got1xx
-	err := cc.send(ctx, cs, true, func() error {
+	err := cc.send(ctx, cs, true, false, func() error {
 		w := cc.w
 		w.StartBlock()
 		w.Encode(":authority", r.Authority)

@@ -80,7 +80,11 @@ func (cc *clientConn) roundTrip(req *http.Request) (*http.Response, error) {
 			contentLength = -1 // unknown, as net/http reads it
 		}
 	}
-	err := cc.send(req.Context(), cs, !hasBody, func() error { return cc.encodeRequest(req, contentLength) })
+	// A body that has come, some of it (a unary gRPC call's message), is
+	// written on this goroutine with the HEADERS held back for it: one
+	// write, and no goroutine for the body (see writeBody).
+	inline := hasBody && bodyReady(req.Body)
+	err := cc.send(req.Context(), cs, !hasBody, inline, func() error { return cc.encodeRequest(req, contentLength) })
 	if err != nil {
 		if _, refused := err.(refusedError); !refused {
 			closeBody(req) // a refused request may go again, with its body
@@ -90,8 +94,10 @@ func (cc *clientConn) roundTrip(req *http.Request) (*http.Response, error) {
 	if cs.trace != nil && cs.trace.WroteHeaders != nil {
 		cs.trace.WroteHeaders()
 	}
-	if hasBody {
-		go cs.writeBody(contentLength)
+	if inline {
+		cs.writeBody(contentLength, 0, true)
+	} else if hasBody {
+		go cs.writeBody(contentLength, 0, false)
 	} else {
 		cc.mu.Lock()
 		cs.sentAll()
@@ -117,9 +123,11 @@ func (cc *clientConn) newStream(head bool) *clientStream {
 
 // send opens cs on the stream reserved on cc and writes its HEADERS frame,
 // whose block encode fills (under the write lock); end says no body
-// follows. The context ends the stream. An error before the stream opened
-// is a refusedError: the request may go again elsewhere.
-func (cc *clientConn) send(ctx context.Context, cs *clientStream, end bool, encode func() error) error {
+// follows, hold that the body's first frames follow at once on this
+// goroutine, which flushes the HEADERS with them. The context ends the
+// stream. An error before the stream opened is a refusedError: the request
+// may go again elsewhere.
+func (cc *clientConn) send(ctx context.Context, cs *clientStream, end, hold bool, encode func() error) error {
 	cc.lockWrite()
 	cc.mu.Lock()
 	cc.reserved--
@@ -145,6 +153,10 @@ func (cc *clientConn) send(ctx context.Context, cs *clientStream, end bool, enco
 		return err
 	}
 	cc.w.WriteBlock(cs.id, end)
+	if hold {
+		cc.w.Release() // a write error shows in the body's first write
+		return nil
+	}
 	if err := cc.unlockWrite(); err != nil {
 		cc.mu.Lock()
 		cs.fail(err, false) // the caller learns it from resc
@@ -260,17 +272,43 @@ func (cs *clientStream) complete() {
 	cs.cc.streamGone()
 }
 
-// writeBody sends the request body, on its own goroutine: the answer may
-// come (and be read) while the body is still going.
-func (cs *clientStream) writeBody(contentLength int64) {
+// writeBody sends the request body from sent bytes on, on its own
+// goroutine: the answer may come (and be read) while the body is still
+// going. Inline, it runs on the caller's goroutine after send held the
+// HEADERS back, for as long as the body has come and is within one chunk;
+// then it flushes what was held and goes on on a goroutine of its own, so
+// that the caller may read the answer while a longer body is sent.
+func (cs *clientStream) writeBody(contentLength, sent int64, inline bool) {
 	cc, req := cs.cc, cs.req
-	defer cs.closeReqBody()
 	bp := chunks.Get().(*[]byte)
-	defer chunks.Put(bp)
 	buf := *bp
-	var sent int64
+	goesOn := false
+	defer func() {
+		chunks.Put(bp)
+		if inline {
+			// What send held back, if no frame of the body took it out.
+			cc.lockWrite()
+			_ = cc.unlockWrite()
+		}
+		if !goesOn {
+			cs.closeReqBody()
+		}
+	}()
 	for {
+		if inline && (sent >= bodyChunk || !bodyReady(req.Body)) {
+			goesOn = true
+			go cs.writeBody(contentLength, sent, false)
+			return
+		}
 		n, rerr := req.Body.Read(buf)
+		for rerr == nil && n < len(buf) && bodyReady(req.Body) {
+			// What else has come goes in the same frame, and so does the
+			// end, when it has come too: END_STREAM on the last DATA frame,
+			// not on an empty one after it.
+			var m int
+			m, rerr = req.Body.Read(buf[n:])
+			n += m
+		}
 		if rerr != nil && rerr != io.EOF {
 			cs.cancel(fmt.Errorf("h2conn: reading the request body: %w", rerr))
 			return
@@ -307,6 +345,14 @@ func (cs *clientStream) writeBody(contentLength int64) {
 			return
 		}
 	}
+}
+
+// bodyReady says whether a Read of the request body would not wait: the
+// app side's body can tell (h2serve's, through relay's wrappers); others
+// cannot, and are sent from a goroutine.
+func bodyReady(r io.Reader) bool {
+	b, ok := r.(interface{ Ready() bool })
+	return ok && b.Ready()
 }
 
 func hasTrailers(t http.Header) bool {

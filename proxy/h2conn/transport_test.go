@@ -2229,3 +2229,125 @@ func TestBodyReady(t *testing.T) {
 		t.Fatalf("after the end: %d, %v; want 0, EOF", n, err)
 	}
 }
+
+// readyBody is a request body that says (Ready) whether a Read would wait,
+// as the app side's does: first parts that have come, then a pipe that
+// has not.
+type readyBody struct {
+	here [][]byte
+	rest io.Reader // after here; nil: the end has come too
+}
+
+func (b *readyBody) Ready() bool { return len(b.here) > 0 || b.rest == nil }
+
+func (b *readyBody) Read(p []byte) (int, error) {
+	if len(b.here) > 0 {
+		n := copy(p, b.here[0])
+		if b.here[0] = b.here[0][n:]; len(b.here[0]) == 0 {
+			b.here = b.here[1:]
+		}
+		return n, nil
+	}
+	if b.rest == nil {
+		return 0, io.EOF
+	}
+	return b.rest.Read(p)
+}
+
+func (b *readyBody) Close() error { return nil }
+
+// A body that has come whole goes with its request: one DATA frame that
+// ends the stream, not an empty one after it. One that has come in part is
+// sent as far as it has, and the rest from a goroutine: the answer can be
+// read meanwhile. A longer one is sent whole.
+func TestReadyBodyGoesWithItsRequest(t *testing.T) {
+	type frame struct {
+		n   int
+		end bool
+	}
+	got := make(chan []frame, 1)
+	s := newRawServer(t, func(_ int64, c *rawConn) {
+		h := c.firstRequest(t)
+		if h == nil {
+			return
+		}
+		var frames []frame
+		var body []byte
+		answered := false
+		for {
+			f, err := c.next()
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			d, ok := f.(*http2.DataFrame)
+			if !ok || d.StreamID != h.StreamID {
+				continue
+			}
+			frames = append(frames, frame{len(d.Data()), d.StreamEnded()})
+			body = append(body, d.Data()...)
+			if !answered && h.PseudoValue("path") == "/part" {
+				// The answer begins before the rest of the body has come.
+				answered = true
+				_ = c.writeHeaders(h.StreamID, false, ":status", "200")
+			}
+			if d.StreamEnded() {
+				break
+			}
+		}
+		got <- frames
+		switch {
+		case answered:
+			_ = c.fr.WriteData(h.StreamID, true, body)
+		case len(body) > 1<<10:
+			_ = c.answer(h.StreamID, fmt.Sprintf("%d %x", len(body), sha256.Sum256(body)))
+		default:
+			_ = c.answer(h.StreamID, string(body))
+		}
+		_ = c.drain()
+	})
+
+	t.Run("whole", func(t *testing.T) {
+		tr, _ := newTransport(t)
+		req := newRequest(t, http.MethodPost, s.url+"/whole", &readyBody{here: [][]byte{[]byte("mess"), []byte("age")}})
+		req.ContentLength = -1
+		if _, body := fetch(t, tr, req); body != "message" {
+			t.Errorf("echo %q, want message", body)
+		}
+		if frames := <-got; !slices.Equal(frames, []frame{{7, true}}) {
+			t.Errorf("DATA frames %v, want one of 7 bytes that ends the stream", frames)
+		}
+	})
+	t.Run("part", func(t *testing.T) {
+		tr, _ := newTransport(t)
+		pr, pw := io.Pipe()
+		defer pw.Close()
+		req := newRequest(t, http.MethodPost, s.url+"/part", &readyBody{here: [][]byte{[]byte("head")}, rest: pr})
+		req.ContentLength = -1
+		res, err := tr.RoundTrip(req) // must not wait for the pipe
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		if _, err := io.WriteString(pw, "tail"); err != nil {
+			t.Fatal(err)
+		}
+		_ = pw.Close()
+		if b, err := io.ReadAll(res.Body); err != nil || string(b) != "headtail" {
+			t.Errorf("echo %q, %v; want headtail", b, err)
+		}
+		if frames := <-got; len(frames) < 2 || frames[0] != (frame{4, false}) {
+			t.Errorf("DATA frames %v, want head's 4 bytes first, the rest after", frames)
+		}
+	})
+	t.Run("longer than a chunk", func(t *testing.T) {
+		tr, _ := newTransport(t)
+		want := pattern(7, 40<<10)
+		req := newRequest(t, http.MethodPost, s.url+"/long", &readyBody{here: [][]byte{slices.Clone(want)}})
+		req.ContentLength = int64(len(want))
+		if _, body := fetch(t, tr, req); body != fmt.Sprintf("%d %x", len(want), sha256.Sum256(want)) {
+			t.Errorf("the upstream got %s; want %d bytes, %x", body, len(want), sha256.Sum256(want))
+		}
+		<-got
+	})
+}

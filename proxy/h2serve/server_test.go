@@ -1929,3 +1929,44 @@ func TestKeepLengthUnknown(t *testing.T) {
 		}
 	}
 }
+
+// A request body is Ready when a Read would not wait for the client: not
+// before any of it has come, but once some has, and once its end has.
+func TestBodyReady(t *testing.T) {
+	type readier interface{ Ready() bool }
+	result := make(chan string, 1)
+	srv := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b := r.Body.(readier)
+		if b.Ready() {
+			result <- "Ready before the client sent any of the body"
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+		_ = http.NewResponseController(w).Flush() // the client may send now
+		poll.Until(t, waitLimit, "the body to come", b.Ready)
+		got, err := io.ReadAll(r.Body)
+		switch {
+		case err != nil || string(got) != "body":
+			result <- fmt.Sprintf("read %q, %v; want body", got, err)
+		case !b.Ready():
+			result <- "not Ready after its end"
+		default:
+			result <- ""
+		}
+	}))
+	pr, pw := io.Pipe()
+	req, err := http.NewRequest(http.MethodPost, srv.url+"/", pr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := h2Client(t).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	_, _ = io.WriteString(pw, "body")
+	_ = pw.Close()
+	if msg := recv(t, result, "the handler's verdict"); msg != "" {
+		t.Error(msg)
+	}
+}

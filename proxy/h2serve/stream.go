@@ -541,6 +541,17 @@ func (b *body) Read(p []byte) (int, error) {
 	return n, nil
 }
 
+// Ready says whether a Read would not wait for the client: some of the
+// body has come, or its end, or it is closed. A proxy that sends a body
+// which has come whole with the request's head in one write asks it
+// (h2conn).
+func (b *body) Ready() bool {
+	c := b.st.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(b.buf) > 0 || b.err != nil || b.closed
+}
+
 func (b *body) Close() error {
 	c := b.st.c
 	c.mu.Lock()

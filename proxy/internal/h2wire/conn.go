@@ -114,6 +114,14 @@ func (c *Conn) Unlock() error {
 	return err
 }
 
+// Release gives up the write side without flushing, for a writer about to
+// write again at once (a request's body after its HEADERS): its next
+// Unlock sends both in one write. Another writer waiting flushes anyway.
+func (c *Conn) Release() {
+	c.waiting.Add(-1)
+	c.mu.Unlock()
+}
+
 // WriteString writes raw bytes (the client preface); under Lock.
 func (c *Conn) WriteString(s string) { _, _ = c.bw.WriteString(s) }
 
