@@ -38,6 +38,7 @@ type clientStream struct {
 	answered   bool // the final HEADERS arrived
 	remoteDone bool // the answer is complete
 	sendDone   bool // the request is complete, or will not be
+	held       bool // send left the HEADERS in the buffer for the body's first frame
 	done       bool // out of cc.streams
 	sendWindow int64
 	recv       h2wire.Inflow
@@ -142,6 +143,7 @@ func (cc *clientConn) send(ctx context.Context, cs *clientStream, end, hold bool
 	cc.nextID += 2
 	cs.sendWindow = int64(cc.peerWindow)
 	cc.streams[cs.id] = cs
+	cs.held = hold
 	cc.watchReads()
 	cs.stopCtx = reqctx.Register(ctx, func() { cs.cancel(context.Cause(ctx)) })
 	cc.mu.Unlock()
@@ -377,6 +379,17 @@ func (cs *clientStream) writeData(p []byte, end bool) bool {
 			}
 			if len(p) == 0 || min(cc.sendWindow, cs.sendWindow) > 0 {
 				break
+			}
+			if cs.held {
+				// The HEADERS send held back must not wait for a window
+				// with this frame: the upstream may give the stream one
+				// only once it has seen it (an initial window of 0).
+				cs.held = false
+				cc.mu.Unlock()
+				cc.lockWrite()
+				_ = cc.unlockWrite()
+				cc.mu.Lock()
+				continue
 			}
 			cc.window.Wait()
 		}

@@ -2351,3 +2351,37 @@ func TestReadyBodyGoesWithItsRequest(t *testing.T) {
 		<-got
 	})
 }
+
+// An upstream that gives a stream no window until it has seen it (an
+// initial window of 0) still gets a body that has come: the HEADERS held
+// back for its first frame go out before that frame waits for a window.
+func TestReadyBodyWaitsForAWindowWithItsHeadersSent(t *testing.T) {
+	s := newRawServer(t, func(_ int64, c *rawConn) {
+		if err := c.handshake(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0}); err != nil {
+			t.Error(err)
+			return
+		}
+		h, err := c.headers()
+		if err != nil {
+			t.Error(err) // with the HEADERS held back for good, the deadline ends this wait
+			return
+		}
+		if err := c.fr.WriteWindowUpdate(h.StreamID, 1<<16); err != nil {
+			t.Error(err)
+			return
+		}
+		body, err := c.body(h.StreamID)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		_ = c.answer(h.StreamID, string(body))
+		_ = c.drain()
+	})
+	tr, _ := newTransport(t)
+	req := newRequest(t, http.MethodPost, s.url+"/", &readyBody{here: [][]byte{[]byte("message")}})
+	req.ContentLength = 7
+	if _, body := fetch(t, tr, req); body != "message" {
+		t.Errorf("echo %q, want message", body)
+	}
+}
