@@ -117,12 +117,15 @@ func (x *exchange) timeoutTrailers(err error) {
 // answers, h2serve's requests).
 type readier interface{ Ready() bool }
 
-// Ready says whether a Read now would return without waiting; false when
-// the body cannot tell.
-func (x *exchange) Ready() bool {
-	r, ok := x.body.(readier)
-	return ok && r.Ready()
+// ready says whether a Read of r now would return without waiting; false
+// when r cannot tell. The wrappers of a body pass it on with it.
+func ready(r io.Reader) bool {
+	x, ok := r.(readier)
+	return ok && x.Ready()
 }
+
+// Ready says whether a Read now would return without waiting.
+func (x *exchange) Ready() bool { return ready(x.body) }
 
 func (x *exchange) Close() error {
 	err := x.body.Close()

@@ -376,10 +376,7 @@ type noopClose struct {
 var errBodyAfterHandler = errors.New("ReverseProxy: read from closed body")
 
 // Ready passes the app's body's on (h2serve's: see readier).
-func (b *noopClose) Ready() bool {
-	r, ok := b.r.(readier)
-	return ok && r.Ready()
-}
+func (b *noopClose) Ready() bool { return ready(b.r) }
 
 func (b *noopClose) Read(p []byte) (int, error) {
 	if b.closed.Load() {

@@ -241,11 +241,7 @@ func (rr *replayReader) Ready() bool {
 	if rr.closed {
 		return false
 	}
-	if rr.off < len(b.buf) || b.eof {
-		return true
-	}
-	r, ok := b.src.(readier)
-	return ok && r.Ready()
+	return rr.off < len(b.buf) || b.eof || ready(b.src)
 }
 
 // grpcMessages counts the length-prefixed messages in a gRPC request body.

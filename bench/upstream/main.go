@@ -34,13 +34,6 @@ func main() {
 	gs := grpc.NewServer()
 	healthpb.RegisterHealthServer(gs, health.NewServer()) // "" is SERVING
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
-			if *delay > 0 {
-				time.Sleep(*delay)
-			}
-			gs.ServeHTTP(w, r)
-			return
-		}
 		if r.URL.Path == "/_proto" {
 			// For the harness's sanity check: which protocol did the proxy
 			// in front of us use to reach us?
@@ -49,6 +42,10 @@ func main() {
 		}
 		if *delay > 0 {
 			time.Sleep(*delay)
+		}
+		if r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
+			gs.ServeHTTP(w, r)
+			return
 		}
 		// Set the header map directly: Header().Set canonicalises the key on
 		// every call, and the origin should cost as little as possible.

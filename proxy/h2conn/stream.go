@@ -287,17 +287,16 @@ func (cs *clientStream) writeBody(contentLength, sent int64, inline bool) {
 	goesOn := false
 	defer func() {
 		chunks.Put(bp)
-		if inline {
-			// What send held back, if no frame of the body took it out.
-			cc.lockWrite()
-			_ = cc.unlockWrite()
-		}
 		if !goesOn {
+			if inline {
+				cs.flushHeld() // no frame of the body took the HEADERS out
+			}
 			cs.closeReqBody()
 		}
 	}()
 	for {
 		if inline && (sent >= bodyChunk || !bodyReady(req.Body)) {
+			cs.flushHeld() // before the body, or the rest of it, may wait
 			goesOn = true
 			go cs.writeBody(contentLength, sent, false)
 			return
@@ -349,6 +348,21 @@ func (cs *clientStream) writeBody(contentLength, sent int64, inline bool) {
 	}
 }
 
+// flushHeld sends the HEADERS send held back, if no frame has taken them
+// out yet; on the goroutine that called send, before any other writes the
+// body.
+func (cs *clientStream) flushHeld() {
+	cc := cs.cc
+	cc.mu.Lock()
+	held := cs.held
+	cs.held = false
+	cc.mu.Unlock()
+	if held {
+		cc.lockWrite()
+		_ = cc.unlockWrite()
+	}
+}
+
 // bodyReady says whether a Read of the request body would not wait: the
 // app side's body can tell (h2serve's, through relay's wrappers); others
 // cannot, and are sent from a goroutine.
@@ -384,15 +398,14 @@ func (cs *clientStream) writeData(p []byte, end bool) bool {
 				// The HEADERS send held back must not wait for a window
 				// with this frame: the upstream may give the stream one
 				// only once it has seen it (an initial window of 0).
-				cs.held = false
 				cc.mu.Unlock()
-				cc.lockWrite()
-				_ = cc.unlockWrite()
+				cs.flushHeld()
 				cc.mu.Lock()
 				continue
 			}
 			cc.window.Wait()
 		}
+		cs.held = false // this frame's write takes them out
 		maxFrame := int64(cc.w.MaxFrame())
 		n := int(min(int64(len(p)), cc.sendWindow, cs.sendWindow, maxFrame))
 		cc.sendWindow -= int64(n)

@@ -1934,16 +1934,19 @@ func TestKeepLengthUnknown(t *testing.T) {
 // before any of it has come, but once some has, and once its end has.
 func TestBodyReady(t *testing.T) {
 	type readier interface{ Ready() bool }
+	bodies := make(chan readier, 1)
+	proceed := make(chan struct{})
 	result := make(chan string, 1)
 	srv := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b := r.Body.(readier)
 		if b.Ready() {
-			result <- "Ready before the client sent any of the body"
+			bodies <- nil
 			return
 		}
 		w.WriteHeader(http.StatusOK)
 		_ = http.NewResponseController(w).Flush() // the client may send now
-		poll.Until(t, waitLimit, "the body to come", b.Ready)
+		bodies <- b
+		<-proceed // the test saw the body come
 		got, err := io.ReadAll(r.Body)
 		switch {
 		case err != nil || string(got) != "body":
@@ -1964,8 +1967,14 @@ func TestBodyReady(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer res.Body.Close()
+	b := recv(t, bodies, "the handler's body")
+	if b == nil {
+		t.Fatal("Ready before the client sent any of the body")
+	}
 	_, _ = io.WriteString(pw, "body")
 	_ = pw.Close()
+	poll.Until(t, waitLimit, "the body to come", b.Ready)
+	close(proceed)
 	if msg := recv(t, result, "the handler's verdict"); msg != "" {
 		t.Error(msg)
 	}
