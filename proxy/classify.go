@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"time"
 
+	"golang.org/x/net/http2/hpack"
+
 	"github.com/watertight/watertight/metrics"
 )
 
@@ -37,21 +39,32 @@ func classifyResponse(resp *http.Response, grpc bool, fs *statusSet) metrics.Res
 		if v == "" {
 			v = resp.Header.Get("Grpc-Status")
 		}
-		if v != "" {
-			code, err := strconv.Atoi(v)
-			if err != nil || code < 0 || code >= len(grpcFailureCodes) || grpcFailureCodes[code] {
-				return metrics.UpstreamError
-			}
-			return metrics.OK
-		}
-		// No status at all: gRPC clients read that as INTERNAL (on 200) or
-		// map the HTTP status; either way not a business answer.
-		if resp.StatusCode == http.StatusOK || fs.has(resp.StatusCode) {
-			return metrics.UpstreamError
-		}
-		return metrics.OK
+		return classifyGRPC(resp.StatusCode, v, fs)
 	}
 	if fs.has(resp.StatusCode) {
+		return metrics.UpstreamError
+	}
+	return metrics.OK
+}
+
+// classifyGRPC judges a complete gRPC answer by its grpc-status v ("" for
+// none) and its HTTP status.
+func classifyGRPC(status int, v string, fs *statusSet) metrics.Result {
+	if v != "" {
+		return grpcResult(v)
+	}
+	// No status at all: gRPC clients read that as INTERNAL (on 200) or
+	// map the HTTP status; either way not a business answer.
+	if status == http.StatusOK || fs.has(status) {
+		return metrics.UpstreamError
+	}
+	return metrics.OK
+}
+
+// grpcResult judges a grpc-status value.
+func grpcResult(v string) metrics.Result {
+	code, err := strconv.Atoi(v)
+	if err != nil || code < 0 || code >= len(grpcFailureCodes) || grpcFailureCodes[code] {
 		return metrics.UpstreamError
 	}
 	return metrics.OK
@@ -61,17 +74,41 @@ func classifyResponse(resp *http.Response, grpc bool, fs *statusSet) metrics.Res
 // gRPC status in the head of a trailers-only answer. For the decisions that
 // must be made before the body is read (retry, fallback).
 func classifyHead(resp *http.Response, grpc bool, fs *statusSet) metrics.Result {
-	if fs.has(resp.StatusCode) {
+	return classifyHeadStatus(resp.StatusCode, grpc, resp.Header.Get("Grpc-Status"), fs)
+}
+
+// classifyHeadStatus is classifyHead given the answer's status and the
+// grpc-status in its head ("" for none).
+func classifyHeadStatus(status int, grpc bool, v string, fs *statusSet) metrics.Result {
+	if fs.has(status) || grpc && v != "" && grpcResult(v) == metrics.UpstreamError {
 		return metrics.UpstreamError
 	}
-	if grpc {
-		if v := resp.Header.Get("Grpc-Status"); v != "" {
-			if code, err := strconv.Atoi(v); err != nil || code < 0 || code >= len(grpcFailureCodes) || grpcFailureCodes[code] {
-				return metrics.UpstreamError
-			}
+	return metrics.OK
+}
+
+// classifyFields judges a gRPC answer the lane took as fields (its head's,
+// and the trailers that ended it), as classifyResponse judges one read
+// whole and classifyHead one that was not.
+func classifyFields(status int, head, trailers []hpack.HeaderField, whole bool, fs *statusSet) metrics.Result {
+	v := firstField(head, "grpc-status")
+	if !whole {
+		return classifyHeadStatus(status, true, v, fs)
+	}
+	if t := firstField(trailers, "grpc-status"); t != "" {
+		v = t
+	}
+	return classifyGRPC(status, v, fs)
+}
+
+// firstField is the value of the first field named name (in lower case),
+// as Header.Get reads a header's.
+func firstField(fields []hpack.HeaderField, name string) string {
+	for i := range fields {
+		if fields[i].Name == name {
+			return fields[i].Value
 		}
 	}
-	return metrics.OK
+	return ""
 }
 
 // statusSet is the HTTP statuses an upstream counts as failures

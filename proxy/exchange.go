@@ -7,11 +7,15 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/net/http2/hpack"
+
 	"github.com/watertight/watertight/breaker"
 	"github.com/watertight/watertight/metrics"
+	"github.com/watertight/watertight/proxy/h2conn"
 	"github.com/watertight/watertight/proxy/internal/reqctx"
 )
 
@@ -73,13 +77,17 @@ type exchange struct {
 	ctx    context.Context // with the per-try timeout, if any
 	cancel context.CancelFunc
 
-	resp       *http.Response
-	status     int // the answer's status when the lane took it as bytes (resp is nil)
-	body       io.ReadCloser
-	sawEOF     bool
-	readErr    error
-	handedOver bool // the app got this attempt's answer
-	done       atomic.Bool
+	resp   *http.Response
+	status int // the answer's status when the lane took it as bytes (resp is nil)
+	// A gRPC call's answer the lane took as fields (resp is nil), and the
+	// trailers its deadline ended it with, if it did.
+	raw          h2conn.RawAnswer
+	lateTrailers []hpack.HeaderField
+	body         io.ReadCloser
+	sawEOF       bool
+	readErr      error
+	handedOver   bool // the app got this attempt's answer
+	done         atomic.Bool
 }
 
 func (x *exchange) Read(p []byte) (int, error) {
@@ -102,16 +110,28 @@ func (x *exchange) Read(p []byte) (int, error) {
 // began. It can no longer be a local reply, but its status is still to come,
 // so it ends with the trailers of one (DEADLINE_EXCEEDED, reason timeout)
 // rather than the reset a broken copy gives, which gRPC clients report as
-// INTERNAL. The ReverseProxy sends resp.Trailer once the body ends.
+// INTERNAL. The ReverseProxy sends resp.Trailer once the body ends; the
+// lane, lateTrailers.
 func (x *exchange) timeoutTrailers(err error) {
+	lr := &localReply{result: metrics.Timeout, upstream: x.r.c.name, err: err}
+	status, msg := strconv.Itoa(reasonTimeout.grpcCode), grpcEncodeMessage(lr.Error())
+	if x.resp == nil {
+		x.lateTrailers = []hpack.HeaderField{
+			{Name: "grpc-status", Value: status}, {Name: "grpc-message", Value: msg},
+			{Name: headerReasonField, Value: reasonTimeout.name},
+		}
+		return
+	}
 	if x.resp.Trailer == nil {
 		x.resp.Trailer = http.Header{}
 	}
-	lr := &localReply{result: metrics.Timeout, upstream: x.r.c.name, err: err}
-	x.resp.Trailer.Set("Grpc-Status", strconv.Itoa(reasonTimeout.grpcCode))
-	x.resp.Trailer.Set("Grpc-Message", grpcEncodeMessage(lr.Error()))
+	x.resp.Trailer.Set("Grpc-Status", status)
+	x.resp.Trailer.Set("Grpc-Message", msg)
 	x.resp.Trailer.Set(HeaderReason, reasonTimeout.name)
 }
+
+// headerReasonField is HeaderReason as an HTTP/2 field name.
+var headerReasonField = strings.ToLower(HeaderReason)
 
 // readier is a body that can tell whether a Read would wait (h2conn's
 // answers, h2serve's requests).
@@ -161,9 +181,19 @@ func (x *exchange) result() metrics.Result {
 }
 
 // judge classifies the answer by its head, and by its trailers once it was
-// read whole; an answer the lane took as bytes (never gRPC), by its status.
+// read whole; an answer the lane took as bytes, by its status, or a gRPC
+// call's by its fields as classifyResponse and classifyHead judge a
+// response.
 func (x *exchange) judge(whole bool) metrics.Result {
 	switch {
+	case x.resp == nil && x.r.grpc:
+		var trailers []hpack.HeaderField
+		if whole {
+			if trailers = x.lateTrailers; trailers == nil {
+				trailers = x.raw.Trailers()
+			}
+		}
+		return classifyFields(x.status, x.raw.Fields(), trailers, whole, x.r.c.failures)
 	case x.resp == nil:
 		if x.r.c.failures.has(x.status) {
 			return metrics.UpstreamError

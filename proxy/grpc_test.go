@@ -14,6 +14,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -162,6 +163,16 @@ type grpcEnv struct {
 	reg    *metrics.Registry
 	conn   *grpc.ClientConn
 	client testgrpc.TestServiceClient
+	taken  *atomic.Int64 // calls the lane took (lane_h2.go)
+}
+
+// grpcLaneTakes: the calls of a compartment without retries, hedges or
+// fallbacks go through the lane, when it is on between the sidecar's own
+// h2c server and client (the default; h2serve serves h2c behind h1serve,
+// net/http's HTTP/1.1 server serves it itself).
+func grpcLaneTakes() bool {
+	return *laneOn == LaneOn && *downstreamHTTP1 == HTTP1Watertight && *downstreamHTTP2 == HTTP1Watertight &&
+		*upstreamHTTP2 == HTTP1Watertight
 }
 
 // serveGRPC serves svc on a loopback port until the test ends and returns
@@ -223,7 +234,9 @@ func startGRPC(t *testing.T, s grpcSetup, b *grpcBackend) *grpcEnv {
 		t.Fatal(err)
 	}
 	reg := metrics.New()
-	srv := NewServer(Options{Metrics: reg, DrainTimeout: time.Second, UpstreamHTTP1: *upstreamHTTP1, UpstreamHTTP2: *upstreamHTTP2, DownstreamHTTP1: *downstreamHTTP1, DownstreamHTTP2: *downstreamHTTP2, Lane: *laneOn})
+	taken := new(atomic.Int64)
+	srv := NewServer(Options{Metrics: reg, DrainTimeout: time.Second, UpstreamHTTP1: *upstreamHTTP1, UpstreamHTTP2: *upstreamHTTP2, DownstreamHTTP1: *downstreamHTTP1, DownstreamHTTP2: *downstreamHTTP2, Lane: *laneOn,
+		laneTaken: func() { taken.Add(1) }})
 	if err := srv.Apply(cfg); err != nil {
 		t.Fatal(err)
 	}
@@ -255,7 +268,7 @@ func startGRPC(t *testing.T, s grpcSetup, b *grpcBackend) *grpcEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = conn.Close() })
-	return &grpcEnv{srv: srv, reg: reg, conn: conn, client: testgrpc.NewTestServiceClient(conn)}
+	return &grpcEnv{srv: srv, reg: reg, conn: conn, client: testgrpc.NewTestServiceClient(conn), taken: taken}
 }
 
 // grpcCtx is a context for one test's calls: a hang fails the test instead of
@@ -330,6 +343,9 @@ func TestGRPCUnary(t *testing.T) {
 			}
 			if got := e.requests(t, "ok"); got != 3 {
 				t.Errorf("watertight_requests_total{result=ok} = %v, want 3", got)
+			}
+			if got, want := e.taken.Load(), map[bool]int64{true: 3}[grpcLaneTakes()]; got != want {
+				t.Errorf("the lane took %d calls, want %d", got, want)
 			}
 		})
 	}

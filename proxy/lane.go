@@ -187,23 +187,25 @@ func (c *compartment) lane(x *h1serve.Exchange) bool {
 	if !ok {
 		return false
 	}
-	runLane(c, h1Call{c: c, x: x, t: t}, string(timeout))
+	caller, callerOK := requestTimeout(string(timeout))
+	runLane(c, h1Call{c: c, x: x, t: t}, caller, callerOK, false)
 	return true
 }
 
 // runLane is the request's path through the compartment, as send and
-// retries take it, for a request the lane took. A type parameter rather
-// than an interface value, so that the call is made without an allocation
-// and its methods are called directly.
-func runLane[L laneCall](c *compartment, l L, timeout string) {
-	caller, callerOK := requestTimeout(timeout)
+// retries take it, for a request the lane took: caller is the time the app
+// gave it (if callerOK), grpc says it is a gRPC call. A type parameter
+// rather than an interface value, so that the call is made without an
+// allocation and its methods are called directly.
+func runLane[L laneCall](c *compartment, l L, caller time.Duration, callerOK, grpc bool) {
 	r := new(request)
-	if lr := c.beginWith(r, l.context(), false, caller, callerOK, nil); lr != nil {
+	if lr := c.beginWith(r, l.context(), grpc, caller, callerOK, nil); lr != nil {
 		laneRefuse(c, l, lr)
 		return
 	}
-	// The attempts, as retries makes them (the request has no body: it
-	// can always go again).
+	// The attempts, as retries makes them (a request the lane takes with
+	// a body goes to a compartment without retries: one without can
+	// always go again).
 	for n := 0; ; n++ {
 		var try laneTry
 		if ex, lr := c.admit(r, r.ctx, noCancel, n > 0); lr != nil {
@@ -343,7 +345,8 @@ func (l h1Call) answer(ex *exchange, try laneTry) {
 	_ = ex.Close()
 }
 
-// laneWanted is retryPolicy.wanted for a lane's attempt (never gRPC).
+// laneWanted is retryPolicy.wanted for a lane's attempt (never gRPC: the
+// lane takes gRPC calls only to compartments without retries).
 func (c *compartment) laneWanted(n int, try laneTry, r *request) bool {
 	p := c.retry
 	switch {

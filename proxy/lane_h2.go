@@ -5,6 +5,7 @@ import (
 	"context"
 	"net/http"
 	"net/textproto"
+	"slices"
 	"strings"
 	"time"
 
@@ -59,54 +60,95 @@ func (c *compartment) lane2(x *h2serve.Exchange) bool {
 	if rt == nil {
 		return false
 	}
-	timeout, ok := lane2Request(x)
-	if !ok {
+	q, ok := lane2Request(x)
+	if !ok || q.grpc && c.retry != nil {
 		return false
 	}
 	side := h2Side{c: c, x: x}
 	switch t := rt.(type) {
 	case *h2conn.Transport:
-		runLane(c, h2Call{side, t}, timeout)
+		call := h2Call{h2Side: side, t: t, grpc: q.grpc}
+		if b := x.Body(); b != nil {
+			// As relay's: the upstream client closes the body it was
+			// given, the app's must stay open for the server, and none
+			// of it is read once the lane has returned.
+			call.body = &noopClose{r: b}
+			defer call.body.Close()
+		}
+		runLane(c, call, q.caller, q.callerOK, q.grpc)
 	case *h1conn.Transport:
-		if !plainAuthority(x.Authority()) {
+		if q.grpc || x.Body() != nil || !plainAuthority(x.Authority()) {
 			return false
 		}
-		runLane(c, h21Call{side, t}, timeout)
+		runLane(c, h21Call{side, t}, q.caller, q.callerOK, false)
 	default:
 		return false
 	}
 	return true
 }
 
+// laneRequest2 is what lane2Request learned of a request: the time the
+// app gave it, and whether it is a gRPC call.
+type laneRequest2 struct {
+	caller   time.Duration
+	callerOK bool
+	grpc     bool
+}
+
 // lane2Request checks that relay would send x as the lane does (relayable
-// and what h2conn's RoundTrip takes), and reads the first
-// X-Request-Timeout value, as Header.Get reads it.
-func lane2Request(x *h2serve.Exchange) (timeout string, ok bool) {
+// and what h2conn's RoundTrip takes), and reads the time the app gave it as
+// callerTimeout does: the first grpc-timeout of a gRPC call, the first
+// X-Request-Timeout of another request. A request with a body is the
+// lane's only as a gRPC call (step 14), and a gRPC call only to a
+// compartment without retries, which would replay the body and judge the
+// attempts by their gRPC status (retries, replay).
+func lane2Request(x *h2serve.Exchange) (q laneRequest2, ok bool) {
 	if !plainTarget(x.Path()) || !httpguts.ValidHostHeader(x.Authority()) {
-		return "", false
+		return q, false
 	}
-	tes, timed := 0, false
+	tes := 0
+	var timeout, grpcTimeout string
+	typed, timed, grpcTimed := false, false, false
 	fields := x.Fields()
 	for i := range fields {
 		hf := &fields[i]
 		switch hf.Name {
 		case "te": // h2serve let through "trailers" alone
 			if tes++; tes > 1 {
-				return "", false // relay passes one TE, ReverseProxy any other
+				return q, false // relay passes one TE, ReverseProxy any other
 			}
 		case "proxy-authorization", "proxy-authenticate":
-			return "", false
-		case "content-type":
-			if isGRPCType(hf.Value) {
-				return "", false
+			return q, false
+		case "content-type": // the first, as isGRPC reads it
+			if !typed {
+				q.grpc, typed = isGRPCType(hf.Value), true
 			}
 		case "x-request-timeout":
 			if !timed {
 				timeout, timed = hf.Value, true
 			}
+		case "grpc-timeout":
+			if !grpcTimed {
+				grpcTimeout, grpcTimed = hf.Value, true
+			}
 		}
 	}
-	return timeout, true
+	switch {
+	case q.grpc:
+		if x.Method() != http.MethodPost || x.Body() == nil {
+			return q, false // not a call: relay answers what gRPC would make of it
+		}
+	case x.Body() != nil:
+		return q, false
+	}
+	if q.grpc {
+		if grpcTimeout != "" {
+			q.caller, q.callerOK = parseGRPCTimeout(grpcTimeout)
+		}
+	} else {
+		q.caller, q.callerOK = requestTimeout(timeout)
+	}
+	return q, true
 }
 
 // h2Side is an h2c request (h2serve's) in the lane.
@@ -123,10 +165,13 @@ func (l h2Side) method() string { return l.x.Method() }
 
 func (l h2Side) materialized() bool { return l.x.Materialized() }
 
-// h2Call is an h2c request to an h2c upstream (h2conn).
+// h2Call is an h2c request to an h2c upstream (h2conn): bodiless, or a
+// gRPC call with its body.
 type h2Call struct {
 	h2Side
-	t *h2conn.Transport
+	t    *h2conn.Transport
+	grpc bool
+	body *noopClose // the app's body, nil for none
 }
 
 // send makes one attempt, as attempt does: sent, its answer begun. An
@@ -144,12 +189,15 @@ func (l h2Call) send(r *request, ex *exchange) laneTry {
 		Fields: func(e h2conn.Encoder) { l.encode(e, dl, hasDeadline) },
 		Got1xx: l.got1xx,
 	}
+	if l.body != nil {
+		req.Body = l.body
+	}
 	ans, err := l.t.RoundTripRaw(ex.ctx, ex.ep.addr, &req)
 	if err != nil {
 		return c.laneFailed(r, ex, err)
 	}
 	if !x.Materialized() && plainAnswer(x.Method(), ans) {
-		ex.status = ans.Status()
+		ex.status, ex.raw = ans.Status(), ans
 		return laneTry{ex: ex, raw: ans}
 	}
 	_, hr := x.Materialize()
@@ -157,10 +205,11 @@ func (l h2Call) send(r *request, ex *exchange) laneTry {
 }
 
 // encode encodes the fields the upstream gets, as h2conn encodes the
-// header relay leaves: the app's, less the caller's X-Request-Timeout
-// where the time left replaces it (propagateDeadline), the first
-// User-Agent only and not when empty, and a Content-Length of 0 for a
-// method that has a body by its nature.
+// header relay leaves: the app's, less the caller's X-Request-Timeout (a
+// gRPC call's grpc-timeout) where the time left replaces it
+// (propagateDeadline), the first User-Agent only and not when empty, and
+// for a bodiless request a Content-Length of 0 if its method has a body by
+// its nature.
 func (l h2Call) encode(e h2conn.Encoder, dl time.Time, hasDeadline bool) {
 	ua := false
 	fields := l.x.Fields()
@@ -168,12 +217,14 @@ func (l h2Call) encode(e h2conn.Encoder, dl time.Time, hasDeadline bool) {
 		hf := &fields[i]
 		switch hf.Name {
 		case "x-request-timeout":
-			if !hasDeadline {
+			if !hasDeadline || l.grpc {
 				e.EncodeLiteral(hf.Name, hf.Value)
 			}
 			continue
 		case "grpc-timeout":
-			e.EncodeLiteral(hf.Name, hf.Value)
+			if !hasDeadline || !l.grpc {
+				e.EncodeLiteral(hf.Name, hf.Value)
+			}
 			continue
 		case "user-agent":
 			if !ua && hf.Value != "" {
@@ -190,8 +241,14 @@ func (l h2Call) encode(e h2conn.Encoder, dl time.Time, hasDeadline bool) {
 		}
 		e.Encode(hf.Name, hf.Value)
 	}
-	if hasDeadline {
+	switch {
+	case hasDeadline && l.grpc:
+		e.EncodeLiteral("grpc-timeout", formatGRPCTimeout(time.Until(dl)))
+	case hasDeadline:
 		e.EncodeLiteral("x-request-timeout", requestTimeoutValue(time.Until(dl), &l.c.up.deadline)[0])
+	}
+	if l.body != nil {
+		return
 	}
 	switch l.x.Method() {
 	case http.MethodPost, http.MethodPut, http.MethodPatch:
@@ -207,14 +264,19 @@ func (l h2Call) got1xx(status int, fields []hpack.HeaderField) error {
 }
 
 // answer sends the plain answer's fields as they came, its body and any
-// trailers after it. The exchange reads the body, as it does relay's, and
-// is judged by how that ended when it closes.
+// trailers after it: the upstream's, or those of a gRPC call's deadline
+// that cut the body (exchange.Read). The exchange reads the body, as it
+// does relay's, and is judged by how that ended when it closes.
 func (l h2Call) answer(ex *exchange, try laneTry) {
 	a := try.raw
-	err := l.x.AnswerHead(ex.status, a.Fields(), a.Length())
+	err := l.x.AnswerHead(ex.status, announceTrailers(a.Fields()), a.Length())
 	ex.body = a.Body()
 	if err == nil && l.x.AnswerBody(ex) == nil {
-		if t := a.Trailers(); len(t) > 0 {
+		t := ex.lateTrailers
+		if t == nil {
+			t = a.Trailers()
+		}
+		if len(t) > 0 {
 			l.x.AnswerTrailers(t)
 		}
 	}
@@ -222,12 +284,13 @@ func (l h2Call) answer(ex *exchange, try laneTry) {
 }
 
 // plainAnswer: an answer the app gets from the lane as relay would give it
-// (deliver), its fields as they came: a final answer with a body of known
-// length, to a method other than HEAD, with no hop-by-hop field for
-// removeHopByHop to remove, not an event stream (which relay flushes as it
-// goes).
+// (deliver), its fields as they came (but for the trailers it announces:
+// announceTrailers): a final answer to a method other than HEAD, with no
+// hop-by-hop field for removeHopByHop to remove, not an event stream. One of unknown length (a gRPC call's) goes out as relay
+// sends it to h2serve's writer (copyBody): its length kept unknown, what
+// came flushed before a read that would wait (Exchange.AnswerBody).
 func plainAnswer(method string, a h2conn.RawAnswer) bool {
-	if method == http.MethodHead || a.Length() < 0 {
+	if method == http.MethodHead {
 		return false
 	}
 	switch a.Status() {
@@ -239,13 +302,64 @@ func plainAnswer(method string, a h2conn.RawAnswer) bool {
 		hf := &fields[i]
 		switch hf.Name {
 		case "connection", "proxy-connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
-			"te", "trailer", "transfer-encoding", "upgrade":
+			"te", "transfer-encoding", "upgrade":
 			return false
 		case "content-type":
 			if strings.Contains(hf.Value, "event-stream") {
 				return false
 			}
 		}
+	}
+	return true
+}
+
+// announceTrailers is fields with the trailers they announce as relay
+// announces them (deliver): one Trailer field naming each valid trailer
+// once, in canonical form, joined with ", " (none if none is valid). An
+// answer that announces its trailers so already (as gRPC's ServeHTTP
+// does) keeps its fields as they are; the trailers themselves go as they
+// come.
+func announceTrailers(fields []hpack.HeaderField) []hpack.HeaderField {
+	n, as := 0, -1
+	for i := range fields {
+		if fields[i].Name == "trailer" {
+			n, as = n+1, i
+		}
+	}
+	if n == 0 || n == 1 && announcedAsRelay(fields[as].Value) {
+		return fields
+	}
+	out := make([]hpack.HeaderField, 0, len(fields))
+	var keys []string
+	for _, hf := range fields {
+		if hf.Name != "trailer" {
+			out = append(out, hf)
+			continue
+		}
+		for k := range strings.SplitSeq(hf.Value, ",") {
+			if k = http.CanonicalHeaderKey(textproto.TrimString(k)); k != "" && httpguts.ValidTrailerHeader(k) && !slices.Contains(keys, k) {
+				keys = append(keys, k)
+			}
+		}
+	}
+	if len(keys) > 0 {
+		out = append(out, hpack.HeaderField{Name: "trailer", Value: strings.Join(keys, ", ")})
+	}
+	return out
+}
+
+// announcedAsRelay: v names valid trailers, each once, in canonical form,
+// joined with ", ".
+func announcedAsRelay(v string) bool {
+	var seen [8]string
+	n := 0
+	for k := range strings.SplitSeq(v, ", ") {
+		if !httpguts.ValidHeaderFieldName(k) || http.CanonicalHeaderKey(k) != k || !httpguts.ValidTrailerHeader(k) ||
+			n == len(seen) || slices.Contains(seen[:n], k) {
+			return false
+		}
+		seen[n] = k
+		n++
 	}
 	return true
 }

@@ -71,6 +71,12 @@ func lane2MatchesRelay(t *testing.T, f *laneFixture, protocol string) {
 		}
 		return fs
 	}
+	// A gRPC call: POST, its type, TE, and a message in one DATA frame.
+	call := func(path string, fields ...string) []field {
+		return with(get(path, append([]string{"content-type", "application/grpc", "te", "trailers"}, fields...)...), ":method", "POST")
+	}
+	const msg = "\x00\x00\x00\x00\x05hello"
+	grpcLane := protocol != config.ProtocolHTTP1
 	many := []string{}
 	for i := range 20 {
 		many = append(many, fmt.Sprintf("x-field-%02d", i), fmt.Sprint(i))
@@ -134,7 +140,17 @@ func lane2MatchesRelay(t *testing.T, f *laneFixture, protocol string) {
 		{"host field", "app", get("/plain", "host", "u.example"), "", false},
 		{"proxy authorization", "app", get("/plain", "proxy-authorization", "Basic x"), "", false},
 		{"query relay re-encodes", "app", get("/plain?a=1;b=2"), "", false},
-		{"grpc type", "app", get("/plain", "content-type", "application/grpc"), "", false},
+		{"grpc type without a body", "app", get("/plain", "content-type", "application/grpc"), "", false},
+		{"grpc call", "app", call("/grpc.Test/Echo", "user-agent", "grpc-go/1"), msg, grpcLane},
+		{"grpc call with a deadline", "app", call("/grpc.Test/Echo", "grpc-timeout", "5S", "x-request-timeout", "1s"), msg, grpcLane},
+		{"grpc call failed", "app", call("/grpc.Test/Fail"), msg, grpcLane},
+		{"grpc call, trailers announced", "app", call("/grpc.Test/Announced"), msg, grpcLane},
+		{"grpc call, trailers only", "app", call("/grpc.Test/NotFound"), msg, grpcLane},
+		{"grpc call past its deadline", "app", call("/hang", "grpc-timeout", "50m"), msg, grpcLane},
+		{"grpc call cut by its deadline", "app", call("/grpc.Test/Late", "grpc-timeout", "50m"), msg, grpcLane},
+		{"grpc call refused", "dead", with(call("/grpc.Test/Echo"), ":authority", "d.example"), msg, grpcLane},
+		{"grpc call with retries", "retry", call("/grpc.Test/Echo"), msg, false},
+		{"grpc call with a subtype", "app", with(call("/grpc.Test/Echo"), "content-type", "application/grpc+proto"), msg, grpcLane},
 		{"expect", "app", get("/plain", "expect", "100-continue"), "", false},
 	}
 	for _, c := range cases {
@@ -145,9 +161,26 @@ func lane2MatchesRelay(t *testing.T, f *laneFixture, protocol string) {
 			if !strings.Contains(gotL, ":status") && !strings.Contains(gotL, "reset") {
 				t.Errorf("no answer to compare: %s", gotL)
 			}
+			for _, want := range grpcStatusWanted[c.name] {
+				if protocol != config.ProtocolHTTP1 && !strings.Contains(gotL, want) {
+					t.Errorf("the app got\n%s\nwant %s in it", gotL, want)
+				}
+			}
 		})
 	}
 	f.compareCounts(t, lane, relay)
+}
+
+// grpcStatusWanted is what lane2MatchesRelay's gRPC cases must answer
+// (both ways alike is not enough: both could be wrong).
+var grpcStatusWanted = map[string][]string{
+	"grpc call":                     {"grpc-status: \"0\"", "body \"\\x00\\x00\\x00\\x00\\x05hello\"\nend"},
+	"grpc call failed":              {"grpc-status: \"14\""},
+	"grpc call, trailers announced": {"trailer: \"Grpc-Status\"", "grpc-status: \"0\""},
+	"grpc call, trailers only":      {"grpc-status: \"5\""},
+	"grpc call past its deadline":   {"grpc-status: \"4\""},
+	"grpc call cut by its deadline": {"grpc-status: \"4\"", "x-watertight-reason: \"timeout\"", "body \"\\x00\\x00\\x00\\x00\\x05hello\"\nend"},
+	"grpc call refused":             {"grpc-status: \"14\""},
 }
 
 // h2Exchange sends one request on a new h2c connection to addr, its
@@ -346,6 +379,34 @@ func TestLaneNameCase(t *testing.T) {
 			if got := lowerName(in); got != name {
 				t.Errorf("lowerName(%q) = %q, want %q", in, got, name)
 			}
+		}
+	}
+}
+
+// TestAnnounceTrailers: the lane announces an answer's trailers as relay
+// does, and leaves fields that do so already as they are.
+func TestAnnounceTrailers(t *testing.T) {
+	f := func(kv ...string) []hpack.HeaderField {
+		var out []hpack.HeaderField
+		for i := 0; i+1 < len(kv); i += 2 {
+			out = append(out, hpack.HeaderField{Name: kv[i], Value: kv[i+1]})
+		}
+		return out
+	}
+	for _, c := range []struct {
+		in, want []hpack.HeaderField
+		same     bool // the fields as they came, not a copy
+	}{
+		{f("content-type", "application/grpc"), f("content-type", "application/grpc"), true},
+		{f("trailer", "Grpc-Status, Grpc-Message", "x-a", "1"), f("trailer", "Grpc-Status, Grpc-Message", "x-a", "1"), true},
+		{f("trailer", "Grpc-Status", "trailer", "Grpc-Message", "x-a", "1", "trailer", "grpc-status-details-bin"),
+			f("x-a", "1", "trailer", "Grpc-Status, Grpc-Message, Grpc-Status-Details-Bin"), false},
+		{f("trailer", "x-a,x-a , X-B"), f("trailer", "X-A, X-B"), false},
+		{f("trailer", "Content-Length", "x-a", "1"), f("x-a", "1"), false},
+	} {
+		got := announceTrailers(c.in)
+		if !slices.Equal(got, c.want) || (len(got) > 0 && &got[0] == &c.in[0]) != c.same {
+			t.Errorf("announceTrailers(%v) = %v (the same slice: %v), want %v (%v)", c.in, got, len(got) > 0 && &got[0] == &c.in[0], c.want, c.same)
 		}
 	}
 }

@@ -375,6 +375,33 @@ func newLaneFixture(t *testing.T) *laneFixture {
 			w.Header().Set("Content-Type", "text/plain")
 			_, _ = io.WriteString(w, "hop")
 			return
+		case "/grpc.Test/Echo", "/grpc.Test/Fail", "/grpc.Test/Late":
+			// A gRPC answer: the message, then its status in the trailers.
+			w.Header().Set("Content-Type", "application/grpc")
+			_, _ = w.Write(body)
+			code := map[string]string{"/grpc.Test/Echo": "0", "/grpc.Test/Fail": "14"}[r.URL.Path]
+			if r.URL.Path == "/grpc.Test/Late" {
+				// The message now, the status never: the caller's deadline
+				// cuts the answer after it began.
+				w.(http.Flusher).Flush()
+				<-r.Context().Done()
+				return
+			}
+			w.Header().Set(http.TrailerPrefix+"Grpc-Status", code)
+			w.Header().Set(http.TrailerPrefix+"Grpc-Message", "as sent")
+			return
+		case "/grpc.Test/Announced":
+			// As gRPC's ServeHTTP answers: its trailers announced.
+			w.Header().Set("Trailer", "Grpc-Status")
+			w.Header().Set("Content-Type", "application/grpc")
+			_, _ = w.Write(body)
+			w.Header().Set("Grpc-Status", "0")
+			return
+		case "/grpc.Test/NotFound":
+			// Trailers-only: the status in the answer's head.
+			w.Header().Set("Content-Type", "application/grpc")
+			w.Header().Set("Grpc-Status", "5")
+			return
 		case "/status-600":
 			w.Header().Set("Content-Type", "text/plain")
 			w.WriteHeader(599)

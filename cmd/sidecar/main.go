@@ -159,7 +159,7 @@ func runProxy(args []string, stderr io.Writer) error {
 	serve1 := fs.String("downstream-http1", proxy.DefaultDownstreamHTTP1, "HTTP/1.1 server on the app side: "+proxy.HTTP1Watertight+" (a loop written for the sidecar, handing the rest to net/http) or "+proxy.HTTP1NetHTTP)
 	http2 := fs.String("upstream-http2", proxy.DefaultUpstreamHTTP2, "h2c client for cleartext upstreams: "+proxy.HTTP1Watertight+" (written for the sidecar) or "+proxy.HTTP1NetHTTP+" (which leaves an upstream's http2.maxConcurrentStreams unapplied)")
 	serve2 := fs.String("downstream-http2", proxy.DefaultDownstreamHTTP2, "h2c server on the app side, behind the "+proxy.HTTP1Watertight+" HTTP/1.1 server: "+proxy.HTTP1Watertight+" (written for the sidecar) or "+proxy.HTTP1NetHTTP)
-	lane := fs.String("lane", proxy.LaneOn, "the plainest bodiless HTTP/1.1 and h2c requests served below net/http's types (docs/forwarding-path.md, steps 9 and 10), behind the "+proxy.HTTP1Watertight+" servers: "+proxy.LaneOn+" or "+proxy.LaneOff)
+	lane := fs.String("lane", proxy.LaneOn, "the plainest bodiless HTTP/1.1 and h2c requests, and h2c gRPC calls, served below net/http's types (docs/forwarding-path.md, steps 9, 10 and 14), behind the "+proxy.HTTP1Watertight+" servers: "+proxy.LaneOn+" or "+proxy.LaneOff)
 	lf := addLogFlags(fs, "info")
 	if err := parse(fs, args); err != nil {
 		return err

@@ -11,8 +11,9 @@ import (
 	"github.com/watertight/watertight/proxy/internal/h2wire"
 )
 
-// The lane's half of the client (docs/forwarding-path.md, step 10): a
-// bodiless request sent from its fields, and its answer kept as the fields
+// The lane's half of the client (docs/forwarding-path.md, steps 10 and
+// 14): a request sent from its fields (and a gRPC call's body after them,
+// as RoundTrip sends one), and its answer kept as the fields
 // it came with, with no http.Request to read them from and no header map
 // made for the answer unless the caller asks for an http.Response. The
 // pool, the streams, flow control, the refused-stream retries and the
@@ -28,7 +29,7 @@ type Encoder interface {
 	EncodeLiteral(name, value string)
 }
 
-// RawRequest is a bodiless request given as its fields.
+// RawRequest is a request given as its fields, and its body if it has one.
 type RawRequest struct {
 	Method    string
 	Authority string
@@ -37,6 +38,11 @@ type RawRequest struct {
 	// case, and none of them connection-specific (RFC 9113, 8.2.2). It
 	// may be called more than once: once per connection tried.
 	Fields func(Encoder)
+	// Body, if not nil, is sent as it comes, its length unknown: inline
+	// with the HEADERS while it is Ready (see bodyReady), from a goroutine
+	// of its own after that. It is closed once sent, or when the request
+	// fails or the stream ends first.
+	Body io.ReadCloser
 	// Got1xx, if set, is given each informational answer, on the
 	// connection's reader, its fields valid during the call; an error
 	// cancels the stream.
@@ -50,26 +56,44 @@ type RawAnswer struct{ cs *clientStream }
 
 // RoundTripRaw sends r to addr and returns once its answer's HEADERS have
 // come. A request the upstream refused before processing it goes again on
-// another connection, as RoundTrip's do.
+// another connection, as RoundTrip's do, if none of its body was taken:
+// a request without one, or refused before its stream opened.
 func (t *Transport) RoundTripRaw(ctx context.Context, addr string, r *RawRequest) (RawAnswer, error) {
 	for try := 0; ; try++ {
 		cc, err := t.conn(ctx, addr)
 		if err != nil {
+			closeRaw(r)
 			return RawAnswer{}, err
 		}
 		a, err := cc.roundTripRaw(ctx, r)
 		var ref refusedError
 		if err != nil && errors.As(err, &ref) && try < maxRetries && ctx.Err() == nil {
-			continue // no body: it can always go again
+			continue
+		}
+		if err != nil {
+			closeRaw(r) // a RoundTripper closes the body it was given
 		}
 		return a, err
+	}
+}
+
+func closeRaw(r *RawRequest) {
+	if r.Body != nil {
+		_ = r.Body.Close()
 	}
 }
 
 func (cc *clientConn) roundTripRaw(ctx context.Context, r *RawRequest) (RawAnswer, error) {
 	cs := cc.newStream(r.Method == http.MethodHead)
 	cs.raw, cs.got1xx = true, r.Got1xx
-	err := cc.send(ctx, cs, true, false, func() error {
+	hasBody := r.Body != nil
+	if hasBody {
+		cs.reqBody = r.Body
+	}
+	// As roundTrip: a body that has come goes with its HEADERS, on this
+	// goroutine.
+	inline := hasBody && bodyReady(r.Body)
+	err := cc.send(ctx, cs, !hasBody, inline, func() error {
 		w := cc.w
 		w.StartBlock()
 		w.Encode(":authority", r.Authority)
@@ -80,14 +104,21 @@ func (cc *clientConn) roundTripRaw(ctx context.Context, r *RawRequest) (RawAnswe
 		return nil
 	})
 	if err != nil {
-		return RawAnswer{}, err
+		return RawAnswer{}, err // refused before the stream opened: the body is untouched
 	}
-	cc.mu.Lock()
-	cs.sentAll()
-	cc.mu.Unlock()
+	switch {
+	case inline:
+		cs.writeBody(-1, 0, true)
+	case hasBody:
+		go cs.writeBody(-1, 0, false)
+	default:
+		cc.mu.Lock()
+		cs.sentAll()
+		cc.mu.Unlock()
+	}
 	<-cs.resc
 	if !cs.answered {
-		if cs.refused {
+		if cs.refused && !hasBody {
 			return RawAnswer{}, refusedError{cs.err}
 		}
 		return RawAnswer{}, cs.err

@@ -232,3 +232,87 @@ func TestRoundTripRawClose(t *testing.T) {
 		t.Errorf("body %q over %d connections, want next over 1", b, s.accepted.Load())
 	}
 }
+
+// TestRoundTripRawBody: a raw request's body reaches the upstream whole,
+// its length unknown (no Content-Length), when it had come with the
+// request (sent with its HEADERS) and when it comes later (from a
+// goroutine, while the caller waits for the answer); it is closed once
+// sent.
+func TestRoundTripRawBody(t *testing.T) {
+	s := newH2Server(t, func(w http.ResponseWriter, r *http.Request) {
+		b, err := io.ReadAll(r.Body)
+		_, _ = fmt.Fprintf(w, "%s %q %v length %d %q", r.Method, b, err, r.ContentLength, r.Header["Content-Length"])
+	})
+	tr, _ := newTransport(t)
+	post := func(body io.ReadCloser) *h2conn.RawRequest {
+		r := rawGet("/echo", "content-type", "application/grpc")
+		r.Method, r.Body = http.MethodPost, body
+		return r
+	}
+	pr, pw := io.Pipe()
+	go func() {
+		_, _ = io.WriteString(pw, "late ")
+		_, _ = io.WriteString(pw, "message")
+		_ = pw.Close()
+	}()
+	for name, c := range map[string]struct {
+		body io.Reader
+		want string
+	}{
+		"come":  {&readyBody{here: [][]byte{[]byte("mess"), []byte("age")}}, `POST "message" <nil> length -1 []`},
+		"later": {pr, `POST "late message" <nil> length -1 []`},
+	} {
+		closed := &closeRecorder{Reader: c.body, closed: make(chan struct{})}
+		a, err := tr.RoundTripRaw(rawCtx(t), s.addr, post(closed))
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		body := a.Body()
+		b, _ := io.ReadAll(body)
+		_ = body.Close()
+		if string(b) != c.want {
+			t.Errorf("%s: the upstream saw %s, want %s", name, b, c.want)
+		}
+		recv(t, closed.closed, name+": the body to be closed")
+	}
+}
+
+// TestRoundTripRawBodyNotSentTwice: a request whose body the upstream
+// may have taken some of is not sent again when it refuses the stream
+// (there is no second copy of the body); the caller gets the refusal, and
+// the body is closed.
+func TestRoundTripRawBodyNotSentTwice(t *testing.T) {
+	var headers atomic.Int64
+	s := newRawServer(t, func(_ int64, c *rawConn) {
+		h := c.firstRequest(t)
+		if h == nil {
+			return
+		}
+		headers.Add(1)
+		if _, err := c.body(h.StreamID); err != nil {
+			t.Errorf("reading the body: %v", err)
+		}
+		_ = c.fr.WriteRSTStream(h.StreamID, http2.ErrCodeRefusedStream)
+		for { // a request sent again is counted, and answered
+			f, err := c.next()
+			if err != nil {
+				return
+			}
+			if h, ok := f.(*http2.MetaHeadersFrame); ok {
+				headers.Add(1)
+				_ = c.answer(h.StreamID, "again")
+			}
+		}
+	})
+	tr, _ := newTransport(t)
+	r := rawGet("/r")
+	closed := &closeRecorder{Reader: &readyBody{here: [][]byte{[]byte("message")}}, closed: make(chan struct{})}
+	r.Method, r.Body = http.MethodPost, closed
+	if _, err := tr.RoundTripRaw(rawCtx(t), strings.TrimPrefix(s.url, "http://"), r); err == nil {
+		t.Fatal("a refused stream answered")
+	}
+	recv(t, closed.closed, "the body to be closed")
+	if n := headers.Load(); n != 1 {
+		t.Errorf("the upstream got %d HEADERS, want 1", n)
+	}
+}

@@ -26,8 +26,11 @@ type clientStream struct {
 	trace *httptrace.ClientTrace
 	head  bool
 	resc  chan struct{} // closed once res or err is set
-	// reqBodyClosed: req.Body is closed once, when it is sent or the
-	// stream ends first (a body writer blocked reading it must let go).
+	// reqBody is the request's body (nil for none), reqTrailer its
+	// trailers. reqBodyClosed: reqBody is closed once, when it is sent or
+	// the stream ends first (a body writer blocked reading it must let go).
+	reqBody       io.ReadCloser
+	reqTrailer    http.Header
 	reqBodyClosed atomic.Bool
 	res           *http.Response
 	body          responseBody
@@ -76,6 +79,7 @@ func (cc *clientConn) roundTrip(req *http.Request) (*http.Response, error) {
 	hasBody := req.Body != nil && req.Body != http.NoBody
 	contentLength := int64(0)
 	if hasBody {
+		cs.reqBody, cs.reqTrailer = req.Body, req.Trailer
 		contentLength = req.ContentLength
 		if contentLength == 0 {
 			contentLength = -1 // unknown, as net/http reads it
@@ -250,7 +254,7 @@ func (cs *clientStream) abandonSending() {
 	}
 	cs.sendDone = true
 	cs.cc.window.Broadcast() // a body writer waiting for window
-	if cs.req != nil && cs.req.Body != nil && cs.req.Body != http.NoBody {
+	if cs.reqBody != nil {
 		// Its writer may be blocked reading it: closing is how it lets
 		// go (as net/http's Transport does), and a RoundTripper closes
 		// the body in any case. Not under mu: Close is the caller's code.
@@ -260,7 +264,7 @@ func (cs *clientStream) abandonSending() {
 
 func (cs *clientStream) closeReqBody() {
 	if cs.reqBodyClosed.CompareAndSwap(false, true) {
-		_ = cs.req.Body.Close()
+		_ = cs.reqBody.Close()
 	}
 }
 
@@ -281,7 +285,7 @@ func (cs *clientStream) complete() {
 // then it flushes what was held and goes on on a goroutine of its own, so
 // that the caller may read the answer while a longer body is sent.
 func (cs *clientStream) writeBody(contentLength, sent int64, inline bool) {
-	cc, req := cs.cc, cs.req
+	cc, body := cs.cc, cs.reqBody
 	bp := chunks.Get().(*[]byte)
 	buf := *bp
 	goesOn := false
@@ -295,19 +299,19 @@ func (cs *clientStream) writeBody(contentLength, sent int64, inline bool) {
 		}
 	}()
 	for {
-		if inline && (sent >= bodyChunk || !bodyReady(req.Body)) {
+		if inline && (sent >= bodyChunk || !bodyReady(body)) {
 			cs.flushHeld() // before the body, or the rest of it, may wait
 			goesOn = true
 			go cs.writeBody(contentLength, sent, false)
 			return
 		}
-		n, rerr := req.Body.Read(buf)
-		for rerr == nil && n < len(buf) && bodyReady(req.Body) {
+		n, rerr := body.Read(buf)
+		for rerr == nil && n < len(buf) && bodyReady(body) {
 			// What else has come goes in the same frame, and so does the
 			// end, when it has come too: END_STREAM on the last DATA frame,
 			// not on an empty one after it.
 			var m int
-			m, rerr = req.Body.Read(buf[n:])
+			m, rerr = body.Read(buf[n:])
 			n += m
 		}
 		if rerr != nil && rerr != io.EOF {
@@ -320,7 +324,7 @@ func (cs *clientStream) writeBody(contentLength, sent int64, inline bool) {
 			cs.cancel(fmt.Errorf("h2conn: ContentLength=%d with Body length %d", contentLength, sent))
 			return
 		}
-		trailers := eof && hasTrailers(req.Trailer)
+		trailers := eof && hasTrailers(cs.reqTrailer)
 		if !cs.writeData(buf[:n], eof && !trailers) {
 			return // the stream ended meanwhile
 		}
@@ -328,7 +332,7 @@ func (cs *clientStream) writeBody(contentLength, sent int64, inline bool) {
 			if trailers {
 				cc.lockWrite()
 				cc.w.StartBlock()
-				for k, vv := range req.Trailer {
+				for k, vv := range cs.reqTrailer {
 					name := cc.w.Names.Lower(http.CanonicalHeaderKey(k))
 					for _, v := range vv {
 						cc.w.Encode(name, v)

@@ -15,8 +15,8 @@ import (
 
 // Lane serves plain requests from their decoded fields, below net/http's
 // types: no http.Request, header map or URL is made for them
-// (docs/forwarding-path.md, step 10). The worker offers it every request
-// whose HEADERS frame ended the stream and whose fields are plain (take);
+// (docs/forwarding-path.md, steps 10 and 14). The worker offers it every
+// request whose fields are plain (take), with its body if it has one;
 // what it declines, the Handler serves as before.
 type Lane interface {
 	// ServeLane serves x, and reports false, having done nothing with it,
@@ -71,6 +71,16 @@ func (x *Exchange) Path() string { return x.path }
 // Expect, and at most one Cookie; a TE says trailers.
 func (x *Exchange) Fields() []hpack.HeaderField { return x.fields }
 
+// Body is the request's body, nil when its HEADERS ended the stream. Its
+// length is unknown (a plain request has no Content-Length); it can tell
+// whether a Read would wait (Ready), and ends with io.EOF.
+func (x *Exchange) Body() io.Reader {
+	if x.st.body == nil {
+		return nil
+	}
+	return x.st.body
+}
+
 // Context is the request's: it ends when the stream does, and carries the
 // connection's values (ConnContext).
 func (x *Exchange) Context() context.Context { return &x.st.ctx }
@@ -92,7 +102,7 @@ func (x *Exchange) Materialize() (http.ResponseWriter, *http.Request) {
 			{Name: ":authority", Value: x.authority}, {Name: ":path", Value: x.path},
 		}
 		var names h2wire.Names // the reader's cache is the reader's
-		if err := buildRequest(st, &names, pseudo[:], x.fields, true); err != nil {
+		if err := buildRequest(st, &names, pseudo[:], x.fields, st.body == nil); err != nil {
 			panic("h2serve: a lane's request that buildRequest refuses: " + err.Error()) // take took only what it takes
 		}
 		st.bindRequest()
@@ -153,18 +163,42 @@ func (x *Exchange) AnswerHead(status int, fields []hpack.HeaderField, length int
 
 // AnswerBody sends the answer's body, read from body to its end, as the
 // writer sends what a Handler writes (held while it fits, its HEADERS
-// with it). An error cuts the answer: the stream is reset, as when a
-// Handler aborts, so that the client cannot take it for whole.
+// with it). An answer of unknown length keeps it so, and what was written
+// goes out before a read that would wait (one whose body cannot tell if
+// it would: after every write): a proxy's answer leaves as its upstream's
+// came, and a gRPC answer that came whole in one write. An error cuts the
+// answer: the stream is reset, as when a Handler aborts, so that the
+// client cannot take it for whole.
 func (x *Exchange) AnswerBody(body io.Reader) error {
+	w := &x.st.rw
+	r, _ := body.(interface{ Ready() bool })
+	flushes := w.declLen < 0
+	waits := func() bool { return flushes && (r == nil || !r.Ready()) }
+	if flushes {
+		w.noLength = true
+		if waits() {
+			// The head goes out now, before the body has anything to say.
+			if err := w.FlushError(); err != nil {
+				x.cut = true
+				return err
+			}
+		}
+	}
 	bp := copyBuffers.Get().(*[]byte)
 	defer copyBuffers.Put(bp)
 	buf := *bp
 	for {
 		n, rerr := body.Read(buf)
 		if n > 0 {
-			if _, err := x.st.rw.Write(buf[:n]); err != nil {
+			if _, err := w.Write(buf[:n]); err != nil {
 				x.cut = true
 				return err
+			}
+			if waits() {
+				if err := w.FlushError(); err != nil {
+					x.cut = true
+					return err
+				}
 			}
 		}
 		if rerr == io.EOF {
@@ -183,9 +217,9 @@ func (x *Exchange) AnswerTrailers(fields []hpack.HeaderField) { x.st.rw.rawTrail
 
 var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
-// take says whether f (a HEADERS frame that ended its stream) is one for
-// the lane, and keeps its fields in x if so: a request buildRequest takes
-// as it comes, with the fields Fields promises.
+// take says whether f (a request's HEADERS frame) is one for the lane,
+// and keeps its fields in x if so: a request buildRequest takes as it
+// comes, with the fields Fields promises.
 func (x *Exchange) take(f *http2.MetaHeadersFrame) bool {
 	pseudo, regular := h2wire.Split(f.Fields)
 	method, scheme, authority, path, ok := pseudoValues(pseudo)

@@ -51,9 +51,9 @@ func TestLaneOffers(t *testing.T) {
 	var offered []string
 	var handled string
 	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.Copy(io.Discard, r.Body)
+		b, _ := io.ReadAll(r.Body)
 		mu.Lock()
-		handled = dumpRequest(r)
+		handled = dumpRequest(r) + "body " + string(b)
 		mu.Unlock()
 		io.WriteString(w, "handled")
 	})
@@ -89,7 +89,8 @@ func TestLaneOffers(t *testing.T) {
 		{"post without a body", req("POST", "/"), false, "POST h2serve.test / [] conn"},
 		{"many fields", req("GET", "/", strings.Split(strings.Repeat("x-f,v,", 20), ",")[:40]...), false,
 			"GET h2serve.test / [" + strings.TrimSpace(strings.Repeat("x-f=v ", 20)) + "] conn"},
-		{"a body", req("POST", "/"), true, ""},
+		{"a body", req("POST", "/", "content-type", "application/grpc"), true, "POST h2serve.test / [content-type=application/grpc] conn"},
+		{"a body and its length", req("POST", "/", "content-length", "4"), true, ""},
 		{"a length", req("GET", "/", "content-length", "0"), false, ""},
 		{"a host field", req("GET", "/", "host", "h2serve.test"), false, ""},
 		{"cookie crumbs", req("GET", "/", "cookie", "a=1", "cookie", "b=2"), false, ""},
@@ -269,3 +270,98 @@ func withConnValue(ctx context.Context, _ net.Conn) context.Context {
 type errReader struct{}
 
 func (errReader) Read([]byte) (int, error) { return 0, errors.New("upstream went away") }
+
+// gatedReader yields first, then waits for the gate (not Ready meanwhile)
+// and yields rest: an upstream's answer whose second part is still to come.
+type gatedReader struct {
+	first, rest string
+	gate        chan struct{}
+	state       int
+}
+
+func (g *gatedReader) Ready() bool {
+	if g.state != 1 {
+		return true
+	}
+	select {
+	case <-g.gate:
+		return true
+	default:
+		return false
+	}
+}
+
+func (g *gatedReader) Read(p []byte) (int, error) {
+	switch g.state {
+	case 0:
+		g.state = 1
+		return copy(p, g.first), nil
+	case 1:
+		<-g.gate
+		g.state = 2
+		return copy(p, g.rest), nil
+	}
+	return 0, io.EOF
+}
+
+// TestLaneBodyAndAnswerOfUnknownLength: the lane gets a request's body
+// (a gRPC call's message); an answer of unknown length keeps it unknown,
+// and what the lane wrote leaves before a read that would wait, not
+// before (an answer that has come whole leaves in one DATA frame), its
+// trailers at the end.
+func TestLaneBodyAndAnswerOfUnknownLength(t *testing.T) {
+	gates := map[string]chan struct{}{"/whole": make(chan struct{}), "/waits": make(chan struct{})}
+	close(gates["/whole"])
+	bodies := make(chan string, 2)
+	s := serve(t, http.NotFoundHandler(), func(s *h2serve.Server) {
+		s.Lane = laneFunc(func(x *h2serve.Exchange) bool {
+			b, err := io.ReadAll(x.Body())
+			bodies <- fmt.Sprintf("%q %v", b, err)
+			if err := x.AnswerHead(200, []hpack.HeaderField{{Name: "content-type", Value: "application/grpc"}}, -1); err != nil {
+				t.Error(err)
+			}
+			if err := x.AnswerBody(&gatedReader{first: "one", rest: "two", gate: gates[x.Path()]}); err != nil {
+				t.Error(err)
+			}
+			x.AnswerTrailers([]hpack.HeaderField{{Name: "grpc-status", Value: "0"}})
+			return true
+		})
+	})
+	for _, path := range []string{"/whole", "/waits"} {
+		rc := dialRaw(t, s.addr)
+		rc.request(1, "POST", path, false, "content-type", "application/grpc")
+		rc.data(1, true, []byte("ping"))
+		if got := recv(t, bodies, "the body the lane read"); got != `"ping" <nil>` {
+			t.Errorf("%s: the lane read %s, want \"ping\" <nil>", path, got)
+		}
+		var frames []string
+		for done := false; !done; {
+			switch f := rc.nextSignificant().(type) {
+			case *http2.MetaHeadersFrame:
+				var fields []string
+				for _, hf := range f.Fields {
+					if hf.Name != "date" {
+						fields = append(fields, hf.Name+"="+hf.Value)
+					}
+				}
+				frames = append(frames, fmt.Sprintf("HEADERS %v", fields))
+				done = f.StreamEnded()
+			case *http2.DataFrame:
+				frames = append(frames, fmt.Sprintf("DATA %q", f.Data()))
+				if path == "/waits" && string(f.Data()) == "one" {
+					close(gates[path]) // what came went out before the wait
+				}
+				done = f.StreamEnded()
+			default:
+				t.Fatalf("%s: got %s", path, describe(f))
+			}
+		}
+		want := map[string][]string{
+			"/whole": {`HEADERS [:status=200 content-type=application/grpc]`, `DATA "onetwo"`, `HEADERS [grpc-status=0]`},
+			"/waits": {`HEADERS [:status=200 content-type=application/grpc]`, `DATA "one"`, `DATA "two"`, `HEADERS [grpc-status=0]`},
+		}[path]
+		if !slices.Equal(frames, want) {
+			t.Errorf("%s: the client got\n%q\nwant\n%q", path, frames, want)
+		}
+	}
+}

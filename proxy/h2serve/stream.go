@@ -104,9 +104,12 @@ func (c *conn) processHeaders(f *http2.MetaHeadersFrame) error {
 	}
 	st := &stream{c: c, id: id, declLen: -1, recv: h2wire.NewInflow(initialStreamWindow)}
 	method := ""
-	if c.s.Lane != nil && f.StreamEnded() && st.x.take(f) {
+	if c.s.Lane != nil && st.x.take(f) {
 		// The request is made on the worker, if the Lane declines it.
 		st.lane, st.x.st, method = true, st, st.x.method
+		if !f.StreamEnded() {
+			st.newBody(false)
+		}
 	} else {
 		pseudo, regular := h2wire.Split(f.Fields)
 		if err := buildRequest(st, &c.names, pseudo, regular, f.StreamEnded()); err != nil {
@@ -367,9 +370,9 @@ func buildRequest(st *stream, names *h2wire.Names, pseudo, regular []hpack.Heade
 		r.Body = http.NoBody
 		r.ContentLength = 0
 	} else {
-		st.body = &body{st: st}
-		st.body.ready.L = &c.mu
-		st.body.needsContinue = h.Get("Expect") == "100-continue"
+		if st.body == nil { // a lane's request has had its body since its HEADERS
+			st.newBody(h.Get("Expect") == "100-continue")
+		}
 		r.Body = st.body
 		r.ContentLength = st.declLen
 	}
@@ -480,6 +483,12 @@ func (c *conn) handlerDone(st *stream) {
 	if closeNow {
 		c.closeConn()
 	}
+}
+
+// newBody gives st the body its DATA frames will fill.
+func (st *stream) newBody(needsContinue bool) {
+	st.body = &body{st: st, needsContinue: needsContinue}
+	st.body.ready.L = &st.c.mu
 }
 
 // errEOF ends a request body that ended cleanly.
