@@ -150,6 +150,7 @@ SCENARIOS=(
 	"h2c-rate2000|rate|h2c at 2000 req/s (fortio -h2 -qps 2000 -uniform -c $CONNS)"
 	"h2c-mux-max|max|h2c multiplexed, max throughput (h2load -c $MUX_CONNS -m $MUX_STREAMS)"
 	"grpc-max|max|gRPC unary calls, max throughput (fortio -grpc -qps 0 -c $CONNS)"
+	"grpc-rate500|rate|gRPC unary calls at 500/s (fortio -grpc -qps 500 -uniform -c $CONNS)"
 	"grpc-rate2000|rate|gRPC unary calls at 2000/s (fortio -grpc -qps 2000 -uniform -c $CONNS)"
 )
 

@@ -26,6 +26,11 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
 	"github.com/watertight/watertight/config"
 	"github.com/watertight/watertight/metrics"
 )
@@ -198,5 +203,70 @@ func benchRequests(b *testing.B, addr string, h2c bool) {
 	b.ReportAllocs()
 	for b.Loop() {
 		get()
+	}
+}
+
+// BenchmarkProxyGRPC is a unary gRPC call (gRPC's health check, gRPC-Go's
+// client and server) through the sidecar: the lane's since step 14, relay's
+// with -lane=off.
+func BenchmarkProxyGRPC(b *testing.B) {
+	benchGRPC(b, startBenchWatertight(b, startBenchGRPCUpstream(b)))
+}
+
+// BenchmarkDirectGRPC is the same call without a proxy: what the client and
+// the server cost, for subtracting.
+func BenchmarkDirectGRPC(b *testing.B) {
+	benchGRPC(b, startBenchGRPCUpstream(b))
+}
+
+func BenchmarkBareReverseProxyGRPC(b *testing.B) {
+	benchGRPC(b, startBenchBareProxy(b, startBenchGRPCUpstream(b)))
+}
+
+// startBenchGRPCUpstream is a gRPC server with the health service.
+func startBenchGRPCUpstream(b *testing.B) string {
+	b.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	healthpb.RegisterHealthServer(gs, health.NewServer())
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		_ = gs.Serve(ln)
+	}()
+	b.Cleanup(func() {
+		gs.Stop()
+		<-served
+	})
+	return ln.Addr().String()
+}
+
+// benchGRPC makes b.N health checks to addr one after another on one
+// connection.
+func benchGRPC(b *testing.B, addr string) {
+	b.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = conn.Close() })
+	client := healthpb.NewHealthClient(conn)
+	ctx := b.Context()
+	check := func() {
+		res, err := client.Check(ctx, &healthpb.HealthCheckRequest{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if res.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+			b.Fatalf("status %v", res.GetStatus())
+		}
+	}
+	check() // the connections up before the clock starts
+	b.ReportAllocs()
+	for b.Loop() {
+		check()
 	}
 }
