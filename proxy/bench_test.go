@@ -226,22 +226,9 @@ func BenchmarkBareReverseProxyGRPC(b *testing.B) {
 // startBenchGRPCUpstream is a gRPC server with the health service.
 func startBenchGRPCUpstream(b *testing.B) string {
 	b.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
 	gs := grpc.NewServer()
 	healthpb.RegisterHealthServer(gs, health.NewServer())
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = gs.Serve(ln)
-	}()
-	b.Cleanup(func() {
-		gs.Stop()
-		<-served
-	})
-	return ln.Addr().String()
+	return serveGRPCServer(b, gs)
 }
 
 // benchGRPC makes b.N health checks to addr one after another on one

@@ -130,6 +130,16 @@ func (x *exchange) timeoutTrailers(err error) {
 	x.resp.Trailer.Set(HeaderReason, reasonTimeout.name)
 }
 
+// rawTrailers is what ends the answer the lane took as fields, once its
+// body has: the trailers of its deadline if that cut it, else the
+// upstream's.
+func (x *exchange) rawTrailers() []hpack.HeaderField {
+	if x.lateTrailers != nil {
+		return x.lateTrailers
+	}
+	return x.raw.Trailers()
+}
+
 // headerReasonField is HeaderReason as an HTTP/2 field name.
 var headerReasonField = strings.ToLower(HeaderReason)
 
@@ -189,9 +199,7 @@ func (x *exchange) judge(whole bool) metrics.Result {
 	case x.resp == nil && x.r.grpc:
 		var trailers []hpack.HeaderField
 		if whole {
-			if trailers = x.lateTrailers; trailers == nil {
-				trailers = x.raw.Trailers()
-			}
+			trailers = x.rawTrailers()
 		}
 		return classifyFields(x.status, x.raw.Fields(), trailers, whole, x.r.c.failures)
 	case x.resp == nil:

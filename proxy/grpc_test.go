@@ -179,12 +179,19 @@ func grpcLaneTakes() bool {
 // the address.
 func serveGRPC(t *testing.T, svc testgrpc.TestServiceServer, opts ...grpc.ServerOption) string {
 	t.Helper()
+	gs := grpc.NewServer(opts...)
+	testgrpc.RegisterTestServiceServer(gs, svc)
+	return serveGRPCServer(t, gs)
+}
+
+// serveGRPCServer runs gs on a loopback port until the test or benchmark
+// ends and returns the address.
+func serveGRPCServer(t testing.TB, gs *grpc.Server) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	gs := grpc.NewServer(opts...)
-	testgrpc.RegisterTestServiceServer(gs, svc)
 	served := make(chan struct{})
 	go func() {
 		defer close(served)

@@ -67,17 +67,9 @@ func (c *compartment) lane2(x *h2serve.Exchange) bool {
 	side := h2Side{c: c, x: x}
 	switch t := rt.(type) {
 	case *h2conn.Transport:
-		call := h2Call{h2Side: side, t: t, grpc: q.grpc}
-		if b := x.Body(); b != nil {
-			// As relay's: the upstream client closes the body it was
-			// given, the app's must stay open for the server, and none
-			// of it is read once the lane has returned.
-			call.body = &noopClose{r: b}
-			defer call.body.Close()
-		}
-		runLane(c, call, q.caller, q.callerOK, q.grpc)
+		runLane(c, h2Call{h2Side: side, t: t, grpc: q.grpc}, q.caller, q.callerOK, q.grpc)
 	case *h1conn.Transport:
-		if q.grpc || x.Body() != nil || !plainAuthority(x.Authority()) {
+		if q.grpc || !plainAuthority(x.Authority()) { // a gRPC call alone has a body
 			return false
 		}
 		runLane(c, h21Call{side, t}, q.caller, q.callerOK, false)
@@ -108,7 +100,7 @@ func lane2Request(x *h2serve.Exchange) (q laneRequest2, ok bool) {
 	}
 	tes := 0
 	var timeout, grpcTimeout string
-	typed, timed, grpcTimed := false, false, false
+	typed, timed, grpcTimed := false, false, false // the first of each counts, as Header.Get reads it
 	fields := x.Fields()
 	for i := range fields {
 		hf := &fields[i]
@@ -119,7 +111,7 @@ func lane2Request(x *h2serve.Exchange) (q laneRequest2, ok bool) {
 			}
 		case "proxy-authorization", "proxy-authenticate":
 			return q, false
-		case "content-type": // the first, as isGRPC reads it
+		case "content-type":
 			if !typed {
 				q.grpc, typed = isGRPCType(hf.Value), true
 			}
@@ -133,19 +125,14 @@ func lane2Request(x *h2serve.Exchange) (q laneRequest2, ok bool) {
 			}
 		}
 	}
-	switch {
+	switch hasBody := x.Body() != nil; {
+	case q.grpc && (x.Method() != http.MethodPost || !hasBody):
+		return q, false // not a call: relay answers what gRPC would make of it
 	case q.grpc:
-		if x.Method() != http.MethodPost || x.Body() == nil {
-			return q, false // not a call: relay answers what gRPC would make of it
-		}
-	case x.Body() != nil:
+		q.caller, q.callerOK = parseGRPCTimeout(grpcTimeout)
+	case hasBody:
 		return q, false
-	}
-	if q.grpc {
-		if grpcTimeout != "" {
-			q.caller, q.callerOK = parseGRPCTimeout(grpcTimeout)
-		}
-	} else {
+	default:
 		q.caller, q.callerOK = requestTimeout(timeout)
 	}
 	return q, true
@@ -171,7 +158,6 @@ type h2Call struct {
 	h2Side
 	t    *h2conn.Transport
 	grpc bool
-	body *noopClose // the app's body, nil for none
 }
 
 // send makes one attempt, as attempt does: sent, its answer begun. An
@@ -188,9 +174,12 @@ func (l h2Call) send(r *request, ex *exchange) laneTry {
 		Method: x.Method(), Authority: authority, Path: x.Path(),
 		Fields: func(e h2conn.Encoder) { l.encode(e, dl, hasDeadline) },
 		Got1xx: l.got1xx,
-	}
-	if l.body != nil {
-		req.Body = l.body
+		// The app's body as it is: no wrapper to keep the upstream client
+		// from closing it, as relay's keeps ReverseProxy (noopClose). That
+		// is h2serve's Close, which only stops the body (what comes after
+		// is discarded) and lets a blocked read go; the lane sends it
+		// once, and the stream closes it when the lane returns.
+		Body: l.x.Body(),
 	}
 	ans, err := l.t.RoundTripRaw(ex.ctx, ex.ep.addr, &req)
 	if err != nil {
@@ -247,7 +236,7 @@ func (l h2Call) encode(e h2conn.Encoder, dl time.Time, hasDeadline bool) {
 	case hasDeadline:
 		e.EncodeLiteral("x-request-timeout", requestTimeoutValue(time.Until(dl), &l.c.up.deadline)[0])
 	}
-	if l.body != nil {
+	if l.grpc { // a call, with its body
 		return
 	}
 	switch l.x.Method() {
@@ -272,11 +261,7 @@ func (l h2Call) answer(ex *exchange, try laneTry) {
 	err := l.x.AnswerHead(ex.status, announceTrailers(a.Fields()), a.Length())
 	ex.body = a.Body()
 	if err == nil && l.x.AnswerBody(ex) == nil {
-		t := ex.lateTrailers
-		if t == nil {
-			t = a.Trailers()
-		}
-		if len(t) > 0 {
+		if t := ex.rawTrailers(); len(t) > 0 {
 			l.x.AnswerTrailers(t)
 		}
 	}

@@ -85,15 +85,9 @@ func closeRaw(r *RawRequest) {
 
 func (cc *clientConn) roundTripRaw(ctx context.Context, r *RawRequest) (RawAnswer, error) {
 	cs := cc.newStream(r.Method == http.MethodHead)
-	cs.raw, cs.got1xx = true, r.Got1xx
-	hasBody := r.Body != nil
-	if hasBody {
-		cs.reqBody = r.Body
-	}
-	// As roundTrip: a body that has come goes with its HEADERS, on this
-	// goroutine.
-	inline := hasBody && bodyReady(r.Body)
-	err := cc.send(ctx, cs, !hasBody, inline, func() error {
+	cs.raw, cs.got1xx, cs.reqBody = true, r.Got1xx, r.Body
+	inline := cs.bodyHasCome()
+	err := cc.send(ctx, cs, r.Body == nil, inline, func() error {
 		w := cc.w
 		w.StartBlock()
 		w.Encode(":authority", r.Authority)
@@ -106,19 +100,10 @@ func (cc *clientConn) roundTripRaw(ctx context.Context, r *RawRequest) (RawAnswe
 	if err != nil {
 		return RawAnswer{}, err // refused before the stream opened: the body is untouched
 	}
-	switch {
-	case inline:
-		cs.writeBody(-1, 0, true)
-	case hasBody:
-		go cs.writeBody(-1, 0, false)
-	default:
-		cc.mu.Lock()
-		cs.sentAll()
-		cc.mu.Unlock()
-	}
+	cs.sendBody(-1, inline)
 	<-cs.resc
 	if !cs.answered {
-		if cs.refused && !hasBody {
+		if cs.refused && r.Body == nil {
 			return RawAnswer{}, refusedError{cs.err}
 		}
 		return RawAnswer{}, cs.err

@@ -85,10 +85,7 @@ func (cc *clientConn) roundTrip(req *http.Request) (*http.Response, error) {
 			contentLength = -1 // unknown, as net/http reads it
 		}
 	}
-	// A body that has come, some of it (a unary gRPC call's message), is
-	// written on this goroutine with the HEADERS held back for it: one
-	// write, and no goroutine for the body (see writeBody).
-	inline := hasBody && bodyReady(req.Body)
+	inline := cs.bodyHasCome()
 	err := cc.send(req.Context(), cs, !hasBody, inline, func() error { return cc.encodeRequest(req, contentLength) })
 	if err != nil {
 		if _, refused := err.(refusedError); !refused {
@@ -99,15 +96,7 @@ func (cc *clientConn) roundTrip(req *http.Request) (*http.Response, error) {
 	if cs.trace != nil && cs.trace.WroteHeaders != nil {
 		cs.trace.WroteHeaders()
 	}
-	if inline {
-		cs.writeBody(contentLength, 0, true)
-	} else if hasBody {
-		go cs.writeBody(contentLength, 0, false)
-	} else {
-		cc.mu.Lock()
-		cs.sentAll()
-		cc.mu.Unlock()
-	}
+	cs.sendBody(contentLength, inline)
 	<-cs.resc
 	if cs.res == nil {
 		if cs.refused {
@@ -116,6 +105,29 @@ func (cc *clientConn) roundTrip(req *http.Request) (*http.Response, error) {
 		return nil, cs.err
 	}
 	return cs.res, nil
+}
+
+// bodyHasCome: the request has a body, some of which has come (a unary
+// gRPC call's message). It is written on the caller's goroutine with the
+// HEADERS held back for it: one write, and no goroutine for the body (see
+// writeBody).
+func (cs *clientStream) bodyHasCome() bool {
+	return cs.reqBody != nil && bodyReady(cs.reqBody)
+}
+
+// sendBody sends the request's body once send has written its HEADERS
+// (held back if inline), or marks a bodiless request sent.
+func (cs *clientStream) sendBody(contentLength int64, inline bool) {
+	switch {
+	case inline:
+		cs.writeBody(contentLength, 0, true)
+	case cs.reqBody != nil:
+		go cs.writeBody(contentLength, 0, false)
+	default:
+		cs.cc.mu.Lock()
+		cs.sentAll()
+		cs.cc.mu.Unlock()
+	}
 }
 
 // newStream makes the stream of a request about to be sent on cc.

@@ -73,8 +73,10 @@ func (x *Exchange) Fields() []hpack.HeaderField { return x.fields }
 
 // Body is the request's body, nil when its HEADERS ended the stream. Its
 // length is unknown (a plain request has no Content-Length); it can tell
-// whether a Read would wait (Ready), and ends with io.EOF.
-func (x *Exchange) Body() io.Reader {
+// whether a Read would wait (Ready), and ends with io.EOF. Closing it stops
+// it: what the client sends after is discarded, and a Read waiting for it
+// returns. It is closed when the Lane returns.
+func (x *Exchange) Body() io.ReadCloser {
 	if x.st.body == nil {
 		return nil
 	}
@@ -169,19 +171,23 @@ func (x *Exchange) AnswerHead(status int, fields []hpack.HeaderField, length int
 // came, and a gRPC answer that came whole in one write. An error cuts the
 // answer: the stream is reset, as when a Handler aborts, so that the
 // client cannot take it for whole.
-func (x *Exchange) AnswerBody(body io.Reader) error {
+func (x *Exchange) AnswerBody(body io.Reader) (err error) {
+	defer func() {
+		if err != nil {
+			x.cut = true
+		}
+	}()
 	w := &x.st.rw
 	r, _ := body.(interface{ Ready() bool })
 	flushes := w.declLen < 0
 	waits := func() bool { return flushes && (r == nil || !r.Ready()) }
 	if flushes {
 		w.noLength = true
-		if waits() {
-			// The head goes out now, before the body has anything to say.
-			if err := w.FlushError(); err != nil {
-				x.cut = true
-				return err
-			}
+	}
+	if waits() {
+		// The head goes out now, before the body has anything to say.
+		if err := w.FlushError(); err != nil {
+			return err
 		}
 	}
 	bp := copyBuffers.Get().(*[]byte)
@@ -191,12 +197,10 @@ func (x *Exchange) AnswerBody(body io.Reader) error {
 		n, rerr := body.Read(buf)
 		if n > 0 {
 			if _, err := w.Write(buf[:n]); err != nil {
-				x.cut = true
 				return err
 			}
 			if waits() {
 				if err := w.FlushError(); err != nil {
-					x.cut = true
 					return err
 				}
 			}
@@ -205,7 +209,6 @@ func (x *Exchange) AnswerBody(body io.Reader) error {
 			return nil
 		}
 		if rerr != nil {
-			x.cut = true
 			return rerr
 		}
 	}
