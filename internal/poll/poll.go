@@ -6,8 +6,10 @@ package poll
 import (
 	"bytes"
 	"runtime"
+	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 )
 
 // interval is how often the condition is asked: short next to what the
@@ -49,4 +51,24 @@ func InIOWait(frames ...string) int {
 		}
 	}
 	return n
+}
+
+// Queued is how many bytes wait in the receive queue of c, a connected
+// socket (FIONREAD, which is SIOCINQ on a socket): how a test knows that
+// bytes are there before a read begins, rather than trusting loopback to
+// have delivered them by the time a write returns.
+func Queued(t testing.TB, c syscall.Conn) int {
+	t.Helper()
+	raw, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int32
+	var errno syscall.Errno
+	if err := raw.Control(func(fd uintptr) {
+		_, _, errno = syscall.Syscall(syscall.SYS_IOCTL, fd, syscall.TIOCINQ, uintptr(unsafe.Pointer(&n)))
+	}); err != nil || errno != 0 {
+		t.Fatalf("asking the socket's receive queue (FIONREAD): %v %v", err, errno)
+	}
+	return int(n)
 }

@@ -33,7 +33,25 @@ type conn struct {
 	limit   int64 // bytes the next reads may still take (the head limit)
 	written int64 // bytes written for the current request
 	whole   bool  // the next write carries the whole request (flush)
+
+	// How a whole request's answer is awaited (flush).
+	early  uint8 // credit for answers that were there as the write returned: read first while > 0
+	writes uint8 // whole requests written while early is 0, to sample every sampleEvery-th
+	sample bool  // the next Read tells whether this request's answer was early
 }
+
+// An early answer adds earlyCredit (up to maxEarly), a late one takes one
+// away: the connection reads first while more than a third of its answers
+// are early. The costs are uneven: reading first when the answer is late
+// costs a read that finds nothing, waiting when it is early costs a park
+// and a poll on the request's path. While answers come late, one whole
+// request in sampleEvery is still read first, to notice when they come
+// early again.
+const (
+	earlyCredit = 2
+	maxEarly    = 8
+	sampleEvery = 16
+)
 
 func (t *Transport) dial(ctx context.Context, addr string) (*conn, error) {
 	nc, err := t.DialContext(ctx, "tcp", addr)
@@ -56,6 +74,14 @@ func (c *conn) Read(p []byte) (int, error) {
 	}
 	n, err := c.r.Read(p)
 	c.limit -= int64(n)
+	if c.sample {
+		c.sample = false
+		if r, ok := c.r.(*rawio.Reader); ok && !r.Waited() {
+			c.early = min(c.early+earlyCredit, maxEarly)
+		} else if c.early > 0 {
+			c.early--
+		}
+	}
 	return n, err
 }
 
@@ -64,9 +90,13 @@ func (c *conn) Write(p []byte) (int, error) {
 	var err error
 	r, rok := c.r.(*rawio.Reader)
 	w, wok := c.w.(*rawio.Writer)
-	if c.whole && rok && wok {
+	switch {
+	case c.whole && rok && wok && !c.readFirst():
 		n, err = r.WriteThenWait(w, p)
-	} else {
+	case c.whole && rok && wok:
+		n, err = w.Write(p)
+		c.sample = err == nil
+	default:
 		n, err = c.w.Write(p)
 	}
 	c.written += int64(n)
@@ -74,15 +104,34 @@ func (c *conn) Write(p []byte) (int, error) {
 }
 
 // flush sends what the request left in the buffer. When that is the whole
-// request, nothing can have answered it yet, so the write waits for the
-// answer in the poller instead of the read that would find nothing
+// request, nothing can have answered it yet, so the write may wait for the
+// answer in the poller instead of a read that would find nothing
 // (rawio.Reader.WriteThenWait): one system call less per exchange. The
 // upstream sent nothing before it: get probed the connection.
+//
+// But an upstream on the same host often answers while the write is still
+// in the kernel: the write wakes it, it takes the CPU, and its answer is in
+// the socket when the write returns. Then the wait costs more than the read
+// it saves: the goroutine parks, and the scheduler must poll to find it
+// ready again, a few µs later, on every request (at 2,000 req/s this was a
+// third of the sidecar's added p50, docs/forwarding-path.md, step 15). So
+// the connection reads first while its answers are early, and waits while
+// they are late (earlyCredit).
 func (c *conn) flush() error {
 	c.whole = c.written == 0
 	err := c.bw.Flush()
 	c.whole = false
 	return err
+}
+
+// readFirst says whether this whole request's answer is read at once after
+// the write rather than awaited in the poller (flush).
+func (c *conn) readFirst() bool {
+	if c.early > 0 {
+		return true
+	}
+	c.writes++
+	return c.writes%sampleEvery == 1
 }
 
 func (c *conn) close() { _ = c.nc.Close() }

@@ -1069,6 +1069,10 @@ func TestConnectionsUseRawIO(t *testing.T) {
 // write (rawio.Reader.WriteThenWait), rather than reading a socket that
 // cannot hold an answer yet; a request that went out in parts (a body
 // past the buffer) reads first, as before, and both get their answers.
+// While the upstream answers late, a whole request waits for its answer in
+// the poller without the read that would find nothing, but for one in
+// sampleEvery, which reads first to learn whether answers come early
+// again; a request written in parts always reads first.
 func TestWholeRequestWaitsForTheAnswerWithoutReading(t *testing.T) {
 	answer := make(chan struct{})
 	srv := newRawServer(t, func(_ int64, c net.Conn, br *bufio.Reader) {
@@ -1084,42 +1088,55 @@ func TestWholeRequestWaitsForTheAnswerWithoutReading(t *testing.T) {
 			_, _ = io.WriteString(c, okResponse)
 		}
 	})
-	tr, _ := newTransport(t)
 	for _, tc := range []struct {
-		name   string
-		body   string
-		waitIn string
+		name string
+		body string
+		// where the i-th request on the connection waits for its answer
+		waitIn func(i int) string
 	}{
-		{"whole", "", "rawio.(*Reader).WriteThenWait("},
-		{"in parts", strings.Repeat("x", 8<<10), "rawio.(*Reader).Read("},
+		{"whole", "", func(i int) string {
+			if i%sampleEvery == 0 {
+				return "rawio.(*Reader).Read("
+			}
+			return "rawio.(*Reader).WriteThenWait("
+		}},
+		{"in parts", strings.Repeat("x", 8<<10), func(int) string { return "rawio.(*Reader).Read(" }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var body io.Reader
-			if tc.body != "" {
-				body = strings.NewReader(tc.body)
-			}
-			req := newRequest(t, t.Context(), http.MethodPost, srv.url, body)
-			type result struct {
-				body string
-				err  error
-			}
-			done := make(chan result, 1)
-			go func() {
-				resp, err := tr.RoundTrip(req)
-				if err != nil {
-					done <- result{"", err}
-					return
+			tr, _ := newTransport(t)
+			before := srv.accepted.Load()
+			for i := range sampleEvery + 2 {
+				var body io.Reader
+				if tc.body != "" {
+					body = strings.NewReader(tc.body)
 				}
-				b, err := io.ReadAll(resp.Body)
-				_ = resp.Body.Close()
-				done <- result{string(b), err}
-			}()
-			poll.Until(t, wait, "the exchange to wait in "+tc.waitIn, func() bool {
-				return poll.InIOWait(tc.waitIn, "h1conn.(*Transport).exchange") == 1
-			})
-			answer <- struct{}{}
-			if r := recv(t, done, "the answer"); r.err != nil || r.body != "ok" {
-				t.Fatalf("answer %q, %v; want ok", r.body, r.err)
+				req := newRequest(t, t.Context(), http.MethodPost, srv.url, body)
+				type result struct {
+					body string
+					err  error
+				}
+				done := make(chan result, 1)
+				go func() {
+					resp, err := tr.RoundTrip(req)
+					if err != nil {
+						done <- result{"", err}
+						return
+					}
+					b, err := io.ReadAll(resp.Body)
+					_ = resp.Body.Close()
+					done <- result{string(b), err}
+				}()
+				waitIn := tc.waitIn(i)
+				poll.Until(t, wait, fmt.Sprintf("request %d to wait in %s", i, waitIn), func() bool {
+					return poll.InIOWait(waitIn, "h1conn.(*Transport).exchange") == 1
+				})
+				answer <- struct{}{}
+				if r := recv(t, done, "the answer"); r.err != nil || r.body != "ok" {
+					t.Fatalf("answer %q, %v; want ok", r.body, r.err)
+				}
+			}
+			if n := srv.accepted.Load() - before; n != 1 {
+				t.Errorf("%d connections, want the requests on one", n)
 			}
 		})
 	}

@@ -91,6 +91,7 @@ type Reader struct {
 	then    *Writer // WriteThenWait's writer, until its callback has written
 	wp      []byte  // what it writes
 	waited  bool    // it wrote them and waited: nothing to read here
+	parked  bool    // the last Read found nothing at first and waited in the poller
 }
 
 // Writer writes one connection. It is not for concurrent use.
@@ -124,12 +125,18 @@ func (r *Reader) Read(p []byte) (int, error) {
 	if len(p) > maxRW {
 		p = p[:maxRW]
 	}
+	r.parked = false
 	n, err := r.do(p, false, "read")
 	if err == nil && n == 0 {
 		return 0, io.EOF
 	}
 	return n, err
 }
+
+// Waited reports whether the last Read found nothing at first and waited
+// for the peer in the poller; false when its first read(2) found bytes
+// (or the end, or an error).
+func (r *Reader) Waited() bool { return r.parked }
 
 // errAgain is what Idle's read found: nothing to take.
 var errAgain = errors.New("nothing to read")
@@ -195,6 +202,7 @@ func (r *Reader) read(fd uintptr) bool {
 				r.err = errAgain
 				return true
 			}
+			r.parked = true
 			return false // the poller waits for readability, then calls again
 		default:
 			r.err = os.NewSyscallError("read", errno)

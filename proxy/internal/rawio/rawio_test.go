@@ -242,6 +242,41 @@ func TestParkedReadWakes(t *testing.T) {
 	}
 }
 
+// Waited tells a read that found its bytes at once from one that waited
+// for them in the poller, and each Read tells its own.
+func TestWaited(t *testing.T) {
+	a, b := pair(t)
+	r := NewReader(b).(*Reader)
+	buf := make([]byte, 8)
+	if _, err := a.Write([]byte("now")); err != nil {
+		t.Fatal(err)
+	}
+	poll.Until(t, 10*time.Second, "the bytes to arrive", func() bool { return poll.Queued(t, b) == 3 })
+	if n, err := r.Read(buf); err != nil || string(buf[:n]) != "now" {
+		t.Fatalf("Read = %q, %v; want now", buf[:n], err)
+	}
+	if r.Waited() {
+		t.Error("a read whose bytes were there says it waited")
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := r.Read(buf)
+		done <- err
+	}()
+	poll.Until(t, 10*time.Second, "the read to wait in the poller", func() bool {
+		return poll.InIOWait("rawio.(*Reader).Read(") == 1
+	})
+	if _, err := a.Write([]byte("later")); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if !r.Waited() {
+		t.Error("a read that waited in the poller says it did not")
+	}
+}
+
 // Idle answers without waiting: true on a quiet connection, false once the
 // peer has sent something or closed it.
 func TestIdle(t *testing.T) {
