@@ -38,6 +38,9 @@
 #                          (bench/gofloor: the least a Go HTTP/1.1 proxy does, bytes only,
 #                           through net/http's wire code, then net/http's server and
 #                           ReverseProxy over the sidecar's client; HTTP/1.1 only; with --targets)
+#       [gofloor-h2c]      (bench/gofloor -mode h2c: the least a Go proxy does for h2c
+#                           clients and an HTTP/1.1 upstream, bytes only, the row nginx's
+#                           h2c port is measured on; h2c rows only; with --targets)
 #     with fortio and h2load over HTTP/1.1 keep-alive and h2c: max throughput,
 #     p50/p90/p99 at 500 and 2000 req/s, CPU seconds per 1000 requests of the
 #     proxy process and its peak RSS; and gRPC unary calls (fortio -grpc, gRPC's
@@ -127,6 +130,7 @@ PORT_GOFLOOR_RAW=$((PORT_BASE + 16))
 PORT_GOFLOOR_STD=$((PORT_BASE + 17))
 PORT_GOFLOOR_SRV=$((PORT_BASE + 18))
 PORT_GOFLOOR_RP=$((PORT_BASE + 19))
+PORT_GOFLOOR_H2C=$((PORT_BASE + 32))
 # Isolation and weights experiments.
 PORT_ISO_UP=$((PORT_BASE + 120))     # +0 +1 +2: upstreams a, b, c
 PORT_ISO_WT=$((PORT_BASE + 130))     # +0..+2 listeners, +3 admin
@@ -582,7 +586,7 @@ start_servers() {
 			--config "$OUT/watertight-$port.yaml" --log-level warn "${flags[@]}"
 	done
 	start revproxy "$PORT_REVPROXY" "$OUT/revproxy" -addr "127.0.0.1:$PORT_REVPROXY" -upstream "127.0.0.1:$PORT_UPSTREAM"
-	for t in gofloor-raw gofloor-std gofloor-srv gofloor-rp; do
+	for t in gofloor-raw gofloor-std gofloor-srv gofloor-rp gofloor-h2c; do
 		has_target "$t" || continue
 		start "$t" "$(target_port "$t")" "$OUT/gofloor" -mode "${t#gofloor-}" \
 			-addr "127.0.0.1:$(target_port "$t")" -upstream "127.0.0.1:$PORT_UPSTREAM"
@@ -626,6 +630,7 @@ target_port() { # TARGET [h1|h2]
 	gofloor-std) echo "$PORT_GOFLOOR_STD" ;;
 	gofloor-srv) echo "$PORT_GOFLOOR_SRV" ;;
 	gofloor-rp) echo "$PORT_GOFLOOR_RP" ;;
+	gofloor-h2c) echo "$PORT_GOFLOOR_H2C" ;;
 	haproxy) echo "$PORT_HAPROXY" ;;
 	caddy) echo "$PORT_CADDY" ;;
 	nginx) if [[ ${2:-h1} == h2 ]]; then echo "$PORT_NGINX_H2C"; else echo "$PORT_NGINX"; fi ;;
@@ -633,12 +638,13 @@ target_port() { # TARGET [h1|h2]
 	esac
 }
 
-# The gofloor targets are measuring tools that speak HTTP/1.1 only.
-h1_only() { [[ $1 == gofloor-* ]]; }
+# The gofloor targets are measuring tools that speak HTTP/1.1 only, but for
+# gofloor-h2c, which speaks h2c only.
+h1_only() { [[ $1 == gofloor-* && $1 != gofloor-h2c ]]; }
 
 # nginx-h2up is nginx's h2c port with an HTTP/2 upstream; over HTTP/1.1 it
 # would measure nginx's own row again.
-h2c_only() { [[ $1 == nginx-h2up ]]; }
+h2c_only() { [[ $1 == nginx-h2up || $1 == gofloor-h2c ]]; }
 
 # The targets that cannot carry a gRPC call: those that pass h2c on as
 # HTTP/1.1 (nginx's proxy_pass, watertight-h1up: no trailers, and the
@@ -669,7 +675,7 @@ sanity_check() {
 		h1_only "$t" && continue
 		url=http://127.0.0.1:$(target_port "$t" h2)/_proto
 		want=HTTP/2.0
-		[[ $t == nginx || $t == watertight-h1up ]] && want=HTTP/1.1
+		[[ $t == nginx || $t == watertight-h1up || $t == gofloor-h2c ]] && want=HTTP/1.1
 		got=$(curl -sS --http2-prior-knowledge ${host:+-H "Host: $host"} "$url")
 		[[ $got == "$want" ]] || die "$t over h2c reached the upstream as '$got' (want $want)"
 		no_grpc "$t" && continue
@@ -677,7 +683,7 @@ sanity_check() {
 		grep -q '"SERVING": 20' "$OUT/grpc-check.json" 2>/dev/null ||
 			die "$t did not carry 20 gRPC health checks to the upstream's gRPC server (fortio's answer: $OUT/grpc-check.json)"
 	done
-	log "sanity check: every target passes HTTP/1.1 as HTTP/1.1 and h2c as h2c (nginx and watertight-h1up: h2c in, HTTP/1.1 out; gofloor: HTTP/1.1 only; nginx-h2up: h2c only), and gRPC calls where it can (all but nginx, watertight-h1up, watertight-proxy and gofloor)"
+	log "sanity check: every target passes HTTP/1.1 as HTTP/1.1 and h2c as h2c (nginx and watertight-h1up: h2c in, HTTP/1.1 out; gofloor: HTTP/1.1 only, but gofloor-h2c: h2c in, HTTP/1.1 out, h2c only; nginx-h2up: h2c only), and gRPC calls where it can (all but nginx, watertight-h1up, watertight-proxy and gofloor)"
 }
 
 # The load commands. Same flags for every target; only the URL (and the
@@ -1166,7 +1172,7 @@ main() {
 		sanity_check
 		warm_up
 		run_scenarios
-		stop upstream watertight watertight-h1conn watertight-nethttp watertight-h1serve watertight-netserve watertight-neth2 watertight-sysmon watertight-h1up watertight-h2cap revproxy gofloor-raw gofloor-std gofloor-srv gofloor-rp haproxy nginx caddy
+		stop upstream watertight watertight-h1conn watertight-nethttp watertight-h1serve watertight-netserve watertight-neth2 watertight-sysmon watertight-h1up watertight-h2cap revproxy gofloor-raw gofloor-std gofloor-srv gofloor-rp gofloor-h2c haproxy nginx caddy
 	fi
 	if part isolation || part weights; then
 		rm -rf "$OUT/iso-runs"

@@ -20,6 +20,8 @@
 //   - -mode rp: the same with httputil.ReverseProxy as the handler, still on
 //     h1conn. What ReverseProxy costs over -mode srv; what Watertight costs
 //     over this is routing, compartments and metrics.
+//   - -mode h2c: raw mode for h2c clients (h2c.go), the row where nginx's
+//     h2c port passes requests to an HTTP/1.1 upstream.
 //
 // It is a measuring tool, not a proxy: raw mode forwards only what the
 // benchmark sends (requests without a body, answers with a Content-Length)
@@ -44,13 +46,13 @@ import (
 func main() {
 	addr := flag.String("addr", "127.0.0.1:18097", "listen address")
 	upstream := flag.String("upstream", "127.0.0.1:18080", "upstream host:port")
-	mode := flag.String("mode", "raw", "raw (bytes only), std (net/http's wire code), srv (net/http's server + h1conn) or rp (ReverseProxy + h1conn)")
+	mode := flag.String("mode", "raw", "raw (bytes only), std (net/http's wire code), srv (net/http's server + h1conn), rp (ReverseProxy + h1conn) or h2c (h2c clients, bytes only)")
 	flag.Parse()
 
 	fwd, loop := modes[*mode]
 	h, server := handlers[*mode]
 	if !loop && !server {
-		fmt.Fprintf(os.Stderr, "gofloor: -mode %q: want raw, std, srv or rp\n", *mode)
+		fmt.Fprintf(os.Stderr, "gofloor: -mode %q: want raw, std, srv, rp or h2c\n", *mode)
 		os.Exit(2)
 	}
 	ln, err := net.Listen("tcp", *addr)
@@ -70,7 +72,7 @@ func main() {
 // A forwarder carries requests from client to upstream until either ends.
 type forwarder func(client, upstream net.Conn) error
 
-var modes = map[string]forwarder{"raw": forwardRaw, "std": forwardStd}
+var modes = map[string]forwarder{"raw": forwardRaw, "std": forwardStd, "h2c": forwardH2C}
 
 // serve accepts until ln is closed and gives each client its own upstream
 // connection, dialled when the client connects.

@@ -145,3 +145,84 @@ func TestHeader(t *testing.T) {
 		t.Error("hasHeader matched a prefix or missed an exact name")
 	}
 }
+
+// h2cClient speaks h2c with prior knowledge, one connection at most.
+func h2cClient(t *testing.T) *http.Client {
+	var p http.Protocols
+	p.SetUnencryptedHTTP2(true)
+	tr := &http.Transport{Protocols: &p, MaxConnsPerHost: 1, DisableCompression: true}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr, Timeout: 10 * time.Second}
+}
+
+func TestH2CForwardsToHTTP1(t *testing.T) {
+	url, conns := start(t, "h2c", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/x-"+r.Method)
+		w.WriteHeader(200 + len(r.URL.Path)%3)
+		fmt.Fprintf(w, "%s %s %s via %s", r.Method, r.URL.Path, r.Proto, r.Host)
+	})
+	c := h2cClient(t)
+	host := strings.TrimPrefix(url, "http://")
+	for i := range 20 { // past the HPACK tables' first entries, on both sides
+		path := fmt.Sprintf("/r%d", i)
+		method := http.MethodGet
+		if i%5 == 4 {
+			method = http.MethodHead
+		}
+		req, _ := http.NewRequest(method, url+path, nil)
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatalf("%s %s: %v", method, path, err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatalf("reading %s: %v", path, err)
+		}
+		want := fmt.Sprintf("%s %s HTTP/1.1 via %s", method, path, host)
+		if method == http.MethodHead {
+			want = ""
+		}
+		if resp.ProtoMajor != 2 || string(body) != want || resp.StatusCode != 200+len(path)%3 || resp.Header.Get("Content-Type") != "text/x-"+method {
+			t.Fatalf("%s %s: got %s %d %q (%q), want HTTP/2 %d %q", method, path, resp.Proto, resp.StatusCode, body, resp.Header.Get("Content-Type"), 200+len(path)%3, want)
+		}
+	}
+	if n := conns.Load(); n != 1 {
+		t.Errorf("upstream saw %d connections for one client connection, want 1", n)
+	}
+}
+
+// Like raw mode, h2c mode must end the connection on what it does not
+// forward rather than forward it wrong.
+func TestH2CDropsWhatItCannotFrame(t *testing.T) {
+	t.Run("request body", func(t *testing.T) {
+		reached := new(atomic.Int32)
+		url, _ := start(t, "h2c", func(w http.ResponseWriter, r *http.Request) { reached.Add(1) })
+		resp, err := h2cClient(t).Post(url, "text/plain", strings.NewReader("body"))
+		if err == nil {
+			resp.Body.Close()
+			t.Fatalf("POST with a body got %s, want the connection dropped", resp.Status)
+		}
+		if reached.Load() != 0 {
+			t.Error("a request with a body reached the upstream")
+		}
+	})
+	t.Run("answer larger than a frame", func(t *testing.T) {
+		url, _ := start(t, "h2c", func(w http.ResponseWriter, r *http.Request) {
+			w.Write(make([]byte, defaultMaxFrame+1))
+		})
+		resp, err := h2cClient(t).Get(url)
+		if err == nil {
+			resp.Body.Close()
+			t.Fatalf("an answer of %d bytes got %s, want the connection dropped", defaultMaxFrame+1, resp.Status)
+		}
+	})
+	t.Run("HTTP/1.1 client", func(t *testing.T) {
+		url, _ := start(t, "h2c", func(w http.ResponseWriter, r *http.Request) {})
+		resp, err := testClient(t).Get(url)
+		if err == nil {
+			resp.Body.Close()
+			t.Fatalf("an HTTP/1.1 request got %s, want the connection dropped", resp.Status)
+		}
+	})
+}

@@ -37,7 +37,7 @@ import (
 )
 
 // Targets, in table order, and the baselines ratios are taken against.
-var targetOrder = []string{"direct", "watertight", "watertight-proxy", "watertight-h1conn", "watertight-nethttp", "watertight-h1serve", "watertight-h1up", "watertight-h2cap", "revproxy", "gofloor-raw", "gofloor-std", "gofloor-srv", "gofloor-rp", "caddy", "haproxy", "nginx", "nginx-h2up"}
+var targetOrder = []string{"direct", "watertight", "watertight-proxy", "watertight-h1conn", "watertight-nethttp", "watertight-h1serve", "watertight-h1up", "watertight-h2cap", "revproxy", "gofloor-raw", "gofloor-std", "gofloor-srv", "gofloor-rp", "gofloor-h2c", "caddy", "haproxy", "nginx", "nginx-h2up"}
 
 const (
 	baseDirect   = "direct"
