@@ -927,6 +927,7 @@ run_scenarios() {
 			for ((i = 0; i < n; i++)); do
 				t=${TARGETS[(i + rep - 1) % n]}
 				case $sc in
+				h2c-mux-*) h1_only "$t" || [[ $t == gofloor-h2c ]] && continue ;; # gofloor-h2c serves a connection's streams one at a time
 				h2c-*) h1_only "$t" && continue ;;
 				grpc-*) no_grpc "$t" && continue ;;
 				*) h2c_only "$t" && continue ;;
