@@ -642,6 +642,10 @@ target_port() { # TARGET [h1|h2]
 # gofloor-h2c, which speaks h2c only.
 h1_only() { [[ $1 == gofloor-* && $1 != gofloor-h2c ]]; }
 
+# gofloor-h2c serves a connection's streams one at a time: the multiplexed
+# row would measure that, not the floor.
+no_mux() { [[ $1 == gofloor-h2c ]]; }
+
 # nginx-h2up is nginx's h2c port with an HTTP/2 upstream; over HTTP/1.1 it
 # would measure nginx's own row again.
 h2c_only() { [[ $1 == nginx-h2up || $1 == gofloor-h2c ]]; }
@@ -927,7 +931,7 @@ run_scenarios() {
 			for ((i = 0; i < n; i++)); do
 				t=${TARGETS[(i + rep - 1) % n]}
 				case $sc in
-				h2c-mux-*) h1_only "$t" || [[ $t == gofloor-h2c ]] && continue ;; # gofloor-h2c serves a connection's streams one at a time
+				h2c-mux-*) h1_only "$t" || no_mux "$t" && continue ;;
 				h2c-*) h1_only "$t" && continue ;;
 				grpc-*) no_grpc "$t" && continue ;;
 				*) h2c_only "$t" && continue ;;

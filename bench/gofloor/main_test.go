@@ -98,31 +98,49 @@ func TestForwardsKeepAliveRequests(t *testing.T) {
 	}
 }
 
-// Raw mode forwards only what the benchmark sends; anything else must end
-// the connection rather than be forwarded wrong.
-func TestRawDropsWhatItCannotFrame(t *testing.T) {
-	t.Run("request body", func(t *testing.T) {
-		reached := new(atomic.Int32)
-		url, _ := start(t, "raw", func(w http.ResponseWriter, r *http.Request) { reached.Add(1) })
-		resp, err := testClient(t).Post(url, "text/plain", strings.NewReader("body"))
-		if err == nil {
-			resp.Body.Close()
-			t.Fatalf("POST with a body got %s, want the connection dropped", resp.Status)
-		}
-		if reached.Load() != 0 {
-			t.Error("a request with a body reached the upstream")
-		}
-	})
-	t.Run("chunked answer", func(t *testing.T) {
+// wantDropped fails t unless what was sent got no answer: the mode must
+// end the connection on what it cannot frame rather than forward it wrong.
+func wantDropped(t *testing.T, what string, resp *http.Response, err error) {
+	t.Helper()
+	if err == nil {
+		resp.Body.Close()
+		t.Fatalf("%s got %s, want the connection dropped", what, resp.Status)
+	}
+}
+
+// The bytes-only modes forward only what the benchmark sends; anything
+// else must end the connection rather than be forwarded wrong.
+func TestDropsWhatItCannotFrame(t *testing.T) {
+	for mode, client := range map[string]func(*testing.T) *http.Client{"raw": testClient, "h2c": h2cClient} {
+		t.Run(mode+"/request body", func(t *testing.T) {
+			reached := new(atomic.Int32)
+			url, _ := start(t, mode, func(w http.ResponseWriter, r *http.Request) { reached.Add(1) })
+			resp, err := client(t).Post(url, "text/plain", strings.NewReader("body"))
+			wantDropped(t, "POST with a body", resp, err)
+			if reached.Load() != 0 {
+				t.Error("a request with a body reached the upstream")
+			}
+		})
+	}
+	t.Run("raw/chunked answer", func(t *testing.T) {
 		url, _ := start(t, "raw", func(w http.ResponseWriter, r *http.Request) {
 			w.Write([]byte("part"))
 			w.(http.Flusher).Flush() // no Content-Length: chunked
 		})
 		resp, err := testClient(t).Get(url)
-		if err == nil {
-			resp.Body.Close()
-			t.Fatalf("chunked answer got %s, want the connection dropped", resp.Status)
-		}
+		wantDropped(t, "chunked answer", resp, err)
+	})
+	t.Run("h2c/answer larger than a frame", func(t *testing.T) {
+		url, _ := start(t, "h2c", func(w http.ResponseWriter, r *http.Request) {
+			w.Write(make([]byte, defaultMaxFrame+1))
+		})
+		resp, err := h2cClient(t).Get(url)
+		wantDropped(t, fmt.Sprintf("an answer of %d bytes", defaultMaxFrame+1), resp, err)
+	})
+	t.Run("h2c/HTTP/1.1 client", func(t *testing.T) {
+		url, _ := start(t, "h2c", func(w http.ResponseWriter, r *http.Request) {})
+		resp, err := testClient(t).Get(url)
+		wantDropped(t, "an HTTP/1.1 request", resp, err)
 	})
 }
 
@@ -190,39 +208,4 @@ func TestH2CForwardsToHTTP1(t *testing.T) {
 	if n := conns.Load(); n != 1 {
 		t.Errorf("upstream saw %d connections for one client connection, want 1", n)
 	}
-}
-
-// Like raw mode, h2c mode must end the connection on what it does not
-// forward rather than forward it wrong.
-func TestH2CDropsWhatItCannotFrame(t *testing.T) {
-	t.Run("request body", func(t *testing.T) {
-		reached := new(atomic.Int32)
-		url, _ := start(t, "h2c", func(w http.ResponseWriter, r *http.Request) { reached.Add(1) })
-		resp, err := h2cClient(t).Post(url, "text/plain", strings.NewReader("body"))
-		if err == nil {
-			resp.Body.Close()
-			t.Fatalf("POST with a body got %s, want the connection dropped", resp.Status)
-		}
-		if reached.Load() != 0 {
-			t.Error("a request with a body reached the upstream")
-		}
-	})
-	t.Run("answer larger than a frame", func(t *testing.T) {
-		url, _ := start(t, "h2c", func(w http.ResponseWriter, r *http.Request) {
-			w.Write(make([]byte, defaultMaxFrame+1))
-		})
-		resp, err := h2cClient(t).Get(url)
-		if err == nil {
-			resp.Body.Close()
-			t.Fatalf("an answer of %d bytes got %s, want the connection dropped", defaultMaxFrame+1, resp.Status)
-		}
-	})
-	t.Run("HTTP/1.1 client", func(t *testing.T) {
-		url, _ := start(t, "h2c", func(w http.ResponseWriter, r *http.Request) {})
-		resp, err := testClient(t).Get(url)
-		if err == nil {
-			resp.Body.Close()
-			t.Fatalf("an HTTP/1.1 request got %s, want the connection dropped", resp.Status)
-		}
-	})
 }
